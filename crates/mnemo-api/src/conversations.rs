@@ -1,0 +1,266 @@
+//! Handlers of the OpenAI Conversations API (`/v1/conversations…`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json_body, path, scope};
+use crate::items::parse_items;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mnemo_storage::{ConversationRecord, Order, StoredItem};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+const MAX_METADATA_KEYS: usize = 16;
+const MAX_METADATA_KEY_CHARS: usize = 64;
+const MAX_METADATA_VALUE_CHARS: usize = 512;
+const DEFAULT_PAGE: usize = 20;
+const MAX_PAGE: usize = 100;
+
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    items: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct UpdateBody {
+    metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct ItemsBody {
+    items: Vec<Value>,
+}
+
+fn check_metadata(m: Option<Map<String, Value>>) -> ApiResult<Map<String, Value>> {
+    let m = m.unwrap_or_default();
+    if m.len() > MAX_METADATA_KEYS {
+        return Err(ApiError::invalid_param(
+            "metadata",
+            format!("metadata has at most {MAX_METADATA_KEYS} keys"),
+        ));
+    }
+    for (k, v) in &m {
+        if k.chars().count() > MAX_METADATA_KEY_CHARS {
+            return Err(ApiError::invalid_param(
+                "metadata",
+                format!("metadata keys have at most {MAX_METADATA_KEY_CHARS} characters"),
+            ));
+        }
+        match v {
+            Value::String(s) if s.chars().count() <= MAX_METADATA_VALUE_CHARS => {}
+            Value::String(_) => {
+                return Err(ApiError::invalid_param(
+                    format!("metadata.{k}"),
+                    format!("metadata values have at most {MAX_METADATA_VALUE_CHARS} characters"),
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid_param(
+                    format!("metadata.{k}"),
+                    "metadata values must be strings",
+                ))
+            }
+        }
+    }
+    Ok(m)
+}
+
+fn conversation_json(rec: &ConversationRecord) -> Value {
+    json!({
+        "id": rec.id,
+        "object": "conversation",
+        "created_at": rec.created_at,
+        "metadata": rec.metadata,
+    })
+}
+
+/// A list object built from stored item JSON without re-parsing it.
+fn item_list(items: &[StoredItem], has_more: bool) -> Response {
+    let size: usize = items.iter().map(|i| i.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 160);
+    out.extend_from_slice(br#"{"object":"list","data":["#);
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&it.json);
+    }
+    out.extend_from_slice(b"],");
+    let ids = json!({
+        "first_id": items.first().map(|i| i.id.as_str()),
+        "last_id": items.last().map(|i| i.id.as_str()),
+        "has_more": has_more,
+    })
+    .to_string();
+    out.extend_from_slice(&ids.as_bytes()[1..]);
+    ([(header::CONTENT_TYPE, "application/json")], out).into_response()
+}
+
+/// `POST /v1/conversations`
+pub async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let b: CreateBody = json_body(&headers, body).await?;
+    let metadata = check_metadata(b.metadata)?;
+    let items = parse_items(b.items.unwrap_or_default(), true)?;
+    let (rec, _) = st
+        .store
+        .create_conversation(&scope, metadata, items)
+        .await?;
+    Ok(Json(conversation_json(&rec)))
+}
+
+/// `GET /v1/conversations/{id}`
+pub async fn retrieve(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let rec = st.store.get_conversation(&scope, &path(id)?).await?;
+    Ok(Json(conversation_json(&rec)))
+}
+
+/// `POST /v1/conversations/{id}`
+pub async fn update(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let id = path(id)?;
+    let b: UpdateBody = json_body(&headers, body).await?;
+    let Some(metadata) = b.metadata else {
+        return Err(ApiError::invalid_param("metadata", "metadata is required"));
+    };
+    let metadata = check_metadata(Some(metadata))?;
+    let rec = st.store.update_conversation(&scope, &id, metadata).await?;
+    Ok(Json(conversation_json(&rec)))
+}
+
+/// `DELETE /v1/conversations/{id}`
+pub async fn delete(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let id = path(id)?;
+    st.store.delete_conversation(&scope, &id).await?;
+    Ok(Json(
+        json!({"id": id, "object": "conversation.deleted", "deleted": true}),
+    ))
+}
+
+/// `POST /v1/conversations/{id}/items`
+pub async fn add_items(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Response> {
+    let scope = scope(&headers)?;
+    let id = path(id)?;
+    let b: ItemsBody = json_body(&headers, body).await?;
+    let items = parse_items(b.items, false)?;
+    let stored = st.store.append_items(&scope, &id, items).await?;
+    Ok(item_list(&stored, false))
+}
+
+struct ListParams {
+    after: Option<String>,
+    limit: usize,
+    order: Order,
+}
+
+fn list_params(raw: Option<&str>) -> ApiResult<ListParams> {
+    let mut p = ListParams {
+        after: None,
+        limit: DEFAULT_PAGE,
+        order: Order::Desc,
+    };
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "after" => p.after = Some(v.into_owned()),
+            "limit" => {
+                p.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid_param("limit", format!("limit must be 1-{MAX_PAGE}"))
+                    })?
+            }
+            "order" => {
+                p.order = match v.as_ref() {
+                    "asc" => Order::Asc,
+                    "desc" => Order::Desc,
+                    _ => {
+                        return Err(ApiError::invalid_param(
+                            "order",
+                            "order must be asc or desc",
+                        ))
+                    }
+                }
+            }
+            _ => {} // `include` and unknown parameters are accepted and ignored.
+        }
+    }
+    Ok(p)
+}
+
+/// `GET /v1/conversations/{id}/items`
+pub async fn list_items(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let scope = scope(&headers)?;
+    let id = path(id)?;
+    let p = list_params(raw.as_deref())?;
+    let page = st
+        .store
+        .list_items(&scope, &id, p.after.as_deref(), p.limit, p.order)
+        .await
+        .map_err(|e| match e {
+            mnemo_storage::StoreError::Invalid(m) => ApiError::invalid_param("after", m),
+            e => e.into(),
+        })?;
+    Ok(item_list(&page.items, page.has_more))
+}
+
+/// `GET /v1/conversations/{id}/items/{item_id}`
+pub async fn get_item(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Response> {
+    let scope = scope(&headers)?;
+    let (id, item_id) = path(ids)?;
+    let item = st.store.get_item(&scope, &id, &item_id).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], item.json).into_response())
+}
+
+/// `DELETE /v1/conversations/{id}/items/{item_id}`
+pub async fn delete_item(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ids: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let (id, item_id) = path(ids)?;
+    let rec = st.store.delete_item(&scope, &id, &item_id).await?;
+    Ok(Json(conversation_json(&rec)))
+}

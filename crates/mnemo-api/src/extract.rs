@@ -1,0 +1,74 @@
+//! Request extraction with JSON errors: bodies with size limits, JSON parsing, the acting
+//! user, and path/query rejections turned into 400s.
+
+use crate::error::{ApiError, ApiResult};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap};
+use mnemo_storage::{Scope, TenantId};
+use serde::de::DeserializeOwned;
+
+/// Largest JSON body accepted by the conversation routes.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// Header naming the end user a request acts for (until authentication exists).
+pub const USER_HEADER: &str = "x-mnemo-user";
+
+/// Reads a whole body, failing with 413 (nothing read further) past `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))
+}
+
+/// Reads and parses a JSON body (400 on malformed JSON or wrong types, 413 when too large).
+pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> ApiResult<T> {
+    let bytes = read_body(headers, body, MAX_JSON_BODY).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::invalid(
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let err = ApiError::invalid(format!("invalid JSON body: {inner}"));
+        if path.is_empty() || path == "." || path == "?" {
+            err
+        } else {
+            err.with_param(path)
+        }
+    })
+}
+
+/// The scope of a request: tenant `default`, and the user named by `X-Mnemo-User` if any.
+pub fn scope(headers: &HeaderMap) -> ApiResult<Scope> {
+    let tenant = TenantId::default_tenant();
+    match headers.get(USER_HEADER) {
+        None => Ok(Scope::tenant(tenant)),
+        Some(v) => {
+            let user = v.to_str().map_err(|_| {
+                ApiError::invalid("X-Mnemo-User must be visible ASCII").with_param(USER_HEADER)
+            })?;
+            Scope::user(tenant, user)
+                .map_err(|e| ApiError::invalid(e.to_string()).with_param(USER_HEADER))
+        }
+    }
+}
+
+/// Unwraps a path extraction, turning a rejection into a JSON 400.
+pub fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::invalid(format!("invalid path: {}", e.body_text())))
+}

@@ -1,0 +1,291 @@
+//! Conversation items as the OpenAI Conversations API defines them: validation of the
+//! `ResponseInputItemParam` union and normalisation into the stored form.
+
+use crate::error::{ApiError, ApiResult};
+use bytes::Bytes;
+use mnemo_storage::{ids, NewItem};
+use serde_json::{json, Map, Value};
+
+/// Most items in one create or append request.
+pub const MAX_ITEMS_PER_REQUEST: usize = 20;
+
+/// An item type: its name, id prefix, required fields (besides `id`, `status`, `type`), and
+/// whether a missing `status` is filled in as `completed`.
+struct ItemType {
+    name: &'static str,
+    prefix: &'static str,
+    required: &'static [&'static str],
+    has_status: bool,
+}
+
+const fn t(
+    name: &'static str,
+    prefix: &'static str,
+    required: &'static [&'static str],
+    has_status: bool,
+) -> ItemType {
+    ItemType {
+        name,
+        prefix,
+        required,
+        has_status,
+    }
+}
+
+/// Every item type of the SDK's `ResponseInputItemParam` union except `item_reference`.
+const ITEM_TYPES: &[ItemType] = &[
+    t("message", "msg_", &["role", "content"], true),
+    t(
+        "function_call",
+        "fc_",
+        &["call_id", "name", "arguments"],
+        true,
+    ),
+    t("function_call_output", "fco_", &["call_id", "output"], true),
+    t("reasoning", "rs_", &["summary"], false),
+    t("file_search_call", "fs_", &["queries"], true),
+    t("web_search_call", "ws_", &["action"], true),
+    t(
+        "computer_call",
+        "cu_",
+        &["call_id", "pending_safety_checks"],
+        true,
+    ),
+    t("computer_call_output", "cuo_", &["call_id", "output"], true),
+    t("image_generation_call", "ig_", &["result"], true),
+    t(
+        "code_interpreter_call",
+        "ci_",
+        &["code", "container_id", "outputs"],
+        true,
+    ),
+    t("local_shell_call", "lsh_", &["action", "call_id"], true),
+    t("local_shell_call_output", "lsho_", &["output"], false),
+    t("shell_call", "sh_", &["action", "call_id"], false),
+    t("shell_call_output", "sho_", &["call_id", "output"], false),
+    t("apply_patch_call", "apc_", &["call_id", "operation"], true),
+    t("apply_patch_call_output", "apco_", &["call_id"], true),
+    t("tool_search_call", "tsc_", &["arguments"], false),
+    t("tool_search_output", "tso_", &["tools"], false),
+    t("additional_tools", "adt_", &["role", "tools"], false),
+    t("configuration_update", "cfg_", &[], false),
+    t("compaction", "cmp_", &["encrypted_content"], false),
+    t("compaction_trigger", "cmpt_", &[], false),
+    t("mcp_list_tools", "mcpl_", &["server_label", "tools"], false),
+    t(
+        "mcp_approval_request",
+        "mcpr_",
+        &["server_label", "name", "arguments"],
+        false,
+    ),
+    t(
+        "mcp_approval_response",
+        "mcpa_",
+        &["approval_request_id", "approve"],
+        false,
+    ),
+    t(
+        "mcp_call",
+        "mcp_",
+        &["server_label", "name", "arguments"],
+        false,
+    ),
+    t(
+        "custom_tool_call",
+        "ctc_",
+        &["call_id", "name", "input"],
+        false,
+    ),
+    t(
+        "custom_tool_call_output",
+        "ctco_",
+        &["call_id", "output"],
+        false,
+    ),
+    t(
+        "program",
+        "prg_",
+        &["call_id", "code", "fingerprint"],
+        false,
+    ),
+    t("program_output", "prgo_", &["call_id", "result"], true),
+];
+
+const ROLES: &[&str] = &["user", "assistant", "system", "developer"];
+
+/// Validates the `items` array of a request (1–20 items unless `allow_empty`) and turns each
+/// into its stored form.
+pub fn parse_items(items: Vec<Value>, allow_empty: bool) -> ApiResult<Vec<NewItem>> {
+    if items.len() > MAX_ITEMS_PER_REQUEST {
+        return Err(ApiError::invalid_param(
+            "items",
+            format!(
+                "at most {MAX_ITEMS_PER_REQUEST} items per request, got {}",
+                items.len()
+            ),
+        ));
+    }
+    if items.is_empty() && !allow_empty {
+        return Err(ApiError::invalid_param(
+            "items",
+            "at least one item is required",
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| normalize(v, &format!("items[{i}]")))
+        .collect()
+}
+
+/// Validates one item and normalises it (id, status, string message content).
+fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
+    let Value::Object(mut obj) = item else {
+        return Err(ApiError::invalid_param(
+            param,
+            "an item must be a JSON object",
+        ));
+    };
+    let kind = match obj.get("type") {
+        None | Some(Value::Null) if obj.contains_key("role") => "message".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid_param(
+                format!("{param}.type"),
+                "missing item type",
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                format!("{param}.type"),
+                "type must be a string",
+            ))
+        }
+    };
+    if kind == "item_reference" {
+        return Err(ApiError::invalid_param(
+            format!("{param}.type"),
+            "item_reference is not supported: a conversation stores items, add the item itself",
+        ));
+    }
+    let spec = ITEM_TYPES.iter().find(|t| t.name == kind).ok_or_else(|| {
+        ApiError::invalid_param(
+            format!("{param}.type"),
+            format!("unknown item type {kind:?}"),
+        )
+    })?;
+    for field in spec.required {
+        if obj.get(*field).is_none_or(Value::is_null) {
+            return Err(ApiError::invalid_param(
+                format!("{param}.{field}"),
+                format!("missing required field {field:?} for a {kind} item"),
+            ));
+        }
+    }
+    obj.insert("type".into(), Value::String(kind.clone()));
+    if kind == "message" {
+        normalize_message(&mut obj, param)?;
+    }
+    if spec.has_status && obj.get("status").is_none_or(Value::is_null) {
+        obj.insert("status".into(), Value::String("completed".into()));
+    }
+    let (id, client_id) = match obj.get("id") {
+        None | Some(Value::Null) => (ids::generate(spec.prefix), false),
+        Some(Value::String(s)) if ids::is_valid_id(s) => (s.clone(), true),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                format!("{param}.id"),
+                "id must be 1-128 characters of [A-Za-z0-9_-]",
+            ))
+        }
+    };
+    obj.insert("id".into(), Value::String(id.clone()));
+    let json = serde_json::to_vec(&obj)
+        .map_err(|e| ApiError::invalid_param(param, format!("cannot encode item: {e}")))?;
+    Ok(NewItem {
+        id,
+        client_id,
+        json: Bytes::from(json),
+    })
+}
+
+fn normalize_message(obj: &mut Map<String, Value>, param: &str) -> ApiResult<()> {
+    let role = match obj.get("role") {
+        Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
+        _ => {
+            return Err(ApiError::invalid_param(
+                format!("{param}.role"),
+                "role must be one of user, assistant, system, developer",
+            ))
+        }
+    };
+    let content = match obj.remove("content") {
+        Some(Value::String(text)) if role == "assistant" => {
+            json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
+        }
+        Some(Value::String(text)) => json!([{"type": "input_text", "text": text}]),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                if !part.get("type").is_some_and(Value::is_string) {
+                    return Err(ApiError::invalid_param(
+                        format!("{param}.content[{j}].type"),
+                        "each content part must be an object with a string type",
+                    ));
+                }
+            }
+            Value::Array(parts)
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
+                format!("{param}.content"),
+                "content must be a string or an array of content parts",
+            ))
+        }
+    };
+    obj.insert("content".into(), content);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(v: Value) -> ApiResult<Value> {
+        let it = parse_items(vec![v], false)?.remove(0);
+        Ok(serde_json::from_slice(&it.json).unwrap())
+    }
+
+    #[test]
+    fn string_content_becomes_parts() {
+        let u = one(json!({"role": "user", "content": "hi"})).unwrap();
+        assert_eq!(u["type"], "message");
+        assert_eq!(u["content"], json!([{"type": "input_text", "text": "hi"}]));
+        assert_eq!(u["status"], "completed");
+        assert!(u["id"].as_str().unwrap().starts_with("msg_"));
+        let a = one(json!({"type": "message", "role": "assistant", "content": "yo"})).unwrap();
+        assert_eq!(a["content"][0]["type"], "output_text");
+    }
+
+    #[test]
+    fn rejects_bad_items() {
+        assert!(one(json!({"type": "nope"})).is_err());
+        assert!(one(json!({"type": "item_reference", "id": "msg_1"})).is_err());
+        assert!(one(json!({"role": "robot", "content": "x"})).is_err());
+        assert!(one(json!({"type": "function_call", "name": "f"})).is_err());
+        assert!(one(json!({"role": "user", "content": "x", "id": "a b"})).is_err());
+        assert!(one(json!([1])).is_err());
+        assert!(parse_items(vec![], false).is_err());
+        assert!(parse_items(vec![json!({"role":"user","content":"x"}); 21], false).is_err());
+    }
+
+    #[test]
+    fn keeps_other_fields_and_client_ids() {
+        let f = one(
+            json!({"type": "function_call", "call_id": "c1", "name": "f",
+                           "arguments": "{}", "id": "fc_mine"}),
+        )
+        .unwrap();
+        assert_eq!(f["id"], "fc_mine");
+        assert_eq!(f["call_id"], "c1");
+    }
+}

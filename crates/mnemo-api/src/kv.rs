@@ -1,0 +1,323 @@
+//! Handlers of the key-value memory API (`/v1/kv…`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json_body, path, read_body, scope};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use bytes::Bytes;
+use mnemo_storage::kv::{MAX_TTL, MAX_VALUE_BYTES};
+use mnemo_storage::{Condition, KvOp};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+const DEFAULT_LIST: usize = 100;
+const MAX_LIST: usize = 1000;
+
+fn params(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn ttl(seconds: &str) -> ApiResult<Duration> {
+    seconds
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .filter(|d| !d.is_zero() && *d <= MAX_TTL)
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                "ttl_seconds",
+                "ttl_seconds must be an integer from 1 to 315360000",
+            )
+        })
+}
+
+fn header_condition(headers: &HeaderMap) -> ApiResult<Condition> {
+    let mut c = Condition::default();
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::invalid_param("If-Match", "If-Match must be ASCII"))?;
+        c.if_match = Some(v.split(',').map(|s| s.trim().to_string()).collect());
+    }
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.as_bytes().trim_ascii() != b"*" {
+            return Err(ApiError::invalid_param(
+                "If-None-Match",
+                "only If-None-Match: * is supported on writes",
+            ));
+        }
+        c.if_none_match_any = true;
+    }
+    Ok(c)
+}
+
+fn etag_header(etag: &str) -> [(header::HeaderName, HeaderValue); 1] {
+    [(
+        header::ETAG,
+        HeaderValue::from_str(etag).unwrap_or(HeaderValue::from_static("\"\"")),
+    )]
+}
+
+/// `PUT /v1/kv/{key}`: stores the raw body.
+pub async fn put(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let scope = scope(&headers)?;
+    let key = path(key)?;
+    let mut ttl_d = None;
+    for (k, v) in params(raw.as_deref()) {
+        if k == "ttl_seconds" {
+            ttl_d = Some(ttl(&v)?);
+        }
+    }
+    let condition = header_condition(&headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_CONTENT_TYPE)
+        .to_string();
+    let value = read_body(&headers, body, MAX_VALUE_BYTES).await?;
+    let w = st
+        .store
+        .kv_put(&scope, &key, value, content_type, ttl_d, condition)
+        .await?;
+    let etag = w.etag.unwrap_or_default();
+    Ok((
+        etag_header(&etag),
+        Json(json!({"key": w.key, "etag": etag, "size": w.size})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/kv/{key}`: the exact bytes.
+pub async fn get(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let scope = scope(&headers)?;
+    let key = path(key)?;
+    let e = st.store.kv_get(&scope, &key).await?;
+    let ct = HeaderValue::from_str(&e.record.content_type)
+        .unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+    let mut resp = (etag_header(&e.record.etag()), e.record.value).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    Ok(resp)
+}
+
+/// `DELETE /v1/kv/{key}`
+pub async fn delete(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let key = path(key)?;
+    let condition = header_condition(&headers)?;
+    if condition.if_none_match_any {
+        return Err(ApiError::invalid_param(
+            "If-None-Match",
+            "If-None-Match is not supported on DELETE",
+        ));
+    }
+    st.store.kv_delete(&scope, &key, condition).await?;
+    Ok(Json(json!({"key": key, "deleted": true})))
+}
+
+/// `GET /v1/kv?prefix=&after=&limit=`
+pub async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let (mut prefix, mut after, mut limit) = (String::new(), None, DEFAULT_LIST);
+    for (k, v) in params(raw.as_deref()) {
+        match k.as_str() {
+            "prefix" => prefix = v,
+            "after" => after = Some(v),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid_param("limit", format!("limit must be 1-{MAX_LIST}"))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let page = st
+        .store
+        .kv_list(&scope, &prefix, after.as_deref(), limit)
+        .await?;
+    let data: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "key": e.key,
+                "size": e.record.value.len(),
+                "etag": e.record.etag(),
+                "content_type": e.record.content_type,
+                "updated_at": e.record.updated_at_ms / 1000,
+                "expires_at": e.expires_at_ms.map(|ms| ms / 1000),
+            })
+        })
+        .collect();
+    let next_after = if page.has_more {
+        page.entries.last().map(|e| e.key.clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "has_more": page.has_more,
+        "next_after": next_after,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum BatchOp {
+    Put {
+        key: String,
+        #[serde(default)]
+        value: Option<String>,
+        #[serde(default)]
+        value_base64: Option<String>,
+        #[serde(default)]
+        content_type: Option<String>,
+        #[serde(default)]
+        ttl_seconds: Option<u64>,
+        #[serde(default)]
+        if_match: Option<String>,
+        #[serde(default)]
+        if_none_match: Option<String>,
+    },
+    Delete {
+        key: String,
+        #[serde(default)]
+        if_match: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct BatchBody {
+    operations: Vec<BatchOp>,
+}
+
+fn batch_condition(
+    i: usize,
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+) -> ApiResult<Condition> {
+    let if_none_match_any = match if_none_match.as_deref() {
+        None => false,
+        Some("*") => true,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                format!("operations[{i}].if_none_match"),
+                "only \"*\" is supported",
+            ))
+        }
+    };
+    Ok(Condition {
+        if_match: if_match.map(|m| m.split(',').map(|s| s.trim().to_string()).collect()),
+        if_none_match_any,
+    })
+}
+
+fn to_op(i: usize, op: BatchOp) -> ApiResult<KvOp> {
+    Ok(match op {
+        BatchOp::Put {
+            key,
+            value,
+            value_base64,
+            content_type,
+            ttl_seconds,
+            if_match,
+            if_none_match,
+        } => {
+            let (bytes, default_ct) = match (value, value_base64) {
+                (Some(v), None) => (Bytes::from(v), "text/plain; charset=utf-8"),
+                (None, Some(b)) => (
+                    Bytes::from(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b.as_bytes())
+                            .map_err(|e| {
+                                ApiError::invalid_param(
+                                    format!("operations[{i}].value_base64"),
+                                    format!("invalid base64: {e}"),
+                                )
+                            })?,
+                    ),
+                    DEFAULT_CONTENT_TYPE,
+                ),
+                _ => {
+                    return Err(ApiError::invalid_param(
+                        format!("operations[{i}]"),
+                        "a put needs exactly one of value and value_base64",
+                    ))
+                }
+            };
+            if bytes.len() > MAX_VALUE_BYTES {
+                let mut e = ApiError::too_large(MAX_VALUE_BYTES);
+                e.param = Some(format!("operations[{i}]"));
+                return Err(e);
+            }
+            KvOp::Put {
+                key,
+                value: bytes,
+                content_type: content_type.unwrap_or_else(|| default_ct.to_string()),
+                ttl: ttl_seconds
+                    .map(|s| ttl(&s.to_string()))
+                    .transpose()
+                    .map_err(|e| e.with_param(format!("operations[{i}].ttl_seconds")))?,
+                condition: batch_condition(i, if_match, if_none_match)?,
+            }
+        }
+        BatchOp::Delete { key, if_match } => KvOp::Delete {
+            key,
+            condition: batch_condition(i, if_match, None)?,
+        },
+    })
+}
+
+/// `POST /v1/kv/batch`: atomic multi-key write.
+pub async fn batch(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let scope = scope(&headers)?;
+    let b: BatchBody = json_body(&headers, body).await?;
+    let ops = b
+        .operations
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| to_op(i, op))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let written = st.store.kv_batch(&scope, ops).await?;
+    let data: Vec<Value> = written
+        .into_iter()
+        .map(|w| json!({"key": w.key, "etag": w.etag, "deleted": w.etag.is_none()}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}

@@ -1,0 +1,112 @@
+//! # mnemo-api
+//!
+//! mnemo's HTTP API on [axum]: the OpenAI Conversations API under `/v1/conversations`, the
+//! key-value memory API under `/v1/kv`, `/healthz` and `/metrics`. Handlers are thin: they
+//! validate input, call [`mnemo_storage::Store`] and shape the response. Every error is a JSON
+//! body in OpenAI's shape ([`ApiError`]). The contract is documented in `docs/api.md`.
+//!
+//! ```no_run
+//! # async fn demo(store: std::sync::Arc<mnemo_storage::Store>) {
+//! let app = mnemo_api::router(mnemo_api::AppState::new(store));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # }
+//! ```
+
+mod conversations;
+mod error;
+mod extract;
+mod items;
+mod kv;
+pub mod metrics;
+
+pub use error::{ApiError, ApiResult};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use mnemo_storage::Store;
+use std::sync::Arc;
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// State over a store, with the process-wide metrics recorder installed.
+    pub fn new(store: Arc<Store>) -> Self {
+        AppState {
+            store,
+            metrics: metrics::install(),
+        }
+    }
+}
+
+async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
+    if st.store.is_ready() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable"})),
+        )
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Builds the router with every route, JSON fallbacks and the metrics middleware.
+pub fn router(state: AppState) -> Router {
+    // `/v1/kv/batch` is the batch endpoint for POST; for other methods it is the key "batch".
+    let batch_key = || Ok(Path("batch".to_string()));
+    Router::new()
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::retrieve)
+                .post(conversations::update)
+                .delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(conversations::list_items).post(conversations::add_items),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(conversations::get_item).delete(conversations::delete_item),
+        )
+        .route("/v1/kv", get(kv::list))
+        .route(
+            "/v1/kv/batch",
+            post(kv::batch)
+                .get(move |s: State<AppState>, h: HeaderMap| kv::get(s, h, batch_key()))
+                .delete(move |s: State<AppState>, h: HeaderMap| kv::delete(s, h, batch_key()))
+                .put(move |s: State<AppState>, h: HeaderMap, q, b| {
+                    kv::put(s, h, batch_key(), q, b)
+                }),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}

@@ -1,0 +1,138 @@
+//! The change log: one entry per mutation, written in the same atomic batch as the mutation.
+//!
+//! Entries live under `t \0 <tenant> \0 l <seq>`; `seq` is a per-tenant hybrid logical clock,
+//! `max(previous + 1, now in microseconds)`, so it is strictly increasing within a tenant and
+//! keeps increasing across restarts even after old entries expire. Allocation and the
+//! memtable write happen under one lock, so log order equals commit order. Entries carry ids,
+//! never content, and expire after the configured retention.
+
+use crate::engine::{prefix_range, Engine, PendingWrite};
+use crate::ids::TenantId;
+use crate::{keys, Result};
+use serde::{Deserialize, Serialize};
+use slatedb::config::{PutOptions, Ttl};
+use slatedb::WriteBatch;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// One change, as stored in the log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChangeEntry {
+    /// Position in the tenant's log (filled in at commit).
+    #[serde(default)]
+    pub seq: u64,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// What happened, e.g. `conversation.created`, `item.added`, `kv.put`.
+    pub op: String,
+    /// Conversation concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// Items concerned, if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_ids: Vec<String>,
+    /// Key-value key concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Owner of the data concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl ChangeEntry {
+    /// A new entry for `op`, stamped now.
+    pub fn new(op: &str) -> Self {
+        ChangeEntry {
+            seq: 0,
+            at_ms: now_ms(),
+            op: op.to_string(),
+            conversation_id: None,
+            item_ids: Vec::new(),
+            key: None,
+            owner: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Commits batches together with their change-log entries.
+pub struct ChangeLog {
+    last_seq: Mutex<HashMap<TenantId, u64>>,
+    retention: Duration,
+}
+
+impl ChangeLog {
+    /// A change log whose entries expire after `retention`.
+    pub fn new(retention: Duration) -> Self {
+        ChangeLog {
+            last_seq: Mutex::new(HashMap::new()),
+            retention,
+        }
+    }
+
+    /// Adds `entries` to `batch` and writes it to the memtable, atomically and in log order.
+    pub async fn write<'e>(
+        &self,
+        engine: &'e Arc<Engine>,
+        tenant: &TenantId,
+        mut batch: WriteBatch,
+        entries: Vec<ChangeEntry>,
+    ) -> Result<PendingWrite<'e>> {
+        let mut last = self.last_seq.lock().await;
+        let mut seq = match last.get(tenant) {
+            Some(s) => *s,
+            None => {
+                let newest = engine
+                    .scan_latest(prefix_range(keys::space(tenant, keys::Space::Log)), true, 1)
+                    .await?;
+                newest
+                    .first()
+                    .and_then(|kv| keys::item_seq(&kv.key))
+                    .unwrap_or(0)
+            }
+        };
+        let opts = PutOptions {
+            ttl: Ttl::ExpireAfterMillis(self.retention.as_millis() as u64),
+        };
+        for mut e in entries {
+            seq = (seq + 1).max(now_us());
+            e.seq = seq;
+            batch.put_with_options(keys::log(tenant, seq), serde_json::to_vec(&e)?, &opts);
+        }
+        let pending = engine.write(batch).await?;
+        last.insert(tenant.clone(), seq);
+        Ok(pending)
+    }
+
+    /// Reads up to `limit` entries with `seq > after`, oldest first (durable entries only).
+    pub async fn read(
+        &self,
+        engine: &Engine,
+        tenant: &TenantId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEntry>> {
+        let (_, end) = prefix_range(keys::space(tenant, keys::Space::Log));
+        let start = std::ops::Bound::Excluded(keys::log(tenant, after));
+        let rows = engine.scan((start, end), false, limit).await?;
+        rows.iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv.value)?))
+            .collect()
+    }
+}

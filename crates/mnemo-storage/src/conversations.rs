@@ -1,0 +1,428 @@
+//! Conversations and their items.
+//!
+//! Appends to one conversation are serialised by that conversation's lock: the lock covers
+//! reading the tail (last sequence number and item id), checking client-supplied ids and
+//! writing the batch to the memtable; it is released before the durability wait, so
+//! concurrent appends to one conversation still share WAL uploads.
+
+use crate::changelog::{now_ms, ChangeEntry};
+use crate::engine::{prefix_range, KeyRange};
+use crate::ids::{self, Scope};
+use crate::records::{ConversationRecord, StoredItem};
+use crate::{keys, Result, Store, StoreError};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use slatedb::WriteBatch;
+use std::ops::Bound;
+
+/// Items deleted per batch when a conversation is purged.
+const PURGE_CHUNK: usize = 512;
+
+/// An item to append: its final id and its JSON (which already contains the id).
+#[derive(Clone, Debug)]
+pub struct NewItem {
+    /// Item id.
+    pub id: String,
+    /// True when the client chose the id (it must then be unique in the conversation).
+    pub client_id: bool,
+    /// The item as a JSON object.
+    pub json: Bytes,
+}
+
+/// One page of items.
+#[derive(Clone, Debug)]
+pub struct ItemPage {
+    /// Items in the requested order.
+    pub items: Vec<StoredItem>,
+    /// Whether more items follow in that order.
+    pub has_more: bool,
+}
+
+/// Sort order of an item listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first.
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+fn not_found(what: &str) -> StoreError {
+    StoreError::NotFound(what.to_string())
+}
+
+impl Store {
+    /// Reads a conversation's durable record if the scope may see it.
+    pub async fn get_conversation(&self, scope: &Scope, id: &str) -> Result<ConversationRecord> {
+        if !ids::is_valid_id(id) {
+            return Err(not_found("conversation"));
+        }
+        let v = self
+            .engine
+            .get(&keys::conversation(&scope.tenant, id))
+            .await?
+            .ok_or_else(|| not_found("conversation"))?;
+        let rec: ConversationRecord = serde_json::from_slice(&v)?;
+        if !scope.can_see(rec.owner.as_deref()) {
+            return Err(not_found("conversation"));
+        }
+        Ok(rec)
+    }
+
+    /// Reads the newest record (including writes in flight); call under the conversation lock.
+    async fn latest_conversation(&self, scope: &Scope, id: &str) -> Result<ConversationRecord> {
+        if !ids::is_valid_id(id) {
+            return Err(not_found("conversation"));
+        }
+        let kv = self
+            .engine
+            .get_latest(&keys::conversation(&scope.tenant, id))
+            .await?
+            .ok_or_else(|| not_found("conversation"))?;
+        let rec: ConversationRecord = serde_json::from_slice(&kv.value)?;
+        if !scope.can_see(rec.owner.as_deref()) {
+            return Err(not_found("conversation"));
+        }
+        Ok(rec)
+    }
+
+    /// Creates a conversation owned by the scope's user, with optional initial items.
+    pub async fn create_conversation(
+        &self,
+        scope: &Scope,
+        metadata: Map<String, Value>,
+        items: Vec<NewItem>,
+    ) -> Result<(ConversationRecord, Vec<StoredItem>)> {
+        check_unique_in_request(&items)?;
+        let rec = ConversationRecord {
+            id: ids::generate("conv_"),
+            created_at: now_ms() / 1000,
+            metadata,
+            owner: scope.user.clone(),
+        };
+        let t = &scope.tenant;
+        let mut batch = WriteBatch::new();
+        batch.put(keys::conversation(t, &rec.id), serde_json::to_vec(&rec)?);
+        if let Some(owner) = &rec.owner {
+            batch.put(keys::owner(t, owner, &rec.id), b"");
+        }
+        let stored = stage_items(&mut batch, scope, &rec.id, 0, None, items);
+        let mut created = ChangeEntry::new("conversation.created");
+        created.conversation_id = Some(rec.id.clone());
+        created.owner = rec.owner.clone();
+        let mut entries = vec![created];
+        entries.extend(items_added(&rec, &stored));
+        self.log
+            .write(&self.engine, t, batch, entries)
+            .await?
+            .durable()
+            .await?;
+        Ok((rec, stored))
+    }
+
+    /// Replaces a conversation's metadata.
+    pub async fn update_conversation(
+        &self,
+        scope: &Scope,
+        id: &str,
+        metadata: Map<String, Value>,
+    ) -> Result<ConversationRecord> {
+        let pending = {
+            let _g = self.conv_locks.lock(id).await;
+            let mut rec = self.latest_conversation(scope, id).await?;
+            rec.metadata = metadata;
+            let mut batch = WriteBatch::new();
+            batch.put(
+                keys::conversation(&scope.tenant, id),
+                serde_json::to_vec(&rec)?,
+            );
+            let mut e = ChangeEntry::new("conversation.updated");
+            e.conversation_id = Some(rec.id.clone());
+            e.owner = rec.owner.clone();
+            (
+                rec,
+                self.log
+                    .write(&self.engine, &scope.tenant, batch, vec![e])
+                    .await?,
+            )
+        };
+        pending.1.durable().await?;
+        Ok(pending.0)
+    }
+
+    /// Deletes a conversation and all its items.
+    ///
+    /// The first atomic write removes the record (reads give 404 from then on) and leaves a
+    /// purge marker; the items are then deleted in chunks and the marker removed. A crash in
+    /// between is finished by [`Store::resume_purges`] at the next start.
+    pub async fn delete_conversation(&self, scope: &Scope, id: &str) -> Result<()> {
+        let t = &scope.tenant;
+        let pending = {
+            let _g = self.conv_locks.lock(id).await;
+            let rec = self.latest_conversation(scope, id).await?;
+            let mut batch = WriteBatch::new();
+            batch.delete(keys::conversation(t, id));
+            if let Some(owner) = &rec.owner {
+                batch.delete(keys::owner(t, owner, id));
+            }
+            batch.put(keys::purge(t, id), b"");
+            let mut e = ChangeEntry::new("conversation.deleted");
+            e.conversation_id = Some(rec.id.clone());
+            e.owner = rec.owner.clone();
+            self.log.write(&self.engine, t, batch, vec![e]).await?
+        };
+        pending.durable().await?;
+        self.purge_items(scope, id).await
+    }
+
+    /// Deletes every item and index entry of a (deleted) conversation, then its purge marker.
+    async fn purge_items(&self, scope: &Scope, id: &str) -> Result<()> {
+        let t = &scope.tenant;
+        for prefix in [keys::items_prefix(t, id), keys::item_ids_prefix(t, id)] {
+            loop {
+                let rows = self
+                    .engine
+                    .scan_latest(prefix_range(prefix.clone()), false, PURGE_CHUNK)
+                    .await?;
+                if rows.is_empty() {
+                    break;
+                }
+                let mut batch = WriteBatch::new();
+                for kv in &rows {
+                    batch.delete(&kv.key);
+                }
+                self.engine.write(batch).await?.durable().await?;
+            }
+        }
+        let mut batch = WriteBatch::new();
+        batch.delete(keys::purge(t, id));
+        self.engine.write(batch).await?.durable().await
+    }
+
+    /// Finishes conversation purges interrupted by a crash. Called when the store opens.
+    pub async fn resume_purges(&self) -> Result<usize> {
+        let rows = self
+            .engine
+            .scan_latest(prefix_range(keys::purges_prefix()), false, usize::MAX)
+            .await?;
+        let mut n = 0;
+        for kv in rows {
+            if let Some((tenant, conv)) = keys::parse_purge(&kv.key) {
+                self.purge_items(&Scope::tenant(tenant), &conv).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Appends 1–N items atomically, in order. Returns them as stored.
+    pub async fn append_items(
+        &self,
+        scope: &Scope,
+        id: &str,
+        items: Vec<NewItem>,
+    ) -> Result<Vec<StoredItem>> {
+        check_unique_in_request(&items)?;
+        let t = &scope.tenant;
+        let (stored, pending) = {
+            let _g = self.conv_locks.lock(id).await;
+            let rec = self.latest_conversation(scope, id).await?;
+            for it in items.iter().filter(|i| i.client_id) {
+                if self
+                    .engine
+                    .get_latest(&keys::item_id(t, id, &it.id))
+                    .await?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict(format!(
+                        "item id {} already exists in this conversation",
+                        it.id
+                    )));
+                }
+            }
+            let tail = self
+                .engine
+                .scan_latest(prefix_range(keys::items_prefix(t, id)), true, 1)
+                .await?;
+            let (last_seq, last_id) = match tail.into_iter().next() {
+                Some(kv) => {
+                    let seq = keys::item_seq(&kv.key)
+                        .ok_or_else(|| StoreError::Corrupt("bad item key".into()))?;
+                    (seq, Some(StoredItem::decode(seq, kv.value)?.id))
+                }
+                None => (0, None),
+            };
+            let mut batch = WriteBatch::new();
+            let stored = stage_items(&mut batch, scope, id, last_seq, last_id, items);
+            let entries = items_added(&rec, &stored).into_iter().collect();
+            let pending = self.log.write(&self.engine, t, batch, entries).await?;
+            (stored, pending)
+        };
+        pending.durable().await?;
+        Ok(stored)
+    }
+
+    /// Looks up the sequence number of an item (durable data only).
+    async fn item_seq(&self, scope: &Scope, conv: &str, item_id: &str) -> Result<Option<u64>> {
+        if !ids::is_valid_id(item_id) {
+            return Ok(None);
+        }
+        let v = self
+            .engine
+            .get(&keys::item_id(&scope.tenant, conv, item_id))
+            .await?;
+        Ok(v.and_then(|b| Some(u64::from_be_bytes(b.as_ref().try_into().ok()?))))
+    }
+
+    /// Lists items. `after` is an item id of this conversation (exclusive cursor).
+    pub async fn list_items(
+        &self,
+        scope: &Scope,
+        id: &str,
+        after: Option<&str>,
+        limit: usize,
+        order: Order,
+    ) -> Result<ItemPage> {
+        self.get_conversation(scope, id).await?;
+        let t = &scope.tenant;
+        let (start, end) = prefix_range(keys::items_prefix(t, id));
+        let range: KeyRange = match after {
+            None => (start, end),
+            Some(a) => {
+                let seq = self.item_seq(scope, id, a).await?.ok_or_else(|| {
+                    StoreError::Invalid(format!("after: {a:?} is not an item of this conversation"))
+                })?;
+                let cursor = keys::item(t, id, seq);
+                match order {
+                    Order::Asc => (Bound::Excluded(cursor), end),
+                    Order::Desc => (start, Bound::Excluded(cursor)),
+                }
+            }
+        };
+        let mut rows = self
+            .engine
+            .scan(range, order == Order::Desc, limit + 1)
+            .await?;
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        let items = rows
+            .into_iter()
+            .map(|kv| {
+                let seq =
+                    keys::item_seq(&kv.key).ok_or_else(|| StoreError::Corrupt("bad key".into()))?;
+                StoredItem::decode(seq, kv.value)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ItemPage { items, has_more })
+    }
+
+    /// Reads one item.
+    pub async fn get_item(&self, scope: &Scope, id: &str, item_id: &str) -> Result<StoredItem> {
+        self.get_conversation(scope, id).await?;
+        let seq = self
+            .item_seq(scope, id, item_id)
+            .await?
+            .ok_or_else(|| not_found("item"))?;
+        let v = self
+            .engine
+            .get(&keys::item(&scope.tenant, id, seq))
+            .await?
+            .ok_or_else(|| not_found("item"))?;
+        StoredItem::decode(seq, v)
+    }
+
+    /// Deletes one item; returns the conversation.
+    pub async fn delete_item(
+        &self,
+        scope: &Scope,
+        id: &str,
+        item_id: &str,
+    ) -> Result<ConversationRecord> {
+        let t = &scope.tenant;
+        let (rec, pending) = {
+            let _g = self.conv_locks.lock(id).await;
+            let rec = self.latest_conversation(scope, id).await?;
+            if !ids::is_valid_id(item_id) {
+                return Err(not_found("item"));
+            }
+            let idx = keys::item_id(t, id, item_id);
+            let kv = self
+                .engine
+                .get_latest(&idx)
+                .await?
+                .ok_or_else(|| not_found("item"))?;
+            let seq = u64::from_be_bytes(
+                kv.value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("bad item index".into()))?,
+            );
+            let mut batch = WriteBatch::new();
+            batch.delete(idx);
+            batch.delete(keys::item(t, id, seq));
+            let mut e = ChangeEntry::new("item.deleted");
+            e.conversation_id = Some(id.to_string());
+            e.item_ids = vec![item_id.to_string()];
+            e.owner = rec.owner.clone();
+            let pending = self.log.write(&self.engine, t, batch, vec![e]).await?;
+            (rec, pending)
+        };
+        pending.durable().await?;
+        Ok(rec)
+    }
+}
+
+fn check_unique_in_request(items: &[NewItem]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for it in items {
+        if !seen.insert(it.id.as_str()) {
+            return Err(StoreError::Conflict(format!(
+                "item id {} appears twice in the request",
+                it.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds items (and their id index entries) to a batch, numbering them after `last_seq`.
+fn stage_items(
+    batch: &mut WriteBatch,
+    scope: &Scope,
+    conv: &str,
+    last_seq: u64,
+    mut parent: Option<String>,
+    items: Vec<NewItem>,
+) -> Vec<StoredItem> {
+    let now = now_ms();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, it) in items.into_iter().enumerate() {
+        let seq = last_seq + 1 + i as u64;
+        let stored = StoredItem {
+            id: it.id,
+            seq,
+            created_at_ms: now,
+            parent: parent.take(),
+            json: it.json,
+        };
+        batch.put(keys::item(&scope.tenant, conv, seq), stored.encode());
+        batch.put(
+            keys::item_id(&scope.tenant, conv, &stored.id),
+            seq.to_be_bytes(),
+        );
+        parent = Some(stored.id.clone());
+        out.push(stored);
+    }
+    out
+}
+
+fn items_added(rec: &ConversationRecord, items: &[StoredItem]) -> Option<ChangeEntry> {
+    if items.is_empty() {
+        return None;
+    }
+    let mut e = ChangeEntry::new("item.added");
+    e.conversation_id = Some(rec.id.clone());
+    e.item_ids = items.iter().map(|i| i.id.clone()).collect();
+    e.owner = rec.owner.clone();
+    Some(e)
+}

@@ -1,0 +1,380 @@
+//! The engine: one SlateDB instance, durable writes with group commit, and the reopen path.
+//!
+//! * **Writes** go to SlateDB's in-memory WAL buffer and memtable ([`Engine::write`]); the
+//!   caller then awaits [`PendingWrite::durable`], which returns once the WAL object holding
+//!   the write is in the object store. Nothing is acknowledged before that.
+//! * **Group commit.** In [`FlushPolicy::OnDemand`] mode a single flusher task uploads the WAL
+//!   as soon as a write is waiting and the previous upload is done: one writer pays one object
+//!   PUT (plus fsync on the local store), many concurrent writers share each PUT. In
+//!   [`FlushPolicy::Interval`] mode SlateDB's own timer uploads every interval (fewer, bigger
+//!   PUTs; higher latency).
+//! * **Reads** see only durable data ([`DurabilityLevel::Remote`]), so a client never reads a
+//!   value that a crash could take back. Read-check-write sequences under a key lock use
+//!   [`Engine::get_latest`], which also sees writes still on their way to durability.
+//! * **Failures.** Object-store requests retry a bounded number of times; a write not durable
+//!   within `write_timeout` fails with [`StoreError::Unavailable`]. When SlateDB closes itself
+//!   after a fatal WAL error the engine reopens the database in the background (clients get 503
+//!   meanwhile). A fenced engine (another writer opened the store) never reopens.
+
+use crate::location::StoreLocation;
+use crate::{Result, StoreError};
+use bytes::Bytes;
+use slatedb::config::{DurabilityLevel, ReadOptions, ScanOptions, Settings};
+use slatedb::{Db, IterationOrder, WriteBatch, WriteHandle};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+pub use slatedb::KeyValue;
+
+/// A range of storage keys: `(start, end)` bounds.
+pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The range of every key starting with `prefix`.
+pub fn prefix_range(prefix: Vec<u8>) -> KeyRange {
+    let end = match crate::keys::prefix_end(&prefix) {
+        Some(e) => Bound::Excluded(e),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(prefix), end)
+}
+
+/// When the write-ahead log is uploaded to the object store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Upload as soon as a write waits and no upload is running (adaptive group commit).
+    /// Lowest latency; one object PUT per group of concurrent writes.
+    OnDemand,
+    /// Upload on a fixed timer. Each write waits up to the interval; fewer object PUTs.
+    Interval(Duration),
+}
+
+/// How to open the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The durable store.
+    pub location: StoreLocation,
+    /// Local directory caching object-store reads (SSD), if any.
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of the read cache in bytes.
+    pub cache_size_bytes: usize,
+    /// WAL upload policy.
+    pub flush: FlushPolicy,
+    /// A write not durable within this time fails with 503.
+    pub write_timeout: Duration,
+    /// Retries SlateDB makes of a failed object-store call before giving up.
+    pub max_store_retries: u32,
+}
+
+impl EngineConfig {
+    /// Defaults for a location: on-demand flush, 10 s write timeout, 4 GiB cache.
+    pub fn new(location: StoreLocation) -> Self {
+        EngineConfig {
+            location,
+            cache_dir: None,
+            cache_size_bytes: 4 << 30,
+            flush: FlushPolicy::OnDemand,
+            write_timeout: Duration::from_secs(10),
+            max_store_retries: 3,
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = Settings {
+            object_store_max_retries: Some(self.max_store_retries),
+            ..Settings::default()
+        };
+        s.flush_interval = Some(match self.flush {
+            // The timer is only a backstop here: the flusher task uploads on demand.
+            FlushPolicy::OnDemand => Duration::from_millis(100),
+            FlushPolicy::Interval(d) => d,
+        });
+        if let Some(dir) = &self.cache_dir {
+            s.object_store_cache_options.root_folder = Some(dir.clone());
+            s.object_store_cache_options.max_cache_size_bytes = Some(self.cache_size_bytes);
+        }
+        s
+    }
+}
+
+const OPEN: u8 = 0;
+const REOPENING: u8 = 1;
+const FENCED: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// A SlateDB database with durable writes, group commit and automatic reopen.
+pub struct Engine {
+    db: RwLock<Arc<Db>>,
+    state: AtomicU8,
+    config: EngineConfig,
+    flush_wanted: Notify,
+}
+
+/// A write that is in the memtable but not yet acknowledged.
+#[must_use = "a write is not acknowledged until `durable()` returns Ok"]
+pub struct PendingWrite<'a> {
+    engine: &'a Arc<Engine>,
+    handle: WriteHandle,
+}
+
+impl PendingWrite<'_> {
+    /// Waits until the write is durable in the object store (or fails with 503 after the
+    /// write timeout).
+    pub async fn durable(self) -> Result<()> {
+        let engine = self.engine;
+        if engine.config.flush == FlushPolicy::OnDemand {
+            engine.flush_wanted.notify_one();
+        }
+        let started = Instant::now();
+        let res =
+            tokio::time::timeout(engine.config.write_timeout, self.handle.await_durable()).await;
+        metrics::histogram!("mnemo_store_durable_wait_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(engine.failed(e)),
+            Err(_) => {
+                metrics::counter!("mnemo_store_write_errors_total", "reason" => "timeout")
+                    .increment(1);
+                Err(StoreError::Unavailable(format!(
+                    "write not durable within {:?}",
+                    engine.config.write_timeout
+                )))
+            }
+        }
+    }
+}
+
+fn remote_read() -> ReadOptions {
+    ReadOptions {
+        durability_filter: DurabilityLevel::Remote,
+        ..ReadOptions::default()
+    }
+}
+
+impl Engine {
+    /// Opens (or creates) the database and starts the flusher task.
+    pub async fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        let db = Self::open_db(&config).await?;
+        let engine = Arc::new(Engine {
+            db: RwLock::new(Arc::new(db)),
+            state: AtomicU8::new(OPEN),
+            config,
+            flush_wanted: Notify::new(),
+        });
+        if engine.config.flush == FlushPolicy::OnDemand {
+            tokio::spawn(Self::flusher(Arc::clone(&engine)));
+        }
+        Ok(engine)
+    }
+
+    async fn open_db(config: &EngineConfig) -> Result<Db> {
+        let db = Db::builder(
+            config.location.path.clone(),
+            config.location.object_store.clone(),
+        )
+        .with_settings(config.settings())
+        .build()
+        .await?;
+        Ok(db)
+    }
+
+    /// The flusher: one WAL upload at a time, started whenever writes are waiting.
+    async fn flusher(engine: Arc<Engine>) {
+        loop {
+            engine.flush_wanted.notified().await;
+            match engine.state.load(Ordering::Acquire) {
+                CLOSED => return,
+                OPEN => {}
+                _ => continue,
+            }
+            let db = engine.current();
+            let started = Instant::now();
+            match db.flush().await {
+                Ok(()) => {
+                    metrics::counter!("mnemo_store_flushes_total").increment(1);
+                    metrics::histogram!("mnemo_store_flush_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Err(err) => {
+                    let err = engine.failed(err);
+                    tracing::warn!(error = %err, "WAL flush failed");
+                }
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<Db> {
+        // A poisoned lock only means a panic elsewhere while swapping; the Arc inside is intact.
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn db(&self) -> Result<Arc<Db>> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => Ok(self.current()),
+            REOPENING => Err(StoreError::Unavailable("store is reopening".into())),
+            FENCED => Err(StoreError::Fenced),
+            _ => Err(StoreError::Unavailable("store is closed".into())),
+        }
+    }
+
+    /// Classifies an engine error and, when the database closed itself, starts a reopen.
+    fn failed(self: &Arc<Self>, e: slatedb::Error) -> StoreError {
+        let closed = matches!(e.kind(), slatedb::ErrorKind::Closed(_));
+        let err = StoreError::from(e);
+        metrics::counter!("mnemo_store_write_errors_total", "reason" => "engine").increment(1);
+        match &err {
+            StoreError::Fenced => {
+                if self.state.swap(FENCED, Ordering::AcqRel) != FENCED {
+                    tracing::error!("fenced by a newer writer; this node no longer writes");
+                }
+            }
+            _ if closed => self.start_reopen(),
+            _ => {}
+        }
+        err
+    }
+
+    fn start_reopen(self: &Arc<Self>) {
+        if self
+            .state
+            .compare_exchange(OPEN, REOPENING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        tracing::warn!("database closed after a store failure; reopening");
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                if engine.state.load(Ordering::Acquire) != REOPENING {
+                    return;
+                }
+                match Self::open_db(&engine.config).await {
+                    Ok(db) => {
+                        *engine.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+                        engine.state.store(OPEN, Ordering::Release);
+                        metrics::counter!("mnemo_store_reopens_total").increment(1);
+                        tracing::info!("database reopened");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?backoff, "reopen failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+    }
+
+    /// True while the database is open for reads and writes.
+    pub fn is_ready(&self) -> bool {
+        self.state.load(Ordering::Acquire) == OPEN
+    }
+
+    /// Where the store lives (for logs).
+    pub fn describe(&self) -> &str {
+        &self.config.location.description
+    }
+
+    /// Reads the durable value of a key.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self.db()?.get_with_options(key, &remote_read()).await?)
+    }
+
+    /// Reads the durable value of a key with its metadata (expiry).
+    pub async fn get_entry(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        Ok(self
+            .db()?
+            .get_key_value_with_options(key, &remote_read())
+            .await?)
+    }
+
+    /// Reads the newest value of a key, including writes not yet durable. Use only under the
+    /// key's lock, to decide what to write next.
+    pub async fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        Ok(self
+            .db()?
+            .get_key_value_with_options(key, &ReadOptions::default())
+            .await?)
+    }
+
+    /// Scans up to `limit` durable entries in `range`, in key order or reversed.
+    pub async fn scan(
+        &self,
+        range: KeyRange,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
+        self.scan_with(range, descending, limit, DurabilityLevel::Remote)
+            .await
+    }
+
+    /// Like [`Engine::scan`], but includes writes not yet durable (use under a lock).
+    pub async fn scan_latest(
+        &self,
+        range: KeyRange,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
+        self.scan_with(range, descending, limit, DurabilityLevel::Memory)
+            .await
+    }
+
+    async fn scan_with(
+        &self,
+        range: KeyRange,
+        descending: bool,
+        limit: usize,
+        durability: DurabilityLevel,
+    ) -> Result<Vec<KeyValue>> {
+        let opts = ScanOptions {
+            durability_filter: durability,
+            order: if descending {
+                IterationOrder::Descending
+            } else {
+                IterationOrder::Ascending
+            },
+            ..ScanOptions::default()
+        };
+        let mut it = self.db()?.scan_with_options(range, &opts).await?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        while out.len() < limit {
+            match it.next().await? {
+                Some(kv) => out.push(kv),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch atomically to the memtable. Await [`PendingWrite::durable`] before
+    /// acknowledging.
+    pub async fn write(self: &Arc<Self>, batch: WriteBatch) -> Result<PendingWrite<'_>> {
+        let db = self.db()?;
+        match db.write(batch).await {
+            Ok(handle) => Ok(PendingWrite {
+                engine: self,
+                handle,
+            }),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Flushes everything and closes the database (graceful shutdown).
+    pub async fn close(&self) -> Result<()> {
+        if self.state.swap(CLOSED, Ordering::AcqRel) != OPEN {
+            return Ok(());
+        }
+        self.flush_wanted.notify_one();
+        let db = self.current();
+        db.flush().await?;
+        db.close().await?;
+        Ok(())
+    }
+}

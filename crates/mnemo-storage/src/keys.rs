@@ -1,0 +1,191 @@
+//! The key layout. Every byte of every storage key is produced here.
+//!
+//! ```text
+//! t \0 <tenant> \0 c <conv_id>                     conversation record (JSON)
+//! t \0 <tenant> \0 i <conv_id> \0 <seq: u64 BE>    item (envelope + encoded item JSON)
+//! t \0 <tenant> \0 x <conv_id> \0 <item_id>        item id -> seq
+//! t \0 <tenant> \0 o <owner> \0 <conv_id>          owner index (erase a user, list a user's conversations)
+//! t \0 <tenant> \0 k <key bytes>                   key-value memory
+//! t \0 <tenant> \0 l <seq: u64 BE>                 change log
+//! s \0 purge \0 <tenant> \0 <conv_id>              conversation whose items are still being purged
+//! ```
+//!
+//! Tenants, conversation ids, item ids and owners never contain `\0` (validated at the edge),
+//! so every prefix above is unambiguous and a prefix scan never strays into a neighbour.
+//! Big-endian sequence numbers make byte order equal numeric order, so the newest N items of
+//! a conversation are one reverse scan of its `i` prefix.
+
+use crate::ids::TenantId;
+
+/// Separator between key components.
+const SEP: u8 = 0;
+
+/// The keyspaces inside a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Space {
+    /// Conversation records.
+    Conversation = b'c',
+    /// Conversation items.
+    Item = b'i',
+    /// Item id index.
+    ItemId = b'x',
+    /// Owner index.
+    Owner = b'o',
+    /// Key-value memory.
+    Kv = b'k',
+    /// Change log.
+    Log = b'l',
+}
+
+/// `t \0 <tenant> \0 <space>`: the prefix of one keyspace of one tenant.
+pub fn space(tenant: &TenantId, space: Space) -> Vec<u8> {
+    let t = tenant.as_str().as_bytes();
+    let mut k = Vec::with_capacity(t.len() + 4 + 64);
+    k.extend_from_slice(b"t\0");
+    k.extend_from_slice(t);
+    k.push(SEP);
+    k.push(space as u8);
+    k
+}
+
+fn with(mut prefix: Vec<u8>, parts: &[&[u8]]) -> Vec<u8> {
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            prefix.push(SEP);
+        }
+        prefix.extend_from_slice(p);
+    }
+    prefix
+}
+
+/// Key of a conversation record.
+pub fn conversation(tenant: &TenantId, conv_id: &str) -> Vec<u8> {
+    with(space(tenant, Space::Conversation), &[conv_id.as_bytes()])
+}
+
+/// Prefix of all items of a conversation (ends with the separator).
+pub fn items_prefix(tenant: &TenantId, conv_id: &str) -> Vec<u8> {
+    with(space(tenant, Space::Item), &[conv_id.as_bytes(), b""])
+}
+
+/// Key of the item at `seq` in a conversation.
+pub fn item(tenant: &TenantId, conv_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = items_prefix(tenant, conv_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Decodes the sequence number from an item key.
+pub fn item_seq(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Prefix of the item-id index of a conversation.
+pub fn item_ids_prefix(tenant: &TenantId, conv_id: &str) -> Vec<u8> {
+    with(space(tenant, Space::ItemId), &[conv_id.as_bytes(), b""])
+}
+
+/// Key of an item-id index entry.
+pub fn item_id(tenant: &TenantId, conv_id: &str, item_id: &str) -> Vec<u8> {
+    let mut k = item_ids_prefix(tenant, conv_id);
+    k.extend_from_slice(item_id.as_bytes());
+    k
+}
+
+/// Key of an owner index entry.
+pub fn owner(tenant: &TenantId, owner: &str, conv_id: &str) -> Vec<u8> {
+    with(
+        space(tenant, Space::Owner),
+        &[owner.as_bytes(), conv_id.as_bytes()],
+    )
+}
+
+/// Key of a key-value memory entry.
+pub fn kv(tenant: &TenantId, key: &str) -> Vec<u8> {
+    let mut k = space(tenant, Space::Kv);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Key of a change-log entry.
+pub fn log(tenant: &TenantId, seq: u64) -> Vec<u8> {
+    let mut k = space(tenant, Space::Log);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of all pending conversation purges.
+pub fn purges_prefix() -> Vec<u8> {
+    b"s\0purge\0".to_vec()
+}
+
+/// Key of a pending conversation purge.
+pub fn purge(tenant: &TenantId, conv_id: &str) -> Vec<u8> {
+    let mut k = purges_prefix();
+    k.extend_from_slice(tenant.as_str().as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(conv_id.as_bytes());
+    k
+}
+
+/// Splits a purge key back into tenant and conversation id.
+pub fn parse_purge(key: &[u8]) -> Option<(TenantId, String)> {
+    let rest = key.strip_prefix(purges_prefix().as_slice())?;
+    let pos = rest.iter().position(|b| *b == SEP)?;
+    let tenant = TenantId::new(std::str::from_utf8(&rest[..pos]).ok()?).ok()?;
+    let conv = std::str::from_utf8(&rest[pos + 1..]).ok()?.to_string();
+    Some((tenant, conv))
+}
+
+/// The smallest key strictly greater than every key starting with `prefix`, if any.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_keys_sort_by_seq_and_stay_in_prefix() {
+        let t = TenantId::default_tenant();
+        let a = item(&t, "conv_a", 1);
+        let b = item(&t, "conv_a", 256);
+        assert!(a < b);
+        assert!(a.starts_with(&items_prefix(&t, "conv_a")));
+        assert!(!item(&t, "conv_ab", 0).starts_with(&items_prefix(&t, "conv_a")));
+        assert_eq!(item_seq(&b), Some(256));
+    }
+
+    #[test]
+    fn tenants_do_not_share_prefixes() {
+        let a = TenantId::new("a").unwrap();
+        let ab = TenantId::new("ab").unwrap();
+        assert!(!kv(&ab, "x").starts_with(&space(&a, Space::Kv)));
+    }
+
+    #[test]
+    fn purge_keys_round_trip() {
+        let t = TenantId::new("acme").unwrap();
+        assert_eq!(
+            parse_purge(&purge(&t, "conv_1")),
+            Some((t, "conv_1".to_string()))
+        );
+    }
+
+    #[test]
+    fn prefix_end_is_exclusive_upper_bound() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+    }
+}

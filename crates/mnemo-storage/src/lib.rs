@@ -1,0 +1,100 @@
+//! # mnemo-storage
+//!
+//! The storage layer of mnemo: a [SlateDB](https://slatedb.io) LSM database whose durable copy
+//! lives in an object store (local directory, S3 or Azure Blob), and on top of it the two data
+//! models every other layer uses:
+//!
+//! * **conversations** and their ordered items ([`Store::create_conversation`],
+//!   [`Store::append_items`], [`Store::list_items`], …), stored so that the newest N items of a
+//!   conversation are one reverse range scan;
+//! * **key-value memory** with ETags, conditional writes, TTL and atomic batches
+//!   ([`Store::kv_put`], [`Store::kv_batch`], …).
+//!
+//! Every mutation is acknowledged only once durable, and is recorded in a per-tenant change
+//! log in the same atomic write. Every key starts with the tenant ([`keys`]), so isolation is
+//! structural. See `docs/architecture.md` for the design.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mnemo_storage::StoreError> {
+//! use mnemo_storage::{EngineConfig, Scope, Store, StoreLocation, TenantId};
+//! let location = StoreLocation::local(std::path::Path::new("./mnemo-data/store"))?;
+//! let store = Store::open(EngineConfig::new(location)).await?;
+//! let scope = Scope::tenant(TenantId::default_tenant());
+//! let (conv, _) = store.create_conversation(&scope, Default::default(), vec![]).await?;
+//! assert!(conv.id.starts_with("conv_"));
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod changelog;
+pub mod conversations;
+pub mod engine;
+mod error;
+pub mod ids;
+pub mod keys;
+pub mod kv;
+pub mod location;
+mod locks;
+pub mod records;
+
+pub use changelog::{ChangeEntry, ChangeLog};
+pub use conversations::{ItemPage, NewItem, Order};
+pub use engine::{Engine, EngineConfig, FlushPolicy};
+pub use error::{Result, StoreError};
+pub use ids::{Scope, TenantId};
+pub use kv::{Condition, KvEntry, KvOp, KvPage, KvWritten};
+pub use location::{RemotePolicy, StoreLocation};
+pub use records::{ConversationRecord, KvRecord, StoredItem};
+
+use locks::StripedLocks;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long change-log entries are kept by default.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The store: conversations, items and key-value memory over one [`Engine`].
+pub struct Store {
+    engine: Arc<Engine>,
+    log: ChangeLog,
+    conv_locks: StripedLocks,
+    kv_locks: StripedLocks,
+}
+
+impl Store {
+    /// Opens the engine, then finishes any conversation purge a crash interrupted.
+    pub async fn open(config: EngineConfig) -> Result<Store> {
+        let engine = Engine::open(config).await?;
+        let store = Store {
+            engine,
+            log: ChangeLog::new(DEFAULT_LOG_RETENTION),
+            conv_locks: StripedLocks::new(4096),
+            kv_locks: StripedLocks::new(4096),
+        };
+        let resumed = store.resume_purges().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "finished interrupted conversation purges");
+        }
+        Ok(store)
+    }
+
+    /// The underlying engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The change log.
+    pub fn change_log(&self) -> &ChangeLog {
+        &self.log
+    }
+
+    /// True while the store accepts reads and writes.
+    pub fn is_ready(&self) -> bool {
+        self.engine.is_ready()
+    }
+
+    /// Flushes and closes (graceful shutdown).
+    pub async fn close(&self) -> Result<()> {
+        self.engine.close().await
+    }
+}

@@ -1,0 +1,124 @@
+//! Where the durable copy lives: a store URL turned into an `object_store` client.
+//!
+//! | URL | backend |
+//! |---|---|
+//! | none, or `file:///abs/dir` | local directory, every write fsynced (file and directory) |
+//! | `s3://bucket/prefix` | Amazon S3 or compatible; standard `AWS_*` env vars, `AWS_ENDPOINT_URL` to override |
+//! | `az://container/prefix` | Azure Blob; standard `AZURE_STORAGE_*` env vars, `AZURE_STORAGE_USE_EMULATOR=true` for Azurite |
+//!
+//! Remote clients get a bounded retry policy and request timeouts, so an outage surfaces as
+//! an error within seconds instead of a hang.
+
+use crate::{Result, StoreError};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An object store plus the path of the database inside it.
+#[derive(Clone, Debug)]
+pub struct StoreLocation {
+    /// The object store client.
+    pub object_store: Arc<dyn ObjectStore>,
+    /// Path of the database inside the store.
+    pub path: String,
+    /// Human-readable description (the URL, with no secrets).
+    pub description: String,
+    /// True for a remote (network) store, where a local read cache pays off.
+    pub remote: bool,
+}
+
+/// Retry and timeout policy for remote object stores.
+#[derive(Clone, Copy, Debug)]
+pub struct RemotePolicy {
+    /// Retries of one request before it fails.
+    pub max_retries: usize,
+    /// Give up retrying one request after this long.
+    pub retry_timeout: Duration,
+    /// Timeout of a single HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl Default for RemotePolicy {
+    fn default() -> Self {
+        RemotePolicy {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// A local directory (created if missing); writes are fsynced.
+    pub fn local(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| StoreError::Invalid(format!("{}: {e}", dir.display())))?
+            .with_fsync(true);
+        Ok(StoreLocation {
+            object_store: Arc::new(fs),
+            path: "db".to_string(),
+            description: format!("file://{}", dir.display()),
+            remote: false,
+        })
+    }
+
+    /// Parses a store URL (`file://`, `s3://`, `az://`).
+    pub fn from_url(url: &str, policy: RemotePolicy) -> Result<Self> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::Invalid(format!("store URL {url}: {e}")))?;
+        let bucket = parsed.host_str().unwrap_or_default().to_string();
+        let prefix = parsed.path().trim_matches('/').to_string();
+        let path = if prefix.is_empty() {
+            "mnemo".to_string()
+        } else {
+            prefix
+        };
+        let client = ClientOptions::new()
+            .with_timeout(policy.request_timeout)
+            .with_connect_timeout(Duration::from_secs(5));
+        let retry = RetryConfig {
+            max_retries: policy.max_retries,
+            retry_timeout: policy.retry_timeout,
+            ..Default::default()
+        };
+        let bad = |e: object_store::Error| StoreError::Invalid(format!("store URL {url}: {e}"));
+        let object_store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "file" => return Self::local(Path::new(parsed.path())),
+            "s3" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(bad)?,
+            ),
+            "az" | "azure" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(bad)?,
+            ),
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "unsupported store scheme {other:?} (use file://, s3:// or az://)"
+                )))
+            }
+        };
+        if bucket.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "store URL {url} names no bucket or container"
+            )));
+        }
+        Ok(StoreLocation {
+            object_store,
+            path,
+            description: format!("{}://{}/", parsed.scheme(), bucket),
+            remote: true,
+        })
+    }
+}

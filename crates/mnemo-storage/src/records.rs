@@ -1,0 +1,162 @@
+//! Encodings of stored values. Each starts with a version byte.
+
+use crate::{Result, StoreError};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+const ITEM_V1: u8 = 1;
+const KV_V1: u8 = 1;
+
+/// A conversation record (stored as JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConversationRecord {
+    /// `conv_…`
+    pub id: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: i64,
+    /// Client metadata (string values).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The end user owning the conversation, if created for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A stored conversation item: envelope plus the item's JSON exactly as served.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredItem {
+    /// Item id (also inside `json`).
+    pub id: String,
+    /// Position in the conversation (append order).
+    pub seq: u64,
+    /// Append time, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The item this one follows (the previous item at append time), for message trees.
+    pub parent: Option<String>,
+    /// The item as a JSON object, encoded once at write time.
+    pub json: Bytes,
+}
+
+fn put_str(buf: &mut BytesMut, s: &str) {
+    buf.put_u16(s.len() as u16);
+    buf.put_slice(s.as_bytes());
+}
+
+fn get_str(buf: &mut Bytes) -> Result<String> {
+    if buf.remaining() < 2 {
+        return Err(StoreError::Corrupt("truncated string length".into()));
+    }
+    let n = buf.get_u16() as usize;
+    if buf.remaining() < n {
+        return Err(StoreError::Corrupt("truncated string".into()));
+    }
+    String::from_utf8(buf.split_to(n).to_vec())
+        .map_err(|_| StoreError::Corrupt("string is not UTF-8".into()))
+}
+
+impl StoredItem {
+    /// Encodes the value stored under the item key (the seq is in the key).
+    pub fn encode(&self) -> Bytes {
+        let parent = self.parent.as_deref().unwrap_or("");
+        let mut b = BytesMut::with_capacity(13 + self.id.len() + parent.len() + self.json.len());
+        b.put_u8(ITEM_V1);
+        b.put_i64(self.created_at_ms);
+        put_str(&mut b, &self.id);
+        put_str(&mut b, parent);
+        b.put_slice(&self.json);
+        b.freeze()
+    }
+
+    /// Decodes a stored item value; `seq` comes from the key.
+    pub fn decode(seq: u64, mut v: Bytes) -> Result<Self> {
+        if v.remaining() < 9 || v.get_u8() != ITEM_V1 {
+            return Err(StoreError::Corrupt("unknown item record version".into()));
+        }
+        let created_at_ms = v.get_i64();
+        let id = get_str(&mut v)?;
+        let parent = get_str(&mut v)?;
+        Ok(StoredItem {
+            id,
+            seq,
+            created_at_ms,
+            parent: (!parent.is_empty()).then_some(parent),
+            json: v,
+        })
+    }
+}
+
+/// A key-value entry: metadata plus the raw value bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvRecord {
+    /// Version tag, unique per write; rendered as the ETag.
+    pub version: u64,
+    /// Last write time, milliseconds since the Unix epoch.
+    pub updated_at_ms: i64,
+    /// Media type given at write time.
+    pub content_type: String,
+    /// The value.
+    pub value: Bytes,
+}
+
+impl KvRecord {
+    /// Encodes the stored value.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(19 + self.content_type.len() + self.value.len());
+        b.put_u8(KV_V1);
+        b.put_u64(self.version);
+        b.put_i64(self.updated_at_ms);
+        put_str(&mut b, &self.content_type);
+        b.put_slice(&self.value);
+        b.freeze()
+    }
+
+    /// Decodes a stored value.
+    pub fn decode(mut v: Bytes) -> Result<Self> {
+        if v.remaining() < 17 || v.get_u8() != KV_V1 {
+            return Err(StoreError::Corrupt("unknown kv record version".into()));
+        }
+        let version = v.get_u64();
+        let updated_at_ms = v.get_i64();
+        let content_type = get_str(&mut v)?;
+        Ok(KvRecord {
+            version,
+            updated_at_ms,
+            content_type,
+            value: v,
+        })
+    }
+
+    /// The strong ETag, `"<16 hex digits>"`.
+    pub fn etag(&self) -> String {
+        format!("\"{:016x}\"", self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_round_trip() {
+        let it = StoredItem {
+            id: "msg_1".into(),
+            seq: 7,
+            created_at_ms: 1_700_000_000_123,
+            parent: Some("msg_0".into()),
+            json: Bytes::from_static(br#"{"id":"msg_1"}"#),
+        };
+        assert_eq!(StoredItem::decode(7, it.encode()).unwrap(), it);
+        assert!(StoredItem::decode(7, Bytes::from_static(b"\x09")).is_err());
+    }
+
+    #[test]
+    fn kv_round_trip() {
+        let r = KvRecord {
+            version: 0xdead_beef,
+            updated_at_ms: 5,
+            content_type: "text/plain".into(),
+            value: Bytes::from((0..=255u8).collect::<Vec<_>>()),
+        };
+        assert_eq!(KvRecord::decode(r.encode()).unwrap(), r);
+        assert_eq!(r.etag(), "\"00000000deadbeef\"");
+    }
+}

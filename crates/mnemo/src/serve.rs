@@ -1,0 +1,105 @@
+//! `mnemo serve`: open the store, serve the API, shut down gracefully.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use mnemo_storage::{EngineConfig, FlushPolicy, RemotePolicy, Store, StoreLocation};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of `mnemo serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Local data directory (the default store lives in DIR/store, the read cache in DIR/cache).
+    #[arg(long, default_value = "./mnemo-data", env = "MNEMO_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "MNEMO_LISTEN")]
+    listen: SocketAddr,
+    /// Durable store URL: file:///dir, s3://bucket/prefix or az://container/prefix.
+    /// Default: the local directory DATA_DIR/store.
+    #[arg(long, env = "MNEMO_STORE")]
+    store: Option<String>,
+    /// Local SSD cache for object-store reads. Default: DATA_DIR/cache for remote stores,
+    /// none for a local store.
+    #[arg(long, env = "MNEMO_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Size limit of the read cache, in MiB.
+    #[arg(long, default_value_t = 4096, env = "MNEMO_CACHE_SIZE_MB")]
+    cache_size_mb: usize,
+    /// WAL upload interval in ms. 0 uploads on demand (group commit: lowest latency);
+    /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
+    #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: u64,
+    /// A write not durable within this many ms fails with 503.
+    #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
+    write_timeout_ms: u64,
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long)]
+    insecure_no_auth: bool,
+}
+
+/// Runs the server until SIGTERM or Ctrl-C, then flushes and closes the store.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+        bail!(
+            "refusing to listen on non-loopback address {} without authentication; \
+             pass --insecure-no-auth to do it anyway",
+            args.listen
+        );
+    }
+    let location = match &args.store {
+        None => StoreLocation::local(&args.data_dir.join("store"))?,
+        Some(url) => StoreLocation::from_url(url, RemotePolicy::default())?,
+    };
+    let mut config = EngineConfig::new(location);
+    config.cache_dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| config.location.remote.then(|| args.data_dir.join("cache")));
+    config.cache_size_bytes = args.cache_size_mb << 20;
+    config.flush = match args.flush_interval_ms {
+        0 => FlushPolicy::OnDemand,
+        ms => FlushPolicy::Interval(Duration::from_millis(ms)),
+    };
+    config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    let description = config.location.description.clone();
+    let store = Arc::new(
+        Store::open(config)
+            .await
+            .with_context(|| format!("opening store {description}"))?,
+    );
+    let app = mnemo_api::router(mnemo_api::AppState::new(store.clone()));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, store = %description, "mnemo ready");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: flushing the store");
+    store.close().await.context("closing the store")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
