@@ -148,6 +148,13 @@ impl PendingWrite<'_> {
     }
 }
 
+/// False for an entry past its TTL. SlateDB drops expired entries only when compacting, so
+/// every read path filters them here.
+fn live(kv: &KeyValue) -> bool {
+    kv.expire_ts
+        .is_none_or(|at| at > crate::changelog::now_ms())
+}
+
 fn remote_read() -> ReadOptions {
     ReadOptions {
         durability_filter: DurabilityLevel::Remote,
@@ -284,24 +291,26 @@ impl Engine {
 
     /// Reads the durable value of a key.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        Ok(self.db()?.get_with_options(key, &remote_read()).await?)
+        Ok(self.get_entry(key).await?.map(|kv| kv.value))
     }
 
     /// Reads the durable value of a key with its metadata (expiry).
     pub async fn get_entry(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self
+        let kv = self
             .db()?
             .get_key_value_with_options(key, &remote_read())
-            .await?)
+            .await?;
+        Ok(kv.filter(live))
     }
 
     /// Reads the newest value of a key, including writes not yet durable. Use only under the
     /// key's lock, to decide what to write next.
     pub async fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self
+        let kv = self
             .db()?
             .get_key_value_with_options(key, &ReadOptions::default())
-            .await?)
+            .await?;
+        Ok(kv.filter(live))
     }
 
     /// Scans up to `limit` durable entries in `range`, in key order or reversed.
@@ -346,7 +355,8 @@ impl Engine {
         let mut out = Vec::with_capacity(limit.min(1024));
         while out.len() < limit {
             match it.next().await? {
-                Some(kv) => out.push(kv),
+                Some(kv) if live(&kv) => out.push(kv),
+                Some(_) => {}
                 None => break,
             }
         }
