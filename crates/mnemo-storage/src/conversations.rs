@@ -1,8 +1,9 @@
 //! Conversations and their items.
 //!
 //! Appends to one conversation are serialised by that conversation's lock: the lock covers
-//! reading the tail (last sequence number and item id), checking client-supplied ids and
-//! writing the batch to the memtable; it is released before the durability wait, so
+//! reading the conversation record (which holds the tail: last sequence number and item id),
+//! checking client-supplied ids and writing the batch (items, index entries, updated record,
+//! change-log entry) to the memtable; it is released before the durability wait, so
 //! concurrent appends to one conversation still share WAL uploads.
 
 use crate::changelog::{now_ms, ChangeEntry};
@@ -94,19 +95,21 @@ impl Store {
         items: Vec<NewItem>,
     ) -> Result<(ConversationRecord, Vec<StoredItem>)> {
         check_unique_in_request(&items)?;
-        let rec = ConversationRecord {
+        let mut rec = ConversationRecord {
             id: ids::generate("conv_"),
             created_at: now_ms() / 1000,
             metadata,
             owner: scope.user.clone(),
+            last_seq: 0,
+            last_item: None,
         };
         let t = &scope.tenant;
         let mut batch = WriteBatch::new();
+        let stored = stage_items(&mut batch, scope, &mut rec, items);
         batch.put(keys::conversation(t, &rec.id), serde_json::to_vec(&rec)?);
         if let Some(owner) = &rec.owner {
             batch.put(keys::owner(t, owner, &rec.id), b"");
         }
-        let stored = stage_items(&mut batch, scope, &rec.id, 0, None, items);
         let mut created = ChangeEntry::new("conversation.created");
         created.conversation_id = Some(rec.id.clone());
         created.owner = rec.owner.clone();
@@ -226,7 +229,7 @@ impl Store {
         let t = &scope.tenant;
         let (stored, pending) = {
             let _g = self.conv_locks.lock(id).await;
-            let rec = self.latest_conversation(scope, id).await?;
+            let mut rec = self.latest_conversation(scope, id).await?;
             for it in items.iter().filter(|i| i.client_id) {
                 if self
                     .engine
@@ -240,20 +243,9 @@ impl Store {
                     )));
                 }
             }
-            let tail = self
-                .engine
-                .scan_latest(prefix_range(keys::items_prefix(t, id)), true, 1)
-                .await?;
-            let (last_seq, last_id) = match tail.into_iter().next() {
-                Some(kv) => {
-                    let seq = keys::item_seq(&kv.key)
-                        .ok_or_else(|| StoreError::Corrupt("bad item key".into()))?;
-                    (seq, Some(StoredItem::decode(seq, kv.value)?.id))
-                }
-                None => (0, None),
-            };
             let mut batch = WriteBatch::new();
-            let stored = stage_items(&mut batch, scope, id, last_seq, last_id, items);
+            let stored = stage_items(&mut batch, scope, &mut rec, items);
+            batch.put(keys::conversation(t, id), serde_json::to_vec(&rec)?);
             let entries = items_added(&rec, &stored).into_iter().collect();
             let pending = self.log.write(&self.engine, t, batch, entries).await?;
             (stored, pending)
@@ -385,32 +377,34 @@ fn check_unique_in_request(items: &[NewItem]) -> Result<()> {
     Ok(())
 }
 
-/// Adds items (and their id index entries) to a batch, numbering them after `last_seq`.
+/// Adds items (and their id index entries) to a batch, numbering them after the
+/// conversation's last sequence number, and advances the record's tail.
 fn stage_items(
     batch: &mut WriteBatch,
     scope: &Scope,
-    conv: &str,
-    last_seq: u64,
-    mut parent: Option<String>,
+    rec: &mut ConversationRecord,
     items: Vec<NewItem>,
 ) -> Vec<StoredItem> {
     let now = now_ms();
     let mut out = Vec::with_capacity(items.len());
-    for (i, it) in items.into_iter().enumerate() {
-        let seq = last_seq + 1 + i as u64;
+    for it in items {
+        rec.last_seq += 1;
         let stored = StoredItem {
             id: it.id,
-            seq,
+            seq: rec.last_seq,
             created_at_ms: now,
-            parent: parent.take(),
+            parent: rec.last_item.take(),
             json: it.json,
         };
-        batch.put(keys::item(&scope.tenant, conv, seq), stored.encode());
         batch.put(
-            keys::item_id(&scope.tenant, conv, &stored.id),
-            seq.to_be_bytes(),
+            keys::item(&scope.tenant, &rec.id, stored.seq),
+            stored.encode(),
         );
-        parent = Some(stored.id.clone());
+        batch.put(
+            keys::item_id(&scope.tenant, &rec.id, &stored.id),
+            stored.seq.to_be_bytes(),
+        );
+        rec.last_item = Some(stored.id.clone());
         out.push(stored);
     }
     out

@@ -19,6 +19,12 @@ pub struct ConversationRecord {
     /// The end user owning the conversation, if created for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Sequence number of the newest item ever appended (0: none). Never reused.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// Id of the newest item at the time of the last append (the next item's parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_item: Option<String>,
 }
 
 /// A stored conversation item: envelope plus the item's JSON exactly as served.
