@@ -233,14 +233,12 @@ impl Engine {
         let closed = matches!(e.kind(), slatedb::ErrorKind::Closed(_));
         let err = StoreError::from(e);
         metrics::counter!("mnemo_store_write_errors_total", "reason" => "engine").increment(1);
-        match &err {
-            StoreError::Fenced => {
-                if self.state.swap(FENCED, Ordering::AcqRel) != FENCED {
-                    tracing::error!("fenced by a newer writer; this node no longer writes");
-                }
+        if matches!(err, StoreError::Fenced) {
+            if self.state.swap(FENCED, Ordering::AcqRel) != FENCED {
+                tracing::error!("fenced by a newer writer; this node no longer writes");
             }
-            _ if closed => self.start_reopen(),
-            _ => {}
+        } else if closed {
+            self.start_reopen();
         }
         err
     }
