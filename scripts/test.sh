@@ -75,7 +75,7 @@ PYEOF
 
 for store in s3 az; do
   step "rust engine tests ($store emulator)"
-  MNEMO_TEST_STORE=$store cargo test --release --locked -p mnemo-storage --test store
+  MNEMO_TEST_STORE=$store cargo test --release --locked --workspace --test store
 done
 
 step "python suite (local store)"

@@ -10,7 +10,9 @@
 //! an error within seconds instead of a hang.
 
 use crate::{Result, StoreError};
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use object_store::aws::AmazonS3ConfigKey;
+use object_store::azure::AzureConfigKey;
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,9 +78,10 @@ impl StoreLocation {
         } else {
             prefix
         };
-        let client = ClientOptions::new()
-            .with_timeout(policy.request_timeout)
-            .with_connect_timeout(Duration::from_secs(5));
+        // Set as config keys (not `with_client_options`, which would drop the client settings
+        // `from_env` read, such as `AWS_ALLOW_HTTP`).
+        let timeout = format!("{}ms", policy.request_timeout.as_millis());
+        let connect_timeout = "5s";
         let retry = RetryConfig {
             max_retries: policy.max_retries,
             retry_timeout: policy.retry_timeout,
@@ -90,7 +93,11 @@ impl StoreLocation {
             "s3" => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&bucket)
-                    .with_client_options(client)
+                    .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        connect_timeout,
+                    )
                     .with_retry(retry)
                     .build()
                     .map_err(bad)?,
@@ -98,7 +105,11 @@ impl StoreLocation {
             "az" | "azure" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(&bucket)
-                    .with_client_options(client)
+                    .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        connect_timeout,
+                    )
                     .with_retry(retry)
                     .build()
                     .map_err(bad)?,
