@@ -14,6 +14,7 @@ passed through unchanged.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -265,6 +266,18 @@ class MnemoServer:
 
     def __repr__(self) -> str:
         return f"MnemoServer(port={self.port}, data_dir={self.data_dir}, store={self.store_url})"
+
+
+@atexit.register
+def _kill_leftover_servers() -> None:
+    """Last resort (e.g. an interrupted run): never leave a mnemo process behind."""
+    with _OPEN_LOCK:
+        servers = list(_OPEN_SERVERS)
+    for srv in servers:
+        try:
+            srv.kill9()
+        except Exception:
+            pass
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -87,7 +87,9 @@ def test_malformed_json(http, conv_id, body):
     {"items": [{"type": 5, "role": "user", "content": "x"}]},
     {"items": [{"id": 5, "role": "user", "content": "x"}]},
     {"items": [{"type": "function_call", "call_id": 1, "name": "f", "arguments": "{}"}]},
-])
+    {"items": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"x": 1}}]},
+    {"items": [{"type": "reasoning", "summary": "not a list"}]},
+], ids=lambda p: json.dumps(p)[:70])
 def test_wrong_types_create(http, payload):
     assert_api_error(http.post("/v1/conversations", json=payload), 400)
 
@@ -104,7 +106,7 @@ def test_wrong_types_create(http, payload):
     "items",
     5,
     None,
-])
+], ids=lambda p: json.dumps(p)[:70])
 def test_wrong_types_append(http, conv_id, payload):
     before = items_of(http, conv_id)
     r = http.post(f"/v1/conversations/{conv_id}/items", content=json.dumps(payload).encode(),
@@ -115,7 +117,7 @@ def test_wrong_types_append(http, conv_id, payload):
 
 @pytest.mark.parametrize("payload", [
     {"metadata": 5}, {"metadata": "s"}, {"metadata": {"k": 1.5}}, {"metadata": {"k": True}}, [], 5,
-])
+], ids=lambda p: json.dumps(p)[:70])
 def test_wrong_types_update(http, conv_id, payload):
     before = http.get(f"/v1/conversations/{conv_id}").json()
     r = http.post(f"/v1/conversations/{conv_id}", content=json.dumps(payload).encode(), headers=JSON_HEADERS)
@@ -126,7 +128,7 @@ def test_wrong_types_update(http, conv_id, payload):
 @pytest.mark.parametrize("payload", [
     {"operations": "x"}, {"operations": {}}, {"operations": [5]}, {"operations": [{"op": 5, "key": "k"}]},
     {"operations": [{"op": "put", "key": 5, "value": "v"}]}, {}, [], 5,
-])
+], ids=lambda p: json.dumps(p)[:70])
 def test_wrong_types_batch(http, payload):
     r = http.post("/v1/kv/batch", content=json.dumps(payload).encode(), headers=JSON_HEADERS)
     assert_api_error(r, 400)
@@ -292,15 +294,19 @@ def test_method_not_allowed(http, method, path):
     assert_api_error(r, 405)
 
 
-def test_bad_precondition_headers(http):
-    key = "/v1/kv/bad-precond"
+@pytest.mark.parametrize("kind", ["garbage", "weak-etag"])
+def test_bad_precondition_headers(http, kind):
+    """A garbage If-Match, or a weak validator W/"<etag>" (If-Match uses strong comparison,
+    RFC 9110 13.1.1), never matches: 400 or 412, and the write is not applied."""
+    key = f"/v1/kv/bad-precond-{kind}"
     r = http.put(key, content=b"v")
     assert r.status_code == 200, r.text
     etag = r.json()["etag"]
-    # a garbage If-Match never matches: 400 or 412, never applied
-    for hdrs in ({"If-Match": "garbage-without-quotes"}, {"If-Match": "W/" + etag}):
-        r = http.put(key, content=b"changed", headers=hdrs)
-        assert_api_error(r, {400, 412})
+    hdr = "garbage-without-quotes" if kind == "garbage" else "W/" + etag
+    r = http.put(key, content=b"changed", headers={"If-Match": hdr})
+    assert_api_error(r, {400, 412})
+    r = http.delete(key, headers={"If-Match": hdr})
+    assert_api_error(r, {400, 412})
     g = http.get(key)
     assert g.content == b"v" and g.headers["etag"] == etag
 
@@ -323,6 +329,39 @@ def test_garbage_http_does_not_kill_server(server):
             except OSError:
                 pass
     assert server.http.get("/healthz").status_code == 200
+
+
+def _counter(text, name, labels):
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, _, value = line.rpartition(" ")
+            lab = series[len(name):]
+            if lab == want or (lab == "" and want == "{}") or (
+                    lab.startswith("{") and set(lab[1:-1].split(",")) == set(want[1:-1].split(","))):
+                return float(value)
+    return 0.0
+
+
+def test_metrics(http):
+    """GET /metrics: Prometheus text with the documented series; counters count exactly."""
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+    text0 = http.get("/metrics").text
+    before = _counter(text0, "mnemo_http_requests_total", labels)
+    flushes0 = _counter(text0, "mnemo_store_flushes_total", {})
+    for _ in range(5):
+        assert http.get("/healthz").status_code == 200
+    assert http.put("/v1/kv/metrics-probe", content=b"x").status_code == 200  # one durable write
+    r = http.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert _counter(text, "mnemo_http_requests_total", labels) == before + 5
+    assert _counter(text, "mnemo_store_flushes_total", {}) >= flushes0 + 1
+    for name in ("mnemo_http_requests_total", "mnemo_http_request_duration_seconds_bucket",
+                 "mnemo_http_request_duration_seconds_count", "mnemo_store_flushes_total",
+                 "mnemo_store_flush_duration_seconds", "mnemo_store_write_errors_total"):
+        assert any(line.startswith(name) for line in text.splitlines()), f"/metrics has no {name}"
 
 
 def test_zz_server_still_up(server, http):

@@ -266,6 +266,16 @@ def test_autopaginate_default_order_is_desc(client, conv45):
     assert texts_of(client.conversations.items.list(cid, limit=10)) == texts[::-1]
 
 
+def test_include_is_accepted_and_ignored(client, http, conv45):
+    cid, texts, ids = conv45
+    inc = ["message.output_text.logprobs", "reasoning.encrypted_content"]
+    assert [i.id for i in client.conversations.items.list(cid, order="asc", limit=100, include=inc)] == ids
+    got = client.conversations.items.retrieve(ids[3], conversation_id=cid, include=inc)
+    assert got.id == ids[3] and got.content[0].text == texts[3]
+    r = http.get(f"/v1/conversations/{cid}/items/{ids[3]}", params={"include": "anything.at.all"})
+    assert r.status_code == 200 and r.json()["id"] == ids[3]
+
+
 def test_default_limit_and_order(client, http, conv45):
     cid, texts, ids = conv45
     page = client.conversations.items.list(cid)
@@ -676,6 +686,22 @@ def test_user_isolation(client, http):
     assert client.conversations.delete(conv.id, extra_headers=alice).deleted is True
     with pytest.raises(openai.NotFoundError):
         client.conversations.retrieve(conv.id)
+
+
+def test_user_id_is_bytes_not_just_ascii(http):
+    """docs/api.md: X-Mnemo-User is 1-256 bytes with no control characters, so a UTF-8 user id
+    (or one with spaces) is a valid, distinct user."""
+    juergen = {"X-Mnemo-User": "jürgen smith".encode("utf-8")}
+    plain = {"X-Mnemo-User": b"jurgen smith"}
+    r = http.post("/v1/conversations", json={}, headers=juergen)
+    assert r.status_code == 200, r.text
+    cid = r.json()["id"]
+    assert http.get(f"/v1/conversations/{cid}", headers=juergen).status_code == 200
+    assert_api_error(http.get(f"/v1/conversations/{cid}", headers=plain), 404)
+    r = http.post("/v1/conversations", json={}, headers={"X-Mnemo-User": "用户".encode() * 42})  # 252 bytes
+    assert r.status_code == 200, r.text
+    assert_api_error(http.post("/v1/conversations", json={},
+                               headers={"X-Mnemo-User": "用户".encode() * 43}), 400)  # 258 bytes
 
 
 def test_user_header_validation(http):

@@ -298,16 +298,22 @@ def verify_conversations(http, model: Model, attempts: List[Attempt], rnd: int):
     for a in attempts:
         if a.kind == "create" and a.state == ACKED:
             model.created.append(a)
-    for a in model.created:
+
+    def check_created(a):
+        out = []
         r = http.get(f"/v1/conversations/{a.cid}")
         if r.status_code != 200:
-            problems.append(f"acked conversation {a.cid} (r{a.round} t{a.thread}) lost: {r.status_code} {r.text[:200]}")
-            continue
+            return [f"acked conversation {a.cid} (r{a.round} t{a.thread} s{a.seq}) lost: {r.status_code} {r.text[:200]}"]
         if r.json().get("metadata") != a.metadata:
-            problems.append(f"conversation {a.cid} metadata {r.json().get('metadata')} != {a.metadata}")
+            out.append(f"conversation {a.cid} metadata {r.json().get('metadata')} != {a.metadata}")
         texts = [it["content"][0]["text"] for it in list_items(http, a.cid)]
         if texts != a.texts:
-            problems.append(f"conversation {a.cid} items {texts} != {a.texts}")
+            out.append(f"conversation {a.cid} items {texts} != {a.texts}")
+        return out
+
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        for res in ex.map(check_created, model.created):
+            problems += res
     return problems
 
 
@@ -398,7 +404,9 @@ def verify_kv(http, model: Model, attempts: List[Attempt], rnd: int):
     return problems
 
 
-def run_load(srv, model: Model, rnd: int, seconds: float):
+def run_load(srv, model: Model, rnd: int, seconds: float, stop=None):
+    """Run the 32-thread load for `seconds`, then stop the server with `stop` (default SIGKILL)
+    while the load is still running."""
     rec = Recorder()
     killed = threading.Event()
     start = threading.Event()
@@ -417,7 +425,7 @@ def run_load(srv, model: Model, rnd: int, seconds: float):
     time.sleep(seconds)
     alive_before_kill = srv.is_running()
     rec.kill_started.set()
-    srv.kill9()                      # while the load is still running
+    (stop or srv.kill9)()            # while the load is still running
     killed.set()
     for th in threads:
         th.join(timeout=REQ_TIMEOUT + 30)
@@ -426,34 +434,45 @@ def run_load(srv, model: Model, rnd: int, seconds: float):
     return rec
 
 
-@pytest.mark.storage
-def test_kill9_under_load_loses_no_acknowledged_write(fresh_server):
-    srv = fresh_server
+def new_model(srv) -> Model:
     model = Model()
     for i in range(N_CONVS):
         r = srv.http.post("/v1/conversations", json={"metadata": {"crash": str(i)}})
         assert r.status_code == 200, r.text
         model.convs.append(r.json()["id"])
         model.conv_items[model.convs[-1]] = []
+    return model
+
+
+def verify_round(srv, model, rec, rnd):
+    http = srv.http
+    problems = list(rec.unexpected)
+    problems += verify_conversations(http, model, rec.attempts, rnd)
+    problems += verify_kv(http, model, rec.attempts, rnd)
+    counts = {}
+    for a in rec.attempts:
+        counts[(a.kind, a.state)] = counts.get((a.kind, a.state), 0) + 1
+    print(f"round {rnd}: {counts}")
+    assert not problems, f"round {rnd}: {len(problems)} problems:\n" + "\n".join(problems[:40])
+    acked_kinds = {a.kind for a in rec.attempts if a.state == ACKED}
+    assert {"append", "put", "batch"} <= acked_kinds, (
+        f"round {rnd}: the load acknowledged too little to test anything: {counts}")
+
+
+@pytest.mark.storage
+def test_kill9_under_load_loses_no_acknowledged_write(fresh_server):
+    srv = fresh_server
+    model = new_model(srv)
 
     rng = random.Random()
-    summary = []
     for rnd in range(ROUNDS):
+        t0 = time.monotonic()
         rec = run_load(srv, model, rnd, rng.uniform(LOAD_MIN, LOAD_MAX))
+        t1 = time.monotonic()
         srv.restart()
-        http = srv.http
-        problems = list(rec.unexpected)
-        problems += verify_conversations(http, model, rec.attempts, rnd)
-        problems += verify_kv(http, model, rec.attempts, rnd)
-        counts = {}
-        for a in rec.attempts:
-            counts[(a.kind, a.state)] = counts.get((a.kind, a.state), 0) + 1
-        summary.append(counts)
-        print(f"round {rnd}: {counts}")
-        assert not problems, f"round {rnd}: {len(problems)} problems:\n" + "\n".join(problems[:40])
-        acked_kinds = {a.kind for a in rec.attempts if a.state == ACKED}
-        assert {"append", "put", "batch"} <= acked_kinds, (
-            f"round {rnd}: the load acknowledged too little to test anything: {counts}")
+        t2 = time.monotonic()
+        verify_round(srv, model, rec, rnd)
+        print(f"round {rnd}: load {t1 - t0:.1f}s, restart {t2 - t1:.1f}s, verify {time.monotonic() - t2:.1f}s")
 
     # finally a graceful stop keeps everything too
     rc = srv.terminate()
@@ -465,6 +484,18 @@ def test_kill9_under_load_loses_no_acknowledged_write(fresh_server):
     for k, v in model.kv_state.items():
         r = srv.http.get(kp(k))
         assert (r.content if r.status_code == 200 else None) == v, k
+
+
+@pytest.mark.storage
+def test_sigterm_under_load_keeps_acknowledged_writes(fresh_server):
+    """Graceful shutdown in the middle of the load: exit code 0, every acknowledged write kept."""
+    srv = fresh_server
+    model = new_model(srv)
+    rcs = []
+    rec = run_load(srv, model, 0, random.uniform(LOAD_MIN, LOAD_MAX), stop=lambda: rcs.append(srv.terminate()))
+    assert rcs == [0], f"exit code after SIGTERM under load: {rcs}\n{srv.stderr_tail()}"
+    srv.start()
+    verify_round(srv, model, rec, 0)
 
 
 # --------------------------------------------------------------------------- deterministic durability

@@ -1,7 +1,7 @@
 //! Handlers of the OpenAI Conversations API (`/v1/conversations…`).
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, path, scope};
+use crate::extract::{json_body, path, query_pairs, scope};
 use crate::items::parse_items;
 use crate::AppState;
 use axum::body::Body;
@@ -190,9 +190,9 @@ fn list_params(raw: Option<&str>) -> ApiResult<ListParams> {
         limit: DEFAULT_PAGE,
         order: Order::Desc,
     };
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "after" => p.after = Some(v.into_owned()),
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "after" => p.after = Some(v),
             "limit" => {
                 p.limit = v
                     .parse::<usize>()
@@ -203,7 +203,7 @@ fn list_params(raw: Option<&str>) -> ApiResult<ListParams> {
                     })?
             }
             "order" => {
-                p.order = match v.as_ref() {
+                p.order = match v.as_str() {
                     "asc" => Order::Asc,
                     "desc" => Order::Desc,
                     _ => {

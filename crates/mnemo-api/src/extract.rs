@@ -40,7 +40,7 @@ pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> 
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let err = ApiError::invalid(format!("invalid JSON body: {inner}"));
@@ -49,7 +49,30 @@ pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> 
         } else {
             err.with_param(path)
         }
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+    Ok(value)
+}
+
+/// Decodes a query string into `(name, value)` pairs, strictly: a value that is not valid
+/// UTF-8 after percent-decoding is a 400, never silently replaced.
+pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
+    let decode = |s: &str| -> ApiResult<String> {
+        let plus = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| ApiError::invalid("query parameters must be valid UTF-8"))
+    };
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
 }
 
 /// The scope of a request: tenant `default`, and the user named by `X-Mnemo-User` if any.
@@ -58,8 +81,8 @@ pub fn scope(headers: &HeaderMap) -> ApiResult<Scope> {
     match headers.get(USER_HEADER) {
         None => Ok(Scope::tenant(tenant)),
         Some(v) => {
-            let user = v.to_str().map_err(|_| {
-                ApiError::invalid("X-Mnemo-User must be visible ASCII").with_param(USER_HEADER)
+            let user = std::str::from_utf8(v.as_bytes()).map_err(|_| {
+                ApiError::invalid("X-Mnemo-User must be UTF-8").with_param(USER_HEADER)
             })?;
             Scope::user(tenant, user)
                 .map_err(|e| ApiError::invalid(e.to_string()).with_param(USER_HEADER))

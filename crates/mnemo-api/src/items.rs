@@ -9,19 +9,58 @@ use serde_json::{json, Map, Value};
 /// Most items in one create or append request.
 pub const MAX_ITEMS_PER_REQUEST: usize = 20;
 
-/// An item type: its name, id prefix, required fields (besides `id`, `status`, `type`), and
-/// whether a missing `status` is filled in as `completed`.
+/// The JSON type a required field must have.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Arr,
+    Obj,
+    Bool,
+    /// A string or an array of content parts (tool outputs).
+    StrOrArr,
+    /// Any JSON value except null.
+    Any,
+}
+
+impl Kind {
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Kind::Str => v.is_string(),
+            Kind::Arr => v.is_array(),
+            Kind::Obj => v.is_object(),
+            Kind::Bool => v.is_boolean(),
+            Kind::StrOrArr => v.is_string() || v.is_array(),
+            Kind::Any => !v.is_null(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::Arr => "an array",
+            Kind::Obj => "an object",
+            Kind::Bool => "a boolean",
+            Kind::StrOrArr => "a string or an array",
+            Kind::Any => "present",
+        }
+    }
+}
+
+use Kind::{Any, Arr, Bool, Obj, Str, StrOrArr};
+
+/// An item type: its name, id prefix, required fields with their JSON types (besides `id`,
+/// `status`, `type`), and whether a missing `status` is filled in as `completed`.
 struct ItemType {
     name: &'static str,
     prefix: &'static str,
-    required: &'static [&'static str],
+    required: &'static [(&'static str, Kind)],
     has_status: bool,
 }
 
 const fn t(
     name: &'static str,
     prefix: &'static str,
-    required: &'static [&'static str],
+    required: &'static [(&'static str, Kind)],
     has_status: bool,
 ) -> ItemType {
     ItemType {
@@ -34,81 +73,141 @@ const fn t(
 
 /// Every item type of the SDK's `ResponseInputItemParam` union except `item_reference`.
 const ITEM_TYPES: &[ItemType] = &[
-    t("message", "msg_", &["role", "content"], true),
+    t(
+        "message",
+        "msg_",
+        &[("role", Str), ("content", StrOrArr)],
+        true,
+    ),
     t(
         "function_call",
         "fc_",
-        &["call_id", "name", "arguments"],
+        &[("call_id", Str), ("name", Str), ("arguments", Str)],
         true,
     ),
-    t("function_call_output", "fco_", &["call_id", "output"], true),
-    t("reasoning", "rs_", &["summary"], false),
-    t("file_search_call", "fs_", &["queries"], true),
-    t("web_search_call", "ws_", &["action"], true),
+    t(
+        "function_call_output",
+        "fco_",
+        &[("call_id", Str), ("output", StrOrArr)],
+        true,
+    ),
+    t("reasoning", "rs_", &[("summary", Arr)], false),
+    t("file_search_call", "fs_", &[("queries", Arr)], true),
+    t("web_search_call", "ws_", &[("action", Obj)], true),
     t(
         "computer_call",
         "cu_",
-        &["call_id", "pending_safety_checks"],
+        &[("call_id", Str), ("pending_safety_checks", Arr)],
         true,
     ),
-    t("computer_call_output", "cuo_", &["call_id", "output"], true),
-    t("image_generation_call", "ig_", &["result"], true),
+    t(
+        "computer_call_output",
+        "cuo_",
+        &[("call_id", Str), ("output", Obj)],
+        true,
+    ),
+    t("image_generation_call", "ig_", &[("result", Any)], true),
     t(
         "code_interpreter_call",
         "ci_",
-        &["code", "container_id", "outputs"],
+        &[("code", Any), ("container_id", Str), ("outputs", Any)],
         true,
     ),
-    t("local_shell_call", "lsh_", &["action", "call_id"], true),
-    t("local_shell_call_output", "lsho_", &["output"], false),
-    t("shell_call", "sh_", &["action", "call_id"], false),
-    t("shell_call_output", "sho_", &["call_id", "output"], false),
-    t("apply_patch_call", "apc_", &["call_id", "operation"], true),
-    t("apply_patch_call_output", "apco_", &["call_id"], true),
-    t("tool_search_call", "tsc_", &["arguments"], false),
-    t("tool_search_output", "tso_", &["tools"], false),
-    t("additional_tools", "adt_", &["role", "tools"], false),
+    t(
+        "local_shell_call",
+        "lsh_",
+        &[("action", Obj), ("call_id", Str)],
+        true,
+    ),
+    t(
+        "local_shell_call_output",
+        "lsho_",
+        &[("output", Str)],
+        false,
+    ),
+    t(
+        "shell_call",
+        "sh_",
+        &[("action", Obj), ("call_id", Str)],
+        false,
+    ),
+    t(
+        "shell_call_output",
+        "sho_",
+        &[("call_id", Str), ("output", Any)],
+        false,
+    ),
+    t(
+        "apply_patch_call",
+        "apc_",
+        &[("call_id", Str), ("operation", Obj)],
+        true,
+    ),
+    t(
+        "apply_patch_call_output",
+        "apco_",
+        &[("call_id", Str)],
+        true,
+    ),
+    t("tool_search_call", "tsc_", &[("arguments", Any)], false),
+    t("tool_search_output", "tso_", &[("tools", Arr)], false),
+    t(
+        "additional_tools",
+        "adt_",
+        &[("role", Str), ("tools", Arr)],
+        false,
+    ),
     t("configuration_update", "cfg_", &[], false),
-    t("compaction", "cmp_", &["encrypted_content"], false),
+    t("compaction", "cmp_", &[("encrypted_content", Str)], false),
     t("compaction_trigger", "cmpt_", &[], false),
-    t("mcp_list_tools", "mcpl_", &["server_label", "tools"], false),
+    t(
+        "mcp_list_tools",
+        "mcpl_",
+        &[("server_label", Str), ("tools", Arr)],
+        false,
+    ),
     t(
         "mcp_approval_request",
         "mcpr_",
-        &["server_label", "name", "arguments"],
+        &[("server_label", Str), ("name", Str), ("arguments", Str)],
         false,
     ),
     t(
         "mcp_approval_response",
         "mcpa_",
-        &["approval_request_id", "approve"],
+        &[("approval_request_id", Str), ("approve", Bool)],
         false,
     ),
     t(
         "mcp_call",
         "mcp_",
-        &["server_label", "name", "arguments"],
+        &[("server_label", Str), ("name", Str), ("arguments", Str)],
         false,
     ),
     t(
         "custom_tool_call",
         "ctc_",
-        &["call_id", "name", "input"],
+        &[("call_id", Str), ("name", Str), ("input", Str)],
         false,
     ),
     t(
         "custom_tool_call_output",
         "ctco_",
-        &["call_id", "output"],
+        &[("call_id", Str), ("output", StrOrArr)],
         false,
     ),
     t(
         "program",
         "prg_",
-        &["call_id", "code", "fingerprint"],
+        &[("call_id", Str), ("code", Str), ("fingerprint", Str)],
         false,
     ),
-    t("program_output", "prgo_", &["call_id", "result"], true),
+    t(
+        "program_output",
+        "prgo_",
+        &[("call_id", Str), ("result", Any)],
+        true,
+    ),
 ];
 
 const ROLES: &[&str] = &["user", "assistant", "system", "developer"];
@@ -174,12 +273,21 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
             format!("unknown item type {kind:?}"),
         )
     })?;
-    for field in spec.required {
-        if obj.get(*field).is_none_or(Value::is_null) {
-            return Err(ApiError::invalid_param(
-                format!("{param}.{field}"),
-                format!("missing required field {field:?} for a {kind} item"),
-            ));
+    for (field, want) in spec.required {
+        match obj.get(*field) {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_param(
+                    format!("{param}.{field}"),
+                    format!("missing required field {field:?} for a {kind} item"),
+                ))
+            }
+            Some(v) if !want.accepts(v) => {
+                return Err(ApiError::invalid_param(
+                    format!("{param}.{field}"),
+                    format!("{field:?} of a {kind} item must be {}", want.name()),
+                ))
+            }
+            Some(_) => {}
         }
     }
     obj.insert("type".into(), Value::String(kind.clone()));
@@ -273,6 +381,17 @@ mod tests {
         assert!(one(json!({"role": "robot", "content": "x"})).is_err());
         assert!(one(json!({"type": "function_call", "name": "f"})).is_err());
         assert!(one(json!({"role": "user", "content": "x", "id": "a b"})).is_err());
+        assert!(
+            one(json!({"type": "function_call", "call_id": 1, "name": "f",
+                            "arguments": "{}"}))
+            .is_err()
+        );
+        assert!(
+            one(json!({"type": "function_call", "call_id": "c", "name": "f",
+                            "arguments": {"x": 1}}))
+            .is_err()
+        );
+        assert!(one(json!({"type": "reasoning", "summary": "not a list"})).is_err());
         assert!(one(json!([1])).is_err());
         assert!(parse_items(vec![], false).is_err());
         assert!(parse_items(vec![json!({"role":"user","content":"x"}); 21], false).is_err());

@@ -1,7 +1,7 @@
 //! Handlers of the key-value memory API (`/v1/kv…`).
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, path, read_body, scope};
+use crate::extract::{json_body, path, query_pairs, read_body, scope};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -20,12 +20,6 @@ use std::time::Duration;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 const DEFAULT_LIST: usize = 100;
 const MAX_LIST: usize = 1000;
-
-fn params(raw: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
 
 fn ttl(seconds: &str) -> ApiResult<Duration> {
     seconds
@@ -79,7 +73,7 @@ pub async fn put(
     let scope = scope(&headers)?;
     let key = path(key)?;
     let mut ttl_d = None;
-    for (k, v) in params(raw.as_deref()) {
+    for (k, v) in query_pairs(raw.as_deref())? {
         if k == "ttl_seconds" {
             ttl_d = Some(ttl(&v)?);
         }
@@ -146,7 +140,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let scope = scope(&headers)?;
     let (mut prefix, mut after, mut limit) = (String::new(), None, DEFAULT_LIST);
-    for (k, v) in params(raw.as_deref()) {
+    for (k, v) in query_pairs(raw.as_deref())? {
         match k.as_str() {
             "prefix" => prefix = v,
             "after" => after = Some(v),

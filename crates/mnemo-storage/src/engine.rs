@@ -175,6 +175,12 @@ impl Engine {
         if engine.config.flush == FlushPolicy::OnDemand {
             tokio::spawn(Self::flusher(Arc::clone(&engine)));
         }
+        // Register every series at zero so dashboards and alerts see them before the first event.
+        metrics::counter!("mnemo_store_flushes_total").increment(0);
+        metrics::counter!("mnemo_store_reopens_total").increment(0);
+        for reason in ["engine", "timeout"] {
+            metrics::counter!("mnemo_store_write_errors_total", "reason" => reason).increment(0);
+        }
         Ok(engine)
     }
 

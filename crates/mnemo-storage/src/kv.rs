@@ -45,9 +45,10 @@ impl Condition {
                 return Err("If-Match given but the key does not exist".into());
             };
             let etag = cur.etag();
+            // Strong comparison (RFC 9110 §13.1.1): a weak tag never matches.
             let hit = tags.iter().any(|t| {
                 let t = t.trim();
-                t == "*" || t.trim_start_matches("W/") == etag
+                t == "*" || t == etag
             });
             if !hit {
                 return Err(format!("If-Match does not match the current ETag {etag}"));

@@ -65,6 +65,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
     let description = config.location.description.clone();
+    // Install the metrics recorder before the store registers its series.
+    mnemo_api::metrics::install();
     let store = Arc::new(
         Store::open(config)
             .await
