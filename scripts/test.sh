@@ -39,7 +39,7 @@ cargo test --release --workspace --locked
 # --- emulators --------------------------------------------------------------------------
 TMP=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && { kill -CONT "$p"; kill "$p"; } 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; echo "port $1 never opened" >&2; return 1; }
@@ -48,6 +48,7 @@ step "start emulators"
 S3_PORT=$(free_port)
 "$ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$TMP/moto.log" 2>&1 &
 PIDS+=($!)
+export MNEMO_TEST_S3_PID=$!  # test_outage.py pauses it to simulate an outage
 AZ_PORT=$(free_port)
 node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$AZ_PORT" --inMemoryPersistence \
   --skipApiVersionCheck --loose --silent >"$TMP/azurite.log" 2>&1 &

@@ -89,8 +89,10 @@ class ServerStartError(RuntimeError):
 class MnemoServer:
     """One mnemo process (and its restarts) over one data dir and one store."""
 
-    def __init__(self, data_dir: Optional[Path] = None, store_url: Optional[str] = "__auto__", name: str = "mnemo"):
+    def __init__(self, data_dir: Optional[Path] = None, store_url: Optional[str] = "__auto__", name: str = "mnemo",
+                 extra_args: Optional[list] = None):
         self.name = name
+        self.extra_args = list(extra_args or [])
         self.tmp_root = Path(tempfile.mkdtemp(prefix=f"{name}-"))
         self.data_dir = Path(data_dir) if data_dir else self.tmp_root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ class MnemoServer:
         cmd = [mnemo_bin(), "serve", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"]
         if self.store_url:
             cmd += ["--store", self.store_url]
-        return cmd
+        return cmd + self.extra_args
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> "MnemoServer":
         assert self.proc is None or self.proc.poll() is not None, "server already running"
