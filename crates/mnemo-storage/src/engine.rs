@@ -63,7 +63,7 @@ pub struct EngineConfig {
     pub cache_size_bytes: usize,
     /// WAL upload policy.
     pub flush: FlushPolicy,
-    /// A write not durable within this time fails with 503.
+    /// A write not durable within this time, or a read not complete within it, fails with 503.
     pub write_timeout: Duration,
     /// Retries SlateDB makes of a failed object-store call before giving up.
     pub max_store_retries: u32,
@@ -300,9 +300,9 @@ impl Engine {
 
     /// Reads the durable value of a key with its metadata (expiry).
     pub async fn get_entry(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let db = self.db()?;
         let kv = self
-            .db()?
-            .get_key_value_with_options(key, &remote_read())
+            .bounded(db.get_key_value_with_options(key, &remote_read()))
             .await?;
         Ok(kv.filter(live))
     }
@@ -310,11 +310,26 @@ impl Engine {
     /// Reads the newest value of a key, including writes not yet durable. Use only under the
     /// key's lock, to decide what to write next.
     pub async fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        let db = self.db()?;
         let kv = self
-            .db()?
-            .get_key_value_with_options(key, &ReadOptions::default())
+            .bounded(db.get_key_value_with_options(key, &ReadOptions::default()))
             .await?;
         Ok(kv.filter(live))
+    }
+
+    /// Runs an engine read, failing with 503 if it takes longer than the write timeout (a read
+    /// that misses the cache during an object-store outage must not hang).
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, slatedb::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.write_timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "read did not complete within {:?}",
+                self.config.write_timeout
+            ))),
+        }
     }
 
     /// Scans up to `limit` durable entries in `range`, in key order or reversed.
@@ -355,15 +370,20 @@ impl Engine {
             },
             ..ScanOptions::default()
         };
-        let mut it = self.db()?.scan_with_options(range, &opts).await?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        while out.len() < limit {
-            match it.next().await? {
-                Some(kv) if live(&kv) => out.push(kv),
-                Some(_) => {}
-                None => break,
+        let db = self.db()?;
+        let read = async {
+            let mut it = db.scan_with_options(range, &opts).await?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            while out.len() < limit {
+                match it.next().await? {
+                    Some(kv) if live(&kv) => out.push(kv),
+                    Some(_) => {}
+                    None => break,
+                }
             }
-        }
+            Ok(out)
+        };
+        let out = self.bounded(read).await?;
         Ok(out)
     }
 

@@ -32,7 +32,7 @@ pub struct ServeArgs {
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
-    /// A write not durable within this many ms fails with 503.
+    /// A write not durable (or a read not complete) within this many ms fails with 503.
     #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
     write_timeout_ms: u64,
     /// Allow listening on a non-loopback address without authentication.
