@@ -20,6 +20,9 @@ for interval in ${INTERVALS[@]}; do
   echo; echo "### --flush-interval-ms $interval"
   "$BIN/mnemo-bench" --url "http://127.0.0.1:$port" --workload append --clients 1,16,64 --seconds "$SECONDS_PER_LEVEL" --targets 1000
   "$BIN/mnemo-bench" --url "http://127.0.0.1:$port" --workload kv-put --clients 1,64 --seconds "$SECONDS_PER_LEVEL" --targets 1000 | tail -n +3
+  flushes=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^mnemo_store_flushes_total/{print $2}')
+  writes=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^mnemo_http_requests_total/ && /status="200"/ && (/method="PUT"/ || /items"/) {s+=$2} END{print s}')
+  echo "on-demand WAL uploads: ${flushes:-0} for $writes acknowledged writes (timer uploads are not counted)"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$dir"
 done
