@@ -130,7 +130,7 @@ impl Store {
         id: &str,
         metadata: Map<String, Value>,
     ) -> Result<ConversationRecord> {
-        let pending = {
+        let (rec, pending) = {
             let _g = self.conv_locks.lock(id).await;
             let mut rec = self.latest_conversation(scope, id).await?;
             rec.metadata = metadata;
@@ -149,8 +149,8 @@ impl Store {
                     .await?,
             )
         };
-        pending.1.durable().await?;
-        Ok(pending.0)
+        pending.durable().await?;
+        Ok(rec)
     }
 
     /// Deletes a conversation and all its items.
