@@ -18,8 +18,8 @@ for interval in ${INTERVALS[@]}; do
   pid=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   echo; echo "### --flush-interval-ms $interval"
-  "$BIN/mnemo-bench" --url "http://127.0.0.1:$port" --workload append --clients 1,16,64 --seconds "$SECONDS_PER_LEVEL" --targets 1000
-  "$BIN/mnemo-bench" --url "http://127.0.0.1:$port" --workload kv-put --clients 1,64 --seconds "$SECONDS_PER_LEVEL" --targets 1000 | tail -n +3
+  "$BIN/mnemo-bench" load --url "http://127.0.0.1:$port" --workload append --clients 1,16,64 --seconds "$SECONDS_PER_LEVEL" --targets 1000
+  "$BIN/mnemo-bench" load --url "http://127.0.0.1:$port" --workload kv-put --clients 1,64 --seconds "$SECONDS_PER_LEVEL" --targets 1000 | tail -n +3
   flushes=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^mnemo_store_flushes_total/{print $2}')
   writes=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^mnemo_http_requests_total/ && /status="200"/ && (/method="PUT"/ || /items"/) {s+=$2} END{print s}')
   echo "on-demand WAL uploads: ${flushes:-0} for $writes acknowledged writes (timer uploads are not counted)"

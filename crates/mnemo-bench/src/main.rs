@@ -1,192 +1,193 @@
-//! `mnemo-bench`: drives a running mnemo server with concurrent keep-alive clients and reports
-//! throughput and latency percentiles per concurrency level.
+//! `mnemo-bench`: mnemo measured side by side with PostgreSQL and Redis, in one run, on one
+//! machine, with the same data and the same client code path.
 //!
 //! ```text
-//! mnemo-bench --url http://127.0.0.1:8080 --workload append --clients 1,64 --seconds 10
+//! mnemo-bench compare --quick                          # smoke run, under 2 minutes
+//! mnemo-bench compare --write-docs docs/benchmarks.md  # full run, records the tables
+//! mnemo-bench load --url http://127.0.0.1:8080 --workload append --clients 1,64
 //! ```
 //!
-//! Workloads: `append` (one ~200-byte user message per request to a random conversation,
-//! acknowledged only when durable) and `kv-put` (one 1 KiB value per request to a random key).
+//! `compare` starts PostgreSQL 15 (`synchronous_commit=on`, `fsync=on`), Redis 7 twice
+//! (`appendonly yes` with `appendfsync always`, and with `everysec`) and `mnemo serve` on its
+//! default local store, each on 127.0.0.1 with a temporary data directory (installing the
+//! Debian packages if missing), loads the same generated data set into each (see `data.rs`),
+//! then runs workloads W1–W4 at each concurrency level and prints tables with mnemo/peer ratios.
 
-use anyhow::{bail, Context};
-use bytes::Bytes;
-use clap::{Parser, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use rand::Rng;
+mod data;
+mod http;
+mod load;
+mod peers;
+mod report;
+mod run;
+mod systems;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use systems::System;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Workload {
-    /// Durable append of one message to a random conversation.
-    Append,
-    /// Durable put of a 1 KiB value to a random key.
-    KvPut,
+/// Benchmarks for mnemo.
+#[derive(Parser)]
+#[command(name = "mnemo-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-/// Load generator for mnemo's HTTP API.
-#[derive(Parser, Debug)]
-struct Args {
-    /// Base URL of the server (http only).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Workload to run.
-    #[arg(long, value_enum, default_value = "append")]
-    workload: Workload,
-    /// Concurrency levels, comma separated.
+#[derive(Subcommand)]
+enum Command {
+    /// Compare mnemo with PostgreSQL and Redis (starts and loads every system).
+    Compare(CompareArgs),
+    /// Drive one running mnemo server with a write workload.
+    Load(load::LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Small data set and 1-second runs: a smoke test of the harness (under 2 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per (workload, system, concurrency) run (default 8, quick 1).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
-    /// Seconds per concurrency level.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Conversations (append) or keys (kv-put) to spread writes over.
-    #[arg(long, default_value_t = 1000)]
-    targets: usize,
+    /// Conversations in the data set (default 10,000, quick 300).
+    #[arg(long)]
+    conversations: Option<usize>,
+    /// Only these workloads (ids such as W1,W3-1KiB).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The mnemo binary (default: `mnemo` next to this binary).
+    #[arg(long)]
+    mnemo_bin: Option<PathBuf>,
+    /// Write the results between the bench markers of this markdown file.
+    #[arg(long)]
+    write_docs: Option<PathBuf>,
 }
 
-struct Client {
-    sender: http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Client {
-    async fn connect(authority: &str) -> anyhow::Result<Client> {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .with_context(|| format!("connecting to {authority}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Client {
-            sender,
-            host: authority.to_string(),
-        })
-    }
-
-    async fn send(&mut self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(Full::new(body))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!(
-                "{method} {path}: {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-        }
-        Ok(body)
-    }
-}
-
-fn message(rng: &mut impl Rng) -> Bytes {
-    let text: String = (0..200)
-        .map(|_| char::from(rng.random_range(b'a'..=b'z')))
-        .collect();
-    Bytes::from(
-        serde_json::json!({"items": [{"type": "message", "role": "user", "content": text}]})
-            .to_string(),
+fn machine() -> String {
+    let sh = |c: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{} cores ({}), {} GiB RAM, kernel {}, data on {}",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs"),
+        sh("free -g | awk '/Mem:/{print $2}'"),
+        sh("uname -r"),
+        sh("df -hT /tmp | awk 'NR==2{print $2\" \"$1}'"),
     )
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let spec = data::DataSpec {
+        conversations: args
+            .conversations
+            .unwrap_or(if args.quick { 300 } else { 10_000 }),
+        kv_keys_1k: if args.quick { 2_000 } else { 10_000 },
+        kv_keys_64k: if args.quick { 200 } else { 1_000 },
+        seed: 42,
+    };
+    let seconds = args.seconds.unwrap_or(if args.quick { 1 } else { 8 });
+    let mnemo_bin = match args.mnemo_bin {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("mnemo"),
+    };
+    let started = Instant::now();
+    eprintln!("starting systems…");
+    let pg = peers::start_postgres()?;
+    let redis_always = peers::start_redis("always")?;
+    let redis_everysec = peers::start_redis("everysec")?;
+    let mnemo = peers::start_mnemo(&mnemo_bin)?;
+    let systems: Vec<Arc<dyn System>> = vec![
+        Arc::new(systems::Mnemo::new(format!("127.0.0.1:{}", mnemo.port))),
+        Arc::new(systems::Postgres {
+            conn: format!("host=127.0.0.1 port={} user=bench dbname=postgres", pg.port),
+        }),
+        Arc::new(systems::Redis {
+            label: redis_always.name.clone(),
+            url: format!("redis://127.0.0.1:{}/", redis_always.port),
+        }),
+        Arc::new(systems::Redis {
+            label: redis_everysec.name.clone(),
+            url: format!("redis://127.0.0.1:{}/", redis_everysec.port),
+        }),
+    ];
+    let style = ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({elapsed})")?
+        .progress_chars("=> ");
+    for s in &systems {
+        let pb = ProgressBar::new(spec.conversations as u64)
+            .with_style(style.clone())
+            .with_prefix(format!("load {}", s.name()));
+        s.load(&spec, &pb).await?;
+        pb.finish_with_message("loaded");
     }
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx] as f64 / 1000.0
+    let workloads: Vec<&run::Workload> = run::WORKLOADS
+        .iter()
+        .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.id))
+        .collect();
+    let total: usize = workloads.iter().map(|w| (1 + w.peers.len()) * args.clients.len()).sum();
+    let pb = ProgressBar::new(total as u64)
+        .with_style(style)
+        .with_prefix("workloads");
+    let mut samples = Vec::new();
+    for w in &workloads {
+        for name in std::iter::once("mnemo").chain(w.peers.iter().copied()) {
+            let Some(sys) = systems.iter().find(|s| s.name() == name) else {
+                continue;
+            };
+            for &c in &args.clients {
+                pb.set_message(format!("{} {} ×{}", w.id, name, c));
+                let s = run::run(sys.as_ref(), w, &spec, c, Duration::from_secs(seconds)).await?;
+                samples.push(s);
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_with_message("done");
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut section = format!(
+        "## Side by side with PostgreSQL and Redis\n\n\
+         Command: `{command}` (wall time {:.0} s)\n\n\
+         Machine: {}. Versions: {}; {}; mnemo {}.\n\n\
+         Data set: {} conversations of 20–200 items (user messages log-normal, median {} B; \
+         assistant messages median {} B; σ = 0.6), {} KV keys of 1 KiB and {} of 64 KiB, \
+         loaded into every system. {} s per run, one connection per client.\n",
+        started.elapsed().as_secs_f64(),
+        machine(),
+        peers::postgres_version(),
+        peers::redis_version(),
+        env!("CARGO_PKG_VERSION"),
+        spec.conversations,
+        data::USER_MEDIAN,
+        data::ASSISTANT_MEDIAN,
+        spec.kv_keys_1k,
+        spec.kv_keys_64k,
+        seconds,
+    );
+    section.push_str(&report::goals(&samples));
+    section.push_str(&report::tables(&samples, &args.clients));
+    println!("{section}");
+    if let Some(path) = args.write_docs {
+        report::write_docs(&path, &section)?;
+        eprintln!("wrote {}", path.display());
+    }
+    drop((pg, redis_always, redis_everysec, mnemo));
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let authority = args
-        .url
-        .strip_prefix("http://")
-        .context("only http:// URLs are supported")?
-        .trim_end_matches('/')
-        .to_string();
-    let mut setup = Client::connect(&authority).await?;
-    let targets: Vec<String> = match args.workload {
-        Workload::Append => {
-            let mut ids = Vec::with_capacity(args.targets);
-            for _ in 0..args.targets {
-                let body = setup
-                    .send("POST", "/v1/conversations", Bytes::from_static(b"{}"))
-                    .await?;
-                let v: serde_json::Value = serde_json::from_slice(&body)?;
-                let id = v["id"].as_str().context("no id")?;
-                ids.push(format!("/v1/conversations/{id}/items"));
-            }
-            ids
-        }
-        Workload::KvPut => (0..args.targets)
-            .map(|i| format!("/v1/kv/bench/{i:08}"))
-            .collect(),
-    };
-    println!(
-        "| workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---|---|---|---|---|---|"
-    );
-    for &n in &args.clients {
-        let deadline = Instant::now() + Duration::from_secs(args.seconds);
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(n);
-        for _ in 0..n {
-            let targets = targets.clone();
-            let authority = authority.clone();
-            let workload = args.workload;
-            tasks.push(tokio::spawn(async move {
-                let mut client = Client::connect(&authority).await?;
-                let mut lat = Vec::new();
-                let mut errors = 0u64;
-                let value = Bytes::from(vec![b'v'; 1024]);
-                while Instant::now() < deadline {
-                    let (path, body, method) = {
-                        let mut rng = rand::rng();
-                        let path = targets[rng.random_range(0..targets.len())].clone();
-                        match workload {
-                            Workload::Append => (path, message(&mut rng), "POST"),
-                            Workload::KvPut => (path, value.clone(), "PUT"),
-                        }
-                    };
-                    let t = Instant::now();
-                    match client.send(method, &path, body).await {
-                        Ok(_) => lat.push(t.elapsed().as_micros() as u64),
-                        Err(_) => {
-                            errors += 1;
-                            client = Client::connect(&authority).await?;
-                        }
-                    }
-                }
-                anyhow::Ok((lat, errors))
-            }));
-        }
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            let (lat, e) = t.await??;
-            all.extend(lat);
-            errors += e;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        all.sort_unstable();
-        println!(
-            "| {:?} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-            args.workload,
-            n,
-            all.len() as f64 / elapsed,
-            percentile(&all, 0.50),
-            percentile(&all, 0.99),
-            percentile(&all, 0.999),
-            errors
-        );
+    match Cli::parse().command {
+        Command::Compare(a) => compare(a).await,
+        Command::Load(a) => load::run(a).await,
     }
-    Ok(())
 }

@@ -1,0 +1,141 @@
+//! `mnemo-bench load`: drive one running mnemo server with a single write workload.
+
+use crate::http::Client;
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use rand::Rng;
+use std::time::{Duration, Instant};
+
+/// Write workload of `load`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Workload {
+    /// Durable append of one message to a random conversation.
+    Append,
+    /// Durable put of a 1 KiB value to a random key.
+    KvPut,
+}
+
+/// Options of `mnemo-bench load`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Base URL of the server (http only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Workload to run.
+    #[arg(long, value_enum, default_value = "append")]
+    workload: Workload,
+    /// Concurrency levels, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Seconds per concurrency level.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Conversations (append) or keys (kv-put) to spread writes over.
+    #[arg(long, default_value_t = 1000)]
+    targets: usize,
+}
+
+fn message(rng: &mut impl Rng) -> Bytes {
+    let text: String = (0..200)
+        .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+        .collect();
+    Bytes::from(
+        serde_json::json!({"items": [{"type": "message", "role": "user", "content": text}]})
+            .to_string(),
+    )
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx] as f64 / 1000.0
+}
+
+/// Runs the load and prints one markdown row per concurrency level.
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let authority = args
+        .url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?
+        .trim_end_matches('/')
+        .to_string();
+    let mut setup = Client::connect(&authority).await?;
+    let targets: Vec<String> = match args.workload {
+        Workload::Append => {
+            let mut ids = Vec::with_capacity(args.targets);
+            for _ in 0..args.targets {
+                let body = setup
+                    .send("POST", "/v1/conversations", Bytes::from_static(b"{}"))
+                    .await?;
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                let id = v["id"].as_str().context("no id")?;
+                ids.push(format!("/v1/conversations/{id}/items"));
+            }
+            ids
+        }
+        Workload::KvPut => (0..args.targets)
+            .map(|i| format!("/v1/kv/bench/{i:08}"))
+            .collect(),
+    };
+    println!(
+        "| workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---|---|---|---|---|---|"
+    );
+    for &n in &args.clients {
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let targets = targets.clone();
+            let authority = authority.clone();
+            let workload = args.workload;
+            tasks.push(tokio::spawn(async move {
+                let mut client = Client::connect(&authority).await?;
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let value = Bytes::from(vec![b'v'; 1024]);
+                while Instant::now() < deadline {
+                    let (path, body, method) = {
+                        let mut rng = rand::rng();
+                        let path = targets[rng.random_range(0..targets.len())].clone();
+                        match workload {
+                            Workload::Append => (path, message(&mut rng), "POST"),
+                            Workload::KvPut => (path, value.clone(), "PUT"),
+                        }
+                    };
+                    let t = Instant::now();
+                    match client.send(method, &path, body).await {
+                        Ok(_) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(_) => {
+                            errors += 1;
+                            client = Client::connect(&authority).await?;
+                        }
+                    }
+                }
+                anyhow::Ok((lat, errors))
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (lat, e) = t.await??;
+            all.extend(lat);
+            errors += e;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.sort_unstable();
+        println!(
+            "| {:?} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            args.workload,
+            n,
+            all.len() as f64 / elapsed,
+            percentile(&all, 0.50),
+            percentile(&all, 0.99),
+            percentile(&all, 0.999),
+            errors
+        );
+    }
+    Ok(())
+}
