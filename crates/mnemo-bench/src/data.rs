@@ -67,7 +67,8 @@ impl Message {
 impl DataSpec {
     /// The messages of conversation `i`.
     pub fn conversation(&self, i: usize) -> Vec<Message> {
-        let mut rng = StdRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng =
+            StdRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let n = rng.random_range(20..=200);
         (0..n)
             .map(|j| {

@@ -41,7 +41,10 @@ impl Client {
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{method} {path}: {status}: {}", String::from_utf8_lossy(&body));
+            bail!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         Ok(body)
     }

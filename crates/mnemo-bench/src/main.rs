@@ -52,6 +52,9 @@ struct CompareArgs {
     /// Seconds per (workload, system, concurrency) run (default 8, quick 1).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Seconds to wait after loading, before the first workload (default 30, quick 3).
+    #[arg(long)]
+    settle: Option<u64>,
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
@@ -97,6 +100,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         seed: 42,
     };
     let seconds = args.seconds.unwrap_or(if args.quick { 1 } else { 8 });
+    let settle = args.settle.unwrap_or(if args.quick { 3 } else { 30 });
     let mnemo_bin = match args.mnemo_bin {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("mnemo"),
@@ -121,8 +125,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             url: format!("redis://127.0.0.1:{}/", redis_everysec.port),
         }),
     ];
-    let style = ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({elapsed})")?
-        .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({elapsed})")?
+            .progress_chars("=> ");
     for s in &systems {
         let pb = ProgressBar::new(spec.conversations as u64)
             .with_style(style.clone())
@@ -130,11 +135,21 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         s.load(&spec, &pb).await?;
         pb.finish_with_message("loaded");
     }
+    // Let every system finish the background work of the load (checkpoints, AOF writes,
+    // memtable flushes, compaction) and the kernel write back dirty pages, so the first
+    // workload does not pay for it: on ext4 a small fsync waits for other files' dirty data.
+    eprintln!("settling for {settle} s after the load…");
+    let _ = std::process::Command::new("sync").status();
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let _ = std::process::Command::new("sync").status();
     let workloads: Vec<&run::Workload> = run::WORKLOADS
         .iter()
         .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.id))
         .collect();
-    let total: usize = workloads.iter().map(|w| (1 + w.peers.len()) * args.clients.len()).sum();
+    let total: usize = workloads
+        .iter()
+        .map(|w| (1 + w.peers.len()) * args.clients.len())
+        .sum();
     let pb = ProgressBar::new(total as u64)
         .with_style(style)
         .with_prefix("workloads");
@@ -160,7 +175,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
          Machine: {}. Versions: {}; {}; mnemo {}.\n\n\
          Data set: {} conversations of 20–200 items (user messages log-normal, median {} B; \
          assistant messages median {} B; σ = 0.6), {} KV keys of 1 KiB and {} of 64 KiB, \
-         loaded into every system. {} s per run, one connection per client.\n",
+         loaded into every system, then `sync` and {} s of rest. {} s per run, one connection per \
+         client.\n",
         started.elapsed().as_secs_f64(),
         machine(),
         peers::postgres_version(),
@@ -171,6 +187,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         data::ASSISTANT_MEDIAN,
         spec.kv_keys_1k,
         spec.kv_keys_64k,
+        settle,
         seconds,
     );
     section.push_str(&report::goals(&samples));

@@ -38,7 +38,10 @@ pub fn tables(samples: &[Sample], clients: &[usize]) -> String {
         );
         for &c in clients {
             for peer in w.peers {
-                if let (Some(m), Some(p)) = (find(samples, w.id, "mnemo", c), find(samples, w.id, peer, c)) {
+                if let (Some(m), Some(p)) = (
+                    find(samples, w.id, "mnemo", c),
+                    find(samples, w.id, peer, c),
+                ) {
                     let _ = writeln!(
                         out,
                         "| {c} | {peer} | {:.2}× | {:.2}× |",
@@ -65,7 +68,8 @@ pub fn goals(samples: &[Sample]) -> String {
         };
         let _ = writeln!(out, "| {w} | {goal} | {measured} | {met} |");
     };
-    let pair = |w: &str, peer: &str| Some((find(samples, w, "mnemo", 64)?, find(samples, w, peer, 64)?));
+    let pair =
+        |w: &str, peer: &str| Some((find(samples, w, "mnemo", 64)?, find(samples, w, peer, 64)?));
     match pair("W1", "postgres") {
         Some((m, p)) => row(
             "W1 durable append",

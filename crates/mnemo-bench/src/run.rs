@@ -36,12 +36,42 @@ pub struct Workload {
 /// Every workload. Durable writes are compared with durable peers (PostgreSQL with
 /// synchronous commit, Redis with `appendfsync always`); reads with Redis `everysec`.
 pub const WORKLOADS: &[Workload] = &[
-    Workload { id: "W1", title: "durable append, one item per request", kind: Kind::Append, peers: &["postgres", "redis-always"] },
-    Workload { id: "W2", title: "history read, newest 50 items", kind: Kind::History, peers: &["postgres", "redis-everysec"] },
-    Workload { id: "W3-1KiB", title: "KV get, 1 KiB values", kind: Kind::Get(1), peers: &["postgres", "redis-everysec"] },
-    Workload { id: "W3-64KiB", title: "KV get, 64 KiB values", kind: Kind::Get(64), peers: &["postgres", "redis-everysec"] },
-    Workload { id: "W4-1KiB", title: "KV durable put, 1 KiB values", kind: Kind::Put(1), peers: &["postgres", "redis-always"] },
-    Workload { id: "W4-64KiB", title: "KV durable put, 64 KiB values", kind: Kind::Put(64), peers: &["postgres", "redis-always"] },
+    Workload {
+        id: "W1",
+        title: "durable append, one item per request",
+        kind: Kind::Append,
+        peers: &["postgres", "redis-always"],
+    },
+    Workload {
+        id: "W2",
+        title: "history read, newest 50 items",
+        kind: Kind::History,
+        peers: &["postgres", "redis-everysec"],
+    },
+    Workload {
+        id: "W3-1KiB",
+        title: "KV get, 1 KiB values",
+        kind: Kind::Get(1),
+        peers: &["postgres", "redis-everysec"],
+    },
+    Workload {
+        id: "W3-64KiB",
+        title: "KV get, 64 KiB values",
+        kind: Kind::Get(64),
+        peers: &["postgres", "redis-everysec"],
+    },
+    Workload {
+        id: "W4-1KiB",
+        title: "KV durable put, 1 KiB values",
+        kind: Kind::Put(1),
+        peers: &["postgres", "redis-always"],
+    },
+    Workload {
+        id: "W4-64KiB",
+        title: "KV durable put, 64 KiB values",
+        kind: Kind::Put(64),
+        peers: &["postgres", "redis-always"],
+    },
 ];
 
 /// The result of one (workload, system, concurrency) run.
@@ -83,7 +113,11 @@ fn next_op(kind: Kind, spec: &DataSpec, rng: &mut StdRng, value: &Bytes) -> Op {
             conv: rng.random_range(0..spec.conversations),
         },
         Kind::Get(kib) | Kind::Put(kib) => {
-            let n = if kib == 1 { spec.kv_keys_1k } else { spec.kv_keys_64k };
+            let n = if kib == 1 {
+                spec.kv_keys_1k
+            } else {
+                spec.kv_keys_64k
+            };
             let key = kv_key(kib, rng.random_range(0..n));
             match kind {
                 Kind::Get(_) => Op::KvGet { key },

@@ -45,7 +45,11 @@ pub trait System: Send + Sync {
     /// Display name.
     fn name(&self) -> String;
     /// Loads the conversations and KV keys of `spec`, advancing `pb` by one per conversation.
-    fn load<'a>(&'a self, spec: &'a DataSpec, pb: &'a ProgressBar) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn load<'a>(
+        &'a self,
+        spec: &'a DataSpec,
+        pb: &'a ProgressBar,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
     /// Opens a session (its own connection).
     fn connect(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn Session>>>;
 }
@@ -110,26 +114,41 @@ impl System for Mnemo {
         "mnemo".into()
     }
 
-    fn load<'a>(&'a self, spec: &'a DataSpec, pb: &'a ProgressBar) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn load<'a>(
+        &'a self,
+        spec: &'a DataSpec,
+        pb: &'a ProgressBar,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let found = Arc::new(std::sync::Mutex::new(vec![String::new(); spec.conversations]));
-            let (authority, spec2, pb2, found2) = (self.authority.clone(), *spec, pb.clone(), found.clone());
+            let found = Arc::new(std::sync::Mutex::new(vec![
+                String::new();
+                spec.conversations
+            ]));
+            let (authority, spec2, pb2, found2) =
+                (self.authority.clone(), *spec, pb.clone(), found.clone());
             parallel(spec.conversations, move |w, n| {
                 let (authority, pb, found) = (authority.clone(), pb2.clone(), found2.clone());
                 async move {
                     let mut c = Client::connect(&authority).await?;
                     for i in (w..n).step_by(LOADERS) {
-                        let items: Vec<_> = spec2.conversation(i).iter().map(|m| m.to_json()).collect();
+                        let items: Vec<_> =
+                            spec2.conversation(i).iter().map(|m| m.to_json()).collect();
                         let mut chunks = items.chunks(20);
                         let first = chunks.next().unwrap_or(&[]);
                         let body = serde_json::json!({"items": first}).to_string();
-                        let created = c.send("POST", "/v1/conversations", Bytes::from(body)).await?;
+                        let created = c
+                            .send("POST", "/v1/conversations", Bytes::from(body))
+                            .await?;
                         let v: serde_json::Value = serde_json::from_slice(&created)?;
                         let id = v["id"].as_str().context("no conversation id")?.to_string();
                         for chunk in chunks {
                             let body = serde_json::json!({"items": chunk}).to_string();
-                            c.send("POST", &format!("/v1/conversations/{id}/items"), Bytes::from(body))
-                                .await?;
+                            c.send(
+                                "POST",
+                                &format!("/v1/conversations/{id}/items"),
+                                Bytes::from(body),
+                            )
+                            .await?;
                         }
                         found.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = id;
                         pb.inc(1);
@@ -145,14 +164,21 @@ impl System for Mnemo {
                     let mut c = Client::connect(&authority).await?;
                     for i in (w..n).step_by(LOADERS) {
                         let (key, size) = kv_for(&spec2, i);
-                        c.send("PUT", &format!("/v1/kv/{key}"), Bytes::from(vec![b'v'; size])).await?;
+                        c.send(
+                            "PUT",
+                            &format!("/v1/kv/{key}"),
+                            Bytes::from(vec![b'v'; size]),
+                        )
+                        .await?;
                     }
                     Ok(())
                 }
             })
             .await?;
             let ids = std::mem::take(&mut *found.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-            self.ids.set(ids).map_err(|_| anyhow::anyhow!("loaded twice"))?;
+            self.ids
+                .set(ids)
+                .map_err(|_| anyhow::anyhow!("loaded twice"))?;
             Ok(())
         })
     }
@@ -192,10 +218,14 @@ impl Session for MnemoSession {
                     self.client.send("GET", &path, Bytes::new()).await?;
                 }
                 Op::KvGet { key } => {
-                    self.client.send("GET", &format!("/v1/kv/{key}"), Bytes::new()).await?;
+                    self.client
+                        .send("GET", &format!("/v1/kv/{key}"), Bytes::new())
+                        .await?;
                 }
                 Op::KvPut { key, value } => {
-                    self.client.send("PUT", &format!("/v1/kv/{key}"), value.clone()).await?;
+                    self.client
+                        .send("PUT", &format!("/v1/kv/{key}"), value.clone())
+                        .await?;
                 }
             }
             Ok(())
@@ -246,9 +276,16 @@ impl System for Postgres {
         "postgres".into()
     }
 
-    fn load<'a>(&'a self, spec: &'a DataSpec, pb: &'a ProgressBar) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn load<'a>(
+        &'a self,
+        spec: &'a DataSpec,
+        pb: &'a ProgressBar,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            pg_connect(&self.conn).await?.batch_execute(PG_SCHEMA).await?;
+            pg_connect(&self.conn)
+                .await?
+                .batch_execute(PG_SCHEMA)
+                .await?;
             let (conn, spec2, pb2) = (self.conn.clone(), *spec, pb.clone());
             parallel(spec.conversations, move |w, n| {
                 let (conn, pb) = (conn.clone(), pb2.clone());
@@ -284,14 +321,20 @@ impl System for Postgres {
                     let c = pg_connect(&conn).await?;
                     for i in (w..n).step_by(LOADERS) {
                         let (key, size) = kv_for(&spec2, i);
-                        c.execute("INSERT INTO kv VALUES ($1, $2, $3)", &[&TENANT, &key, &vec![b'v'; size]])
-                            .await?;
+                        c.execute(
+                            "INSERT INTO kv VALUES ($1, $2, $3)",
+                            &[&TENANT, &key, &vec![b'v'; size]],
+                        )
+                        .await?;
                     }
                     Ok(())
                 }
             })
             .await?;
-            pg_connect(&self.conn).await?.batch_execute("VACUUM ANALYZE").await?;
+            pg_connect(&self.conn)
+                .await?
+                .batch_execute("VACUUM ANALYZE")
+                .await?;
             Ok(())
         })
     }
@@ -345,7 +388,10 @@ impl Session for PgSession {
                     anyhow::ensure!(n == 1, "append inserted {n} rows");
                 }
                 Op::History { conv } => {
-                    let rows = self.client.query(&self.history, &[&TENANT, &format!("c{conv}")]).await?;
+                    let rows = self
+                        .client
+                        .query(&self.history, &[&TENANT, &format!("c{conv}")])
+                        .await?;
                     let mut bytes = 0;
                     for r in &rows {
                         bytes += r.get::<_, &str>(0).len();
@@ -357,7 +403,9 @@ impl Session for PgSession {
                     anyhow::ensure!(!row.get::<_, &[u8]>(0).is_empty());
                 }
                 Op::KvPut { key, value } => {
-                    self.client.execute(&self.put, &[&TENANT, key, &value.as_ref()]).await?;
+                    self.client
+                        .execute(&self.put, &[&TENANT, key, &value.as_ref()])
+                        .await?;
                 }
             }
             Ok(())
@@ -380,7 +428,9 @@ struct RedisSession {
 }
 
 async fn redis_connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(url)?.get_multiplexed_async_connection().await?)
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?)
 }
 
 impl System for Redis {
@@ -388,7 +438,11 @@ impl System for Redis {
         self.label.clone()
     }
 
-    fn load<'a>(&'a self, spec: &'a DataSpec, pb: &'a ProgressBar) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn load<'a>(
+        &'a self,
+        spec: &'a DataSpec,
+        pb: &'a ProgressBar,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let (url, spec2, pb2) = (self.url.clone(), *spec, pb.clone());
             parallel(spec.conversations, move |w, n| {
@@ -396,8 +450,11 @@ impl System for Redis {
                 async move {
                     let mut c = redis_connect(&url).await?;
                     for i in (w..n).step_by(LOADERS) {
-                        let items: Vec<String> =
-                            spec2.conversation(i).iter().map(|m| m.to_json().to_string()).collect();
+                        let items: Vec<String> = spec2
+                            .conversation(i)
+                            .iter()
+                            .map(|m| m.to_json().to_string())
+                            .collect();
                         let _: i64 = c.rpush(format!("c{i}"), items).await?;
                         pb.inc(1);
                     }
