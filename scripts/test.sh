@@ -85,4 +85,15 @@ for store in s3 az; do
   step "python storage suite ($store emulator)"
   (cd tests/py && MNEMO_TEST_STORE=$store "$PY" -m pytest -q -p no:cacheprovider -m storage)
 done
+if [ "${MNEMO_SKIP_BENCH_SMOKE:-0}" != 1 ]; then
+  # Smoke test of the benchmark harness (installs PostgreSQL 15 and Redis 7 if missing).
+  # Figures from this run are not recorded: CI shares the machine with the build.
+  step "benchmark harness smoke test (mnemo-bench compare --quick)"
+  "${CARGO_TARGET_DIR:-$ROOT/target}/release/mnemo-bench" compare --quick --settle 1 >"$TMP/bench.md"
+  grep -q '^| mnemo | 64 |' "$TMP/bench.md"
+  grep -q '^| postgres | 64 |' "$TMP/bench.md"
+  grep -q '^| redis-always | 64 |' "$TMP/bench.md"
+  grep -q '^| redis-everysec | 64 |' "$TMP/bench.md"
+  echo "harness ran every system: ok"
+fi
 step "all tests passed"

@@ -1,6 +1,7 @@
 //! `mnemo-bench load`: drive one running mnemo server with a single write workload.
 
 use crate::http::Client;
+use crate::run::percentile;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
@@ -44,14 +45,6 @@ fn message(rng: &mut impl Rng) -> Bytes {
         serde_json::json!({"items": [{"type": "message", "role": "user", "content": text}]})
             .to_string(),
     )
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[idx] as f64 / 1000.0
 }
 
 /// Runs the load and prints one markdown row per concurrency level.

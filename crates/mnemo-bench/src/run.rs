@@ -95,7 +95,8 @@ pub struct Sample {
     pub errors: u64,
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+/// The `p` quantile of sorted microsecond latencies, in milliseconds (NaN when empty).
+pub fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
