@@ -275,39 +275,43 @@ impl Store {
         limit: usize,
         order: Order,
     ) -> Result<ItemPage> {
-        self.get_conversation(scope, id).await?;
+        let rec = self.get_conversation(scope, id).await?;
         let t = &scope.tenant;
         let (start, end) = prefix_range(keys::items_prefix(t, id));
-        let range: KeyRange = match after {
-            None => (start, end),
-            Some(a) => {
-                let seq = self.item_seq(scope, id, a).await?.ok_or_else(|| {
-                    StoreError::Invalid(format!("after: {a:?} is not an item of this conversation"))
-                })?;
-                let cursor = keys::item(t, id, seq);
-                match order {
-                    Order::Asc => (Bound::Excluded(cursor), end),
-                    Order::Desc => (start, Bound::Excluded(cursor)),
-                }
-            }
+        let cursor = match after {
+            None => None,
+            Some(a) => Some(self.item_seq(scope, id, a).await?.ok_or_else(|| {
+                StoreError::Invalid(format!("after: {a:?} is not an item of this conversation"))
+            })?),
         };
-        let mut rows = self
+        if order == Order::Desc {
+            // Newest first: items below `below` (exclusive). Sequence numbers are dense unless
+            // items were deleted, so the page is usually the ascending range
+            // [below - (limit + 1), below), which SlateDB scans much more cheaply than a
+            // descending iterator. Gaps (deleted items) fall back to the descending scan.
+            let below = cursor.unwrap_or(rec.last_seq.saturating_add(1));
+            let from = below.saturating_sub(limit as u64 + 1).max(1);
+            let range = (
+                Bound::Included(keys::item(t, id, from)),
+                Bound::Excluded(keys::item(t, id, below)),
+            );
+            let mut rows = self.engine.scan(range, false, limit + 1).await?;
+            if rows.len() == limit + 1 || from == 1 {
+                rows.reverse();
+                return page(rows, limit);
+            }
+        }
+        let range: KeyRange = match (cursor, order) {
+            (None, _) => (start, end),
+            (Some(seq), Order::Asc) => (Bound::Excluded(keys::item(t, id, seq)), end),
+            (Some(seq), Order::Desc) => (start, Bound::Excluded(keys::item(t, id, seq))),
+        };
+        let rows = self
             .engine
             .scan(range, order == Order::Desc, limit + 1)
             .await?;
-        let has_more = rows.len() > limit;
-        rows.truncate(limit);
-        let items = rows
-            .into_iter()
-            .map(|kv| {
-                let seq =
-                    keys::item_seq(&kv.key).ok_or_else(|| StoreError::Corrupt("bad key".into()))?;
-                StoredItem::decode(seq, kv.value)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ItemPage { items, has_more })
+        page(rows, limit)
     }
-
     /// Reads one item.
     pub async fn get_item(&self, scope: &Scope, id: &str, item_id: &str) -> Result<StoredItem> {
         self.get_conversation(scope, id).await?;
@@ -362,6 +366,21 @@ impl Store {
         pending.durable().await?;
         Ok(rec)
     }
+}
+
+/// Decodes up to `limit` rows (in the order given) into a page; one extra row means more follow.
+fn page(mut rows: Vec<slatedb::KeyValue>, limit: usize) -> Result<ItemPage> {
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    let items = rows
+        .into_iter()
+        .map(|kv| {
+            let seq =
+                keys::item_seq(&kv.key).ok_or_else(|| StoreError::Corrupt("bad key".into()))?;
+            StoredItem::decode(seq, kv.value)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ItemPage { items, has_more })
 }
 
 fn check_unique_in_request(items: &[NewItem]) -> Result<()> {

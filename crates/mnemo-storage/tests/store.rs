@@ -457,3 +457,49 @@ async fn change_log_records_mutations_in_order() {
     assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_first_pages_skip_deleted_items() {
+    let b = backend();
+    let store = open(&b).await;
+    let s = tenant();
+    let (conv, _) = store
+        .create_conversation(&s, Default::default(), vec![])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let stored = store
+            .append_items(&s, &conv.id, vec![item(&i.to_string())])
+            .await
+            .unwrap();
+        ids.push(stored[0].id.clone());
+    }
+    // Delete the newest item and two in the middle: pages must skip them and stay full.
+    for i in [11, 8, 5] {
+        store.delete_item(&s, &conv.id, &ids[i]).await.unwrap();
+    }
+    let expect: Vec<&String> = ids
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(i, _)| ![11, 8, 5].contains(i))
+        .map(|(_, id)| id)
+        .collect();
+    let mut got = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_items(&s, &conv.id, after.as_deref(), 4, Order::Desc)
+            .await
+            .unwrap();
+        assert!(page.items.len() == 4 || !page.has_more);
+        got.extend(page.items.iter().map(|i| i.id.clone()));
+        after = page.items.last().map(|i| i.id.clone());
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(got.iter().collect::<Vec<_>>(), expect);
+    store.close().await.unwrap();
+}
