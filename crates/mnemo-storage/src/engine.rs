@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// Size limit of the read cache in bytes.
     pub cache_size_bytes: usize,
+    /// Capacity of the in-memory block cache (SST data blocks), bytes.
+    pub block_cache_bytes: u64,
     /// WAL upload policy.
     pub flush: FlushPolicy,
     /// A write not durable within this time, or a read not complete within it, fails with 503.
@@ -70,12 +72,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults for a location: on-demand flush, 10 s write timeout, 4 GiB cache.
+    /// Defaults for a location: on-demand flush, 10 s write timeout, 4 GiB disk cache,
+    /// SlateDB's default 512 MiB block cache.
     pub fn new(location: StoreLocation) -> Self {
         EngineConfig {
             location,
             cache_dir: None,
             cache_size_bytes: 4 << 30,
+            block_cache_bytes: slatedb::db_cache::DEFAULT_BLOCK_CACHE_CAPACITY,
             flush: FlushPolicy::OnDemand,
             write_timeout: Duration::from_secs(10),
             max_store_retries: 3,
@@ -185,11 +189,24 @@ impl Engine {
     }
 
     async fn open_db(config: &EngineConfig) -> Result<Db> {
+        use slatedb::db_cache::foyer::{FoyerCache, FoyerCacheOptions};
+        use slatedb::db_cache::{DbCache, SplitCache, DEFAULT_META_CACHE_CAPACITY};
+        let foyer = |bytes: u64| -> Arc<dyn DbCache> {
+            Arc::new(FoyerCache::new_with_opts(FoyerCacheOptions {
+                max_capacity: bytes,
+                ..Default::default()
+            }))
+        };
+        let cache = SplitCache::new()
+            .with_block_cache(Some(foyer(config.block_cache_bytes)))
+            .with_meta_cache(Some(foyer(DEFAULT_META_CACHE_CAPACITY)))
+            .build();
         let db = Db::builder(
             config.location.path.clone(),
             config.location.object_store.clone(),
         )
         .with_settings(config.settings())
+        .with_db_cache(Arc::new(cache), 0)
         .build()
         .await?;
         Ok(db)

@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// Size limit of the read cache, in MiB.
     #[arg(long, default_value_t = 4096, env = "MNEMO_CACHE_SIZE_MB")]
     cache_size_mb: usize,
+    /// In-memory block cache for SST data blocks, in MiB.
+    #[arg(long, default_value_t = 512, env = "MNEMO_BLOCK_CACHE_MB")]
+    block_cache_mb: u64,
     /// WAL upload interval in ms. 0 uploads on demand (group commit: lowest latency);
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
@@ -59,6 +62,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.location.remote.then(|| args.data_dir.join("cache")));
     config.cache_size_bytes = args.cache_size_mb << 20;
+    config.block_cache_bytes = args.block_cache_mb << 20;
     config.flush = match args.flush_interval_ms {
         0 => FlushPolicy::OnDemand,
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
