@@ -467,6 +467,13 @@ async fn newest_first_pages_skip_deleted_items() {
         .create_conversation(&s, Default::default(), vec![])
         .await
         .unwrap();
+    for order in [Order::Desc, Order::Asc] {
+        let empty = store
+            .list_items(&s, &conv.id, None, 4, order)
+            .await
+            .unwrap();
+        assert!(empty.items.is_empty() && !empty.has_more);
+    }
     let mut ids = Vec::new();
     for i in 0..12 {
         let stored = store
@@ -501,5 +508,11 @@ async fn newest_first_pages_skip_deleted_items() {
         }
     }
     assert_eq!(got.iter().collect::<Vec<_>>(), expect);
+    // After the oldest item nothing follows, newest first.
+    let tail = store
+        .list_items(&s, &conv.id, Some(&ids[0]), 4, Order::Desc)
+        .await
+        .unwrap();
+    assert!(tail.items.is_empty() && !tail.has_more);
     store.close().await.unwrap();
 }
