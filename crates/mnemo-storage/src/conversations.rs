@@ -290,11 +290,6 @@ impl Store {
             // [below - (limit + 1), below), which SlateDB scans much more cheaply than a
             // descending iterator. Gaps (deleted items) fall back to the descending scan.
             let below = cursor.unwrap_or(rec.last_seq.saturating_add(1));
-            if below <= 1 {
-                // Nothing is older than the first item (or the conversation is empty); an
-                // empty key range must not reach the engine.
-                return page(Vec::new(), limit);
-            }
             let from = below.saturating_sub(limit as u64 + 1).max(1);
             let range = (
                 Bound::Included(keys::item(t, id, from)),

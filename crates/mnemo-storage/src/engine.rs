@@ -152,6 +152,16 @@ impl PendingWrite<'_> {
     }
 }
 
+/// True when no key can fall in `range` (start after end, or equal with an excluded bound).
+fn is_empty(range: &KeyRange) -> bool {
+    use Bound::{Excluded, Included};
+    match range {
+        (Included(s), Included(e)) => s > e,
+        (Included(s) | Excluded(s), Included(e) | Excluded(e)) => s >= e,
+        _ => false,
+    }
+}
+
 /// False for an entry past its TTL. SlateDB drops expired entries only when compacting, so
 /// every read path filters them here.
 fn live(kv: &KeyValue) -> bool {
@@ -378,6 +388,10 @@ impl Engine {
         limit: usize,
         durability: DurabilityLevel,
     ) -> Result<Vec<KeyValue>> {
+        if is_empty(&range) {
+            // SlateDB panics on an empty range; an empty range simply has no entries.
+            return Ok(Vec::new());
+        }
         let opts = ScanOptions {
             durability_filter: durability,
             order: if descending {

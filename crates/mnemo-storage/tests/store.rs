@@ -288,6 +288,9 @@ async fn batch_is_all_or_nothing() {
         .await
         .unwrap();
     assert_eq!(ok.len(), 2);
+    // A cursor past the prefix's last possible key gives an empty page, not an error.
+    let past = store.kv_list(&s, "a", Some("b"), 10).await.unwrap();
+    assert!(past.entries.is_empty() && !past.has_more);
     let listed = store.kv_list(&s, "", None, 10).await.unwrap();
     let keys: Vec<&str> = listed.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["a", "b"]);
