@@ -1,0 +1,1 @@
+//! # mnemo-search (in progress)
