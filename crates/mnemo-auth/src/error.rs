@@ -57,6 +57,9 @@ pub enum AuthError {
     /// client's (503).
     #[error("signing keys are unavailable: {0}")]
     KeysUnavailable(String),
+    /// An API key that is unknown or revoked (the two are indistinguishable on purpose).
+    #[error("API key is not valid")]
+    InvalidApiKey,
 }
 
 impl AuthError {
@@ -92,6 +95,7 @@ impl AuthError {
             AuthError::MissingTenant => "missing_tenant",
             AuthError::MissingSubject => "missing_subject",
             AuthError::KeysUnavailable(_) => "keys_unavailable",
+            AuthError::InvalidApiKey => "invalid_api_key",
         }
     }
 }

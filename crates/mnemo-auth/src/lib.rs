@@ -46,6 +46,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod apikeys;
 mod clock;
 mod error;
 mod jwks;

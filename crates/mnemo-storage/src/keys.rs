@@ -7,6 +7,7 @@
 //! t \0 <tenant> \0 o <owner> \0 <conv_id>          owner index (erase a user, list a user's conversations)
 //! t \0 <tenant> \0 k <key bytes>                   key-value memory
 //! t \0 <tenant> \0 l <seq: u64 BE>                 change log
+//! t \0 <tenant> \0 a <seq: u64 BE>                 admin audit log (never expires)
 //! s \0 purge \0 <tenant> \0 <conv_id>              conversation whose items are still being purged
 //! ```
 //!
@@ -36,6 +37,8 @@ pub enum Space {
     Kv = b'k',
     /// Change log.
     Log = b'l',
+    /// Admin audit log.
+    Audit = b'a',
 }
 
 /// `t \0 <tenant> \0 <space>`: the prefix of one keyspace of one tenant.
@@ -113,6 +116,21 @@ pub fn kv(tenant: &TenantId, key: &str) -> Vec<u8> {
 pub fn log(tenant: &TenantId, seq: u64) -> Vec<u8> {
     let mut k = space(tenant, Space::Log);
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Key of an audit-log entry.
+pub fn audit(tenant: &TenantId, seq: u64) -> Vec<u8> {
+    let mut k = space(tenant, Space::Audit);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of a user's entries in the owner index.
+pub fn owner_prefix(tenant: &TenantId, owner: &str) -> Vec<u8> {
+    let mut k = space(tenant, Space::Owner);
+    k.extend_from_slice(owner.as_bytes());
+    k.push(SEP);
     k
 }
 

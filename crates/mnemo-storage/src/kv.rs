@@ -329,6 +329,41 @@ impl Store {
         Ok(written)
     }
 
+    /// Lists the keys between two bounds on the key bytes (not the tenant prefix), in byte
+    /// order: the building block of listings that skip parts of the key space.
+    pub async fn kv_scan(
+        &self,
+        scope: &Scope,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPage> {
+        let full = |b: &[u8]| {
+            let mut k = keys::kv(&scope.tenant, "");
+            k.extend_from_slice(b);
+            k
+        };
+        let space = keys::kv(&scope.tenant, "");
+        let start = match lower {
+            Bound::Included(b) => Bound::Included(full(b)),
+            Bound::Excluded(b) => Bound::Excluded(full(b)),
+            Bound::Unbounded => Bound::Included(space.clone()),
+        };
+        let end = match upper {
+            Bound::Included(b) => Bound::Included(full(b)),
+            Bound::Excluded(b) => Bound::Excluded(full(b)),
+            Bound::Unbounded => prefix_range(space).1,
+        };
+        let mut rows = self.engine.scan((start, end), false, limit + 1).await?;
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        let entries = rows
+            .into_iter()
+            .map(|kv| decode_entry(scope, kv))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvPage { entries, has_more })
+    }
+
     /// Lists keys starting with `prefix`, after `after` (exclusive), in byte order.
     pub async fn kv_list(
         &self,

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod changelog;
 pub mod conversations;
 pub mod engine;
@@ -37,6 +38,7 @@ pub mod location;
 mod locks;
 pub mod records;
 
+pub use audit::{AuditEntry, Erased};
 pub use changelog::{ChangeEntry, ChangeLog};
 pub use conversations::{ItemPage, NewItem, Order};
 pub use engine::{Engine, EngineConfig, FlushPolicy};
@@ -59,6 +61,7 @@ pub struct Store {
     log: ChangeLog,
     conv_locks: StripedLocks,
     kv_locks: StripedLocks,
+    audit_seq: tokio::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
 }
 
 impl Store {
@@ -70,6 +73,7 @@ impl Store {
             log: ChangeLog::new(DEFAULT_LOG_RETENTION),
             conv_locks: StripedLocks::new(4096),
             kv_locks: StripedLocks::new(4096),
+            audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let resumed = store.resume_purges().await?;
         if resumed > 0 {

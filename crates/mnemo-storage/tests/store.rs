@@ -519,3 +519,113 @@ async fn newest_first_pages_skip_deleted_items() {
     assert!(tail.items.is_empty() && !tail.has_more);
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_removes_their_data_only() {
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("acme").unwrap();
+    let alice = Scope::user(t.clone(), "alice").unwrap();
+    let bob = Scope::user(t.clone(), "bob").unwrap();
+    let mut alice_convs = Vec::new();
+    for _ in 0..3 {
+        let (c, _) = store
+            .create_conversation(&alice, Default::default(), vec![item("mine")])
+            .await
+            .unwrap();
+        alice_convs.push(c.id);
+    }
+    let (bob_conv, _) = store
+        .create_conversation(&bob, Default::default(), vec![item("bob's")])
+        .await
+        .unwrap();
+    let tenant_scope = Scope::tenant(t.clone());
+    let put = |key: &str| KvOp::Put {
+        key: key.into(),
+        value: Bytes::from_static(b"v"),
+        content_type: "text/plain".into(),
+        ttl: None,
+        condition: Condition::default(),
+    };
+    let keys: Vec<String> = (0..150).map(|i| format!("users/alice/k{i:03}")).collect();
+    for chunk in keys.chunks(100) {
+        store
+            .kv_batch(&tenant_scope, chunk.iter().map(|k| put(k)).collect())
+            .await
+            .unwrap();
+    }
+    store
+        .kv_batch(
+            &tenant_scope,
+            vec![put("users/alice2/x"), put("users/bob/x"), put("shared")],
+        )
+        .await
+        .unwrap();
+
+    let erased = store.erase_user(&t, "alice").await.unwrap();
+    assert_eq!(erased.conversations, 3);
+    assert_eq!(erased.kv_keys, 150);
+    for c in &alice_convs {
+        assert!(matches!(
+            store.get_conversation(&tenant_scope, c).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    store.get_conversation(&bob, &bob_conv.id).await.unwrap();
+    let left = store.kv_list(&tenant_scope, "", None, 100).await.unwrap();
+    let left: Vec<_> = left.entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(left, vec!["shared", "users/alice2/x", "users/bob/x"]);
+    // Idempotent.
+    assert_eq!(
+        store.erase_user(&t, "alice").await.unwrap(),
+        Default::default()
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_appends_in_order_and_survives_reopen() {
+    let b = backend();
+    let t = TenantId::new("acme").unwrap();
+    let other = TenantId::new("other").unwrap();
+    let entry = |action: &str| mnemo_storage::AuditEntry {
+        seq: 0,
+        at_ms: 0,
+        actor: "admin-app".into(),
+        actor_kind: "application".into(),
+        action: action.into(),
+        target: Some("alice".into()),
+        details: serde_json::Value::Null,
+    };
+    let mut seqs = Vec::new();
+    {
+        let store = open(&b).await;
+        for i in 0..5 {
+            seqs.push(
+                store
+                    .audit_append(&t, entry(&format!("a{i}")))
+                    .await
+                    .unwrap()
+                    .seq,
+            );
+        }
+        store
+            .audit_append(&other, entry("elsewhere"))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    }
+    let store = open(&b).await;
+    // After a restart, new entries still sort after the old ones.
+    seqs.push(store.audit_append(&t, entry("a5")).await.unwrap().seq);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let (all, more) = store.audit_list(&t, None, 100).await.unwrap();
+    assert!(!more);
+    let actions: Vec<_> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["a0", "a1", "a2", "a3", "a4", "a5"]);
+    let (page, more) = store.audit_list(&t, Some(seqs[1]), 2).await.unwrap();
+    assert!(more);
+    assert_eq!(page[0].action, "a2");
+    assert_eq!(page[1].action, "a3");
+    store.close().await.unwrap();
+}
