@@ -1,1 +1,745 @@
-//! # mnemo-search (in progress)
+//! # mnemo-search
+//!
+//! Search over conversation items and key-value memory, by meaning (vectors), by words
+//! (BM25) or both (reciprocal-rank fusion), scoped to a tenant and optionally to an owner,
+//! a conversation or a key prefix. Design: `docs/rfcs/0004-search.md`.
+//!
+//! * **Read-your-writes.** [`SearchIndex::enqueue`] hands operations to an indexer thread and
+//!   returns a ticket; the indexer applies everything pending as one group and advances an
+//!   `applied` watermark. [`SearchIndex::search`] first waits until every write enqueued
+//!   before it started is applied, so an acknowledged write is always visible.
+//! * **Vectors** are L2-normalised; the score is cosine similarity. Per-owner and
+//!   per-conversation scopes are searched exactly over a contiguous block of f32 vectors.
+//!   Tenant-wide scopes larger than [`SearchConfig::ann_threshold`] use a usearch HNSW graph
+//!   whose candidates are re-scored exactly.
+//! * **Text** is indexed by tantivy (in RAM) with Unicode word tokens, lowercased, and CJK
+//!   character bigrams.
+//!
+//! ```
+//! use mnemo_search::{Doc, IndexOp, Mode, SearchConfig, SearchIndex, SearchQuery, Source};
+//!
+//! let index = SearchIndex::new(SearchConfig::default())?;
+//! index.apply(vec![IndexOp::Upsert(Doc {
+//!     tenant: "acme".into(),
+//!     source: Source::Items,
+//!     id: "item_1".into(),
+//!     owner: Some("alice".into()),
+//!     conversation_id: Some("conv_1".into()),
+//!     role: Some("user".into()),
+//!     created_at: 1_700_000_000,
+//!     metadata: Default::default(),
+//!     text: "I prefer green tea in the morning".into(),
+//!     vector: Some(vec![0.1, 0.9, 0.2]),
+//! })])?;
+//!
+//! let mut q = SearchQuery::new("acme", Source::Items, Mode::Hybrid, 5);
+//! q.owner = Some("alice".into());
+//! q.text = Some("tea".into());
+//! q.vector = Some(vec![0.1, 0.8, 0.3]);
+//! let hits = index.search(&q)?;
+//! assert_eq!(hits[0].id, "item_1");
+//! # Ok::<(), mnemo_search::SearchError>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod ann;
+mod catalog;
+mod error;
+mod simd;
+mod text;
+mod tokenizer;
+mod types;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+pub use ann::Quantization;
+pub use error::SearchError;
+pub use simd::dot;
+pub use types::{Doc, Filter, Hit, IndexOp, Mode, SearchConfig, SearchQuery, Source, TenantStats};
+
+use catalog::{scan_block, Catalog, Handle, Matcher, TextChanges, TopK};
+use text::TextIndex;
+
+/// Constant `k` of reciprocal-rank fusion: `score = Σ 1 / (RRF_K + rank)`, rank from 1.
+pub const RRF_K: f32 = 60.0;
+
+/// Each ranking fused by hybrid search contributes at least this many candidates.
+const HYBRID_DEPTH: usize = 100;
+
+/// Vectors copied per step when the ANN builder catches up.
+const ANN_CHUNK: usize = 1024;
+
+/// The search index of one node, for all tenants. `Send + Sync`; share it by reference or
+/// `Arc`. Dropping it stops its background threads.
+pub struct SearchIndex {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Queue {
+    ops: Vec<IndexOp>,
+    next_ticket: u64,
+}
+
+struct Shared {
+    cfg: SearchConfig,
+    queue: Mutex<Queue>,
+    queue_cv: Condvar,
+    /// Ticket of the newest enqueued batch.
+    enqueued: AtomicU64,
+    /// Every batch with a ticket up to this one is visible to searches.
+    applied: AtomicU64,
+    applied_lock: Mutex<()>,
+    applied_cv: Condvar,
+    catalog: RwLock<Catalog>,
+    text: TextIndex,
+    /// Vector dimension per tenant, fixed by configuration or by the first vector validated.
+    dims: RwLock<HashMap<String, usize>>,
+    failure: Mutex<Option<String>>,
+    shutdown: AtomicBool,
+    ann_ef: AtomicUsize,
+    ann_queue: Mutex<VecDeque<(Arc<str>, Source)>>,
+    ann_cv: Condvar,
+}
+
+impl SearchIndex {
+    /// Creates an empty index and starts its indexer and ANN builder threads.
+    pub fn new(cfg: SearchConfig) -> Result<Self, SearchError> {
+        if cfg.max_top_k == 0 {
+            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
+        }
+        let text = TextIndex::new()?;
+        let writer = text.writer(cfg.text_writer_memory)?;
+        let dims = cfg
+            .dimension_overrides
+            .iter()
+            .map(|(t, d)| (t.clone(), *d))
+            .collect();
+        let shared = Arc::new(Shared {
+            ann_ef: AtomicUsize::new(cfg.ann_expansion_search),
+            cfg,
+            queue: Mutex::new(Queue {
+                ops: Vec::new(),
+                next_ticket: 0,
+            }),
+            queue_cv: Condvar::new(),
+            enqueued: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            applied_lock: Mutex::new(()),
+            applied_cv: Condvar::new(),
+            catalog: RwLock::new(Catalog::default()),
+            text,
+            dims: RwLock::new(dims),
+            failure: Mutex::new(None),
+            shutdown: AtomicBool::new(false),
+            ann_queue: Mutex::new(VecDeque::new()),
+            ann_cv: Condvar::new(),
+        });
+        let s1 = shared.clone();
+        let indexer = std::thread::Builder::new()
+            .name("mnemo-search-indexer".into())
+            .spawn(move || indexer_loop(&s1, writer))
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
+        let s2 = shared.clone();
+        let builder = std::thread::Builder::new()
+            .name("mnemo-search-ann".into())
+            .spawn(move || ann_loop(&s2))
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
+        Ok(SearchIndex {
+            shared,
+            threads: vec![indexer, builder],
+        })
+    }
+
+    /// Validates `vector` for `tenant` (finite, non-zero, right dimension). The first vector
+    /// validated for a tenant without a configured dimension fixes the tenant's dimension
+    /// (atomically: of two concurrent first writers with different dimensions, one wins and
+    /// the other gets [`SearchError::DimensionMismatch`]). Call it before the durable write so
+    /// a bad vector never reaches storage.
+    pub fn check_vector(&self, tenant: &str, vector: &[f32]) -> Result<(), SearchError> {
+        simd::check_finite_nonzero(vector)?;
+        if let Some(&d) = self.shared.dims.read().get(tenant) {
+            return dim_matches(d, vector.len());
+        }
+        let mut dims = self.shared.dims.write();
+        let d = *dims.entry(tenant.to_string()).or_insert(vector.len());
+        dim_matches(d, vector.len())
+    }
+
+    /// The tenant's vector dimension, once fixed.
+    pub fn dimension(&self, tenant: &str) -> Option<usize> {
+        self.shared.dims.read().get(tenant).copied()
+    }
+
+    /// Hands `ops` to the indexer and returns a ticket (see [`SearchIndex::wait_for`]).
+    /// Cheap and non-blocking. Vectors are validated first (as by
+    /// [`SearchIndex::check_vector`]); if any is invalid nothing is enqueued. An empty `ops`
+    /// enqueues nothing and returns the newest ticket, so waiting for it waits for every write
+    /// enqueued so far.
+    pub fn enqueue(&self, mut ops: Vec<IndexOp>) -> Result<u64, SearchError> {
+        for op in &ops {
+            if let IndexOp::Upsert(Doc {
+                vector: Some(v), ..
+            }) = op
+            {
+                simd::check_finite_nonzero(v)?;
+            }
+        }
+        for op in &mut ops {
+            if let IndexOp::Upsert(d) = op {
+                if let Some(v) = &d.vector {
+                    self.check_vector(&d.tenant, v)?;
+                    d.vector = Some(simd::normalized(v)?);
+                }
+            }
+        }
+        let s = &self.shared;
+        let mut q = s.queue.lock();
+        if ops.is_empty() {
+            return Ok(q.next_ticket);
+        }
+        q.ops.append(&mut ops);
+        q.next_ticket += 1;
+        let ticket = q.next_ticket;
+        s.enqueued.store(ticket, Ordering::SeqCst);
+        drop(q);
+        s.queue_cv.notify_one();
+        Ok(ticket)
+    }
+
+    /// Waits (up to [`SearchConfig::wait_timeout`]) until the batch with `ticket` and every
+    /// earlier one are visible to searches.
+    pub fn wait_for(&self, ticket: u64) -> Result<(), SearchError> {
+        let s = &self.shared;
+        if s.applied.load(Ordering::SeqCst) < ticket {
+            let deadline = Instant::now() + s.cfg.wait_timeout;
+            let mut g = s.applied_lock.lock();
+            while s.applied.load(Ordering::SeqCst) < ticket {
+                if s.applied_cv.wait_until(&mut g, deadline).timed_out()
+                    && s.applied.load(Ordering::SeqCst) < ticket
+                {
+                    return Err(SearchError::Timeout);
+                }
+            }
+        }
+        match s.failure.lock().as_ref() {
+            Some(e) => Err(SearchError::Internal(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// [`SearchIndex::enqueue`] then [`SearchIndex::wait_for`]: on return the operations are
+    /// visible to searches.
+    pub fn apply(&self, ops: Vec<IndexOp>) -> Result<(), SearchError> {
+        let t = self.enqueue(ops)?;
+        self.wait_for(t)
+    }
+
+    /// Changes the HNSW search breadth (`ef`) of every ANN graph, existing and future: the
+    /// recall/speed knob of tenant-wide searches.
+    pub fn set_ann_expansion_search(&self, ef: usize) {
+        let s = &self.shared;
+        s.ann_ef.store(ef, Ordering::SeqCst);
+        let cat = s.catalog.read();
+        for t in cat.tenants.values() {
+            for sv in &t.sources {
+                if let Some(a) = &sv.ann {
+                    a.set_expansion_search(ef);
+                }
+            }
+        }
+    }
+
+    /// Live documents of `tenant` (all sources).
+    pub fn len(&self, tenant: &str) -> usize {
+        self.shared
+            .catalog
+            .read()
+            .tenant(tenant)
+            .map_or(0, |t| t.docs)
+    }
+
+    /// Whether `tenant` has no live document.
+    pub fn is_empty(&self, tenant: &str) -> bool {
+        self.len(tenant) == 0
+    }
+
+    /// Counters of `tenant`.
+    pub fn stats(&self, tenant: &str) -> TenantStats {
+        let cat = self.shared.catalog.read();
+        let Some(t) = cat.tenant(tenant) else {
+            return TenantStats::default();
+        };
+        let mut st = TenantStats {
+            docs: t.docs,
+            ..TenantStats::default()
+        };
+        for sv in &t.sources {
+            st.vectors += sv.count;
+            st.ann_pending += sv.pending.len();
+            if let Some(a) = &sv.ann {
+                st.ann_indexed += a.len();
+            }
+        }
+        st
+    }
+
+    /// Runs a search. Waits first until every write enqueued before the call is visible.
+    pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>, SearchError> {
+        let s = &self.shared;
+        let max = s.cfg.max_top_k;
+        if q.top_k == 0 || q.top_k > max {
+            return Err(SearchError::TopKOutOfRange { got: q.top_k, max });
+        }
+        let text = q.text.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        let (use_text, use_vector) = match q.mode {
+            Mode::Text => {
+                if text.is_none() {
+                    return Err(SearchError::EmptyQuery("text search needs query text"));
+                }
+                (true, false)
+            }
+            Mode::Vector => {
+                if q.vector.is_none() {
+                    return Err(SearchError::EmptyQuery(
+                        "vector search needs a query vector",
+                    ));
+                }
+                (false, true)
+            }
+            Mode::Hybrid => {
+                if text.is_none() && q.vector.is_none() {
+                    return Err(SearchError::EmptyQuery(
+                        "hybrid search needs query text or a query vector",
+                    ));
+                }
+                (text.is_some(), q.vector.is_some())
+            }
+        };
+        let qv = match (&q.vector, use_vector) {
+            (Some(v), true) => {
+                let v = simd::normalized(v)?;
+                if let Some(d) = self.dimension(&q.tenant) {
+                    dim_matches(d, v.len())?;
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let parsed = text.filter(|_| use_text).map(text::parse_text);
+
+        // Read-your-writes: everything enqueued before this point must be applied.
+        self.wait_for(s.enqueued.load(Ordering::SeqCst))?;
+
+        let k = q.top_k;
+        let depth = if use_text && use_vector {
+            k.max(HYBRID_DEPTH)
+        } else {
+            k
+        };
+        let text_hits = match &parsed {
+            Some(p) => s.text.search(
+                &q.tenant,
+                q.source,
+                q.owner.as_deref(),
+                q.conversation_id.as_deref(),
+                q.key_prefix.as_deref(),
+                &q.filter,
+                p,
+                depth,
+            )?,
+            None => Vec::new(),
+        };
+        let cat = s.catalog.read();
+        let m = Matcher {
+            tenant: &q.tenant,
+            source: q.source,
+            owner: q.owner.as_deref(),
+            conversation_id: q.conversation_id.as_deref(),
+            key_prefix: q.key_prefix.as_deref(),
+            filter: &q.filter,
+        };
+        // Defence in depth: every hit is re-checked against the scope in the catalog.
+        let text_hits: Vec<(Handle, f32)> = text_hits
+            .into_iter()
+            .filter(|(h, _)| cat.docs.get(h).is_some_and(|d| m.matches(d)))
+            .collect();
+        let vector_hits = match &qv {
+            Some(v) => self.vector_search(&cat, &m, v, depth)?,
+            None => Vec::new(),
+        };
+        let ranked: Vec<(Handle, f32)> = if use_text && use_vector {
+            fuse(&[&vector_hits, &text_hits], k)
+        } else if use_vector {
+            vector_hits
+        } else {
+            text_hits
+        };
+        Ok(ranked
+            .into_iter()
+            .take(k)
+            .filter_map(|(h, score)| {
+                cat.docs.get(&h).map(|d| Hit {
+                    id: d.id.to_string(),
+                    conversation_id: d.conversation_id.as_deref().map(str::to_string),
+                    score,
+                })
+            })
+            .collect())
+    }
+
+    fn vector_search(
+        &self,
+        cat: &Catalog,
+        m: &Matcher<'_>,
+        qv: &[f32],
+        k: usize,
+    ) -> Result<Vec<(Handle, f32)>, SearchError> {
+        let Some(ts) = cat.tenant(m.tenant) else {
+            return Ok(Vec::new());
+        };
+        let Some(dim) = ts.dim else {
+            return Ok(Vec::new());
+        };
+        dim_matches(dim, qv.len())?;
+        let keep = |h: Handle| cat.docs.get(&h).is_some_and(|d| m.matches(d));
+        let keep_dyn: &dyn Fn(Handle) -> bool = &keep;
+        let filtered = if m.trivial_within_block() {
+            None
+        } else {
+            Some(keep_dyn)
+        };
+        let push = |top: &mut TopK, h: Handle| {
+            if let Some(v) = cat.vector(h) {
+                top.push(dot(v, qv), h);
+            }
+        };
+        let sv = &ts.sources[m.source.index()];
+        let mut top = TopK::new(k);
+
+        if let Some(c) = m.conversation_id {
+            // A conversation is small: score its documents one by one.
+            for &h in ts.by_conversation.get(c).into_iter().flatten() {
+                if keep(h) {
+                    push(&mut top, h);
+                }
+            }
+        } else if let Some(o) = m.owner {
+            if let Some((owner, _)) = ts.by_owner.get_key_value(o) {
+                if let Some(block) = sv.blocks.get(&Some(owner.clone())) {
+                    scan_block(block, dim, qv, filtered, &mut top);
+                }
+            }
+        } else {
+            let threshold = self.shared.cfg.ann_threshold;
+            let ann = sv
+                .ann
+                .as_ref()
+                .filter(|_| sv.count > threshold && sv.pending.len() <= threshold);
+            match ann {
+                None => {
+                    for block in sv.blocks.values() {
+                        scan_block(block, dim, qv, filtered, &mut top);
+                    }
+                }
+                Some(ann) => {
+                    // Selective filters: if few documents match, exact beats a filtered graph walk.
+                    let mut selected: Option<Vec<Handle>> = None;
+                    if filtered.is_some() {
+                        let mut hs = Vec::new();
+                        'blocks: for b in sv.blocks.values() {
+                            for &h in &b.handles {
+                                if keep(h) {
+                                    hs.push(h);
+                                    if hs.len() > threshold {
+                                        break 'blocks;
+                                    }
+                                }
+                            }
+                        }
+                        if hs.len() <= threshold {
+                            selected = Some(hs);
+                        }
+                    }
+                    if let Some(hs) = selected {
+                        for h in hs {
+                            push(&mut top, h);
+                        }
+                    } else {
+                        let pool = ann_pool(k);
+                        match ann.candidates(qv, pool, filtered) {
+                            Ok(cands) => {
+                                let mut seen: HashSet<Handle> = HashSet::with_capacity(pool * 2);
+                                for h in cands.into_iter().chain(sv.pending.iter().copied()) {
+                                    if seen.insert(h) && keep(h) {
+                                        push(&mut top, h);
+                                    }
+                                }
+                            }
+                            Err(_) => {
+                                for block in sv.blocks.values() {
+                                    scan_block(block, dim, qv, filtered, &mut top);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(top.into_sorted())
+    }
+}
+
+/// Candidates asked from the ANN graph for `k` results (all re-scored exactly).
+fn ann_pool(k: usize) -> usize {
+    (k * 4).max(64)
+}
+
+fn dim_matches(expected: usize, got: usize) -> Result<(), SearchError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(SearchError::DimensionMismatch { expected, got })
+    }
+}
+
+/// Reciprocal-rank fusion of rankings (best first); ties go to the smaller handle.
+fn fuse(lists: &[&[(Handle, f32)]], k: usize) -> Vec<(Handle, f32)> {
+    let mut scores: HashMap<Handle, f32> = HashMap::new();
+    for list in lists {
+        for (rank, (h, _)) in list.iter().enumerate() {
+            *scores.entry(*h).or_default() += 1.0 / (RRF_K + (rank + 1) as f32);
+        }
+    }
+    let mut v: Vec<(Handle, f32)> = scores.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
+}
+
+impl Drop for SearchIndex {
+    fn drop(&mut self) {
+        let s = &self.shared;
+        s.shutdown.store(true, Ordering::SeqCst);
+        {
+            let _q = s.queue.lock();
+            s.queue_cv.notify_all();
+        }
+        {
+            let _a = s.ann_queue.lock();
+            s.ann_cv.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn indexer_loop(s: &Shared, mut writer: tantivy::IndexWriter<tantivy::TantivyDocument>) {
+    loop {
+        let (ops, ticket) = {
+            let mut q = s.queue.lock();
+            while q.ops.is_empty() && !s.shutdown.load(Ordering::SeqCst) {
+                s.queue_cv.wait(&mut q);
+            }
+            if q.ops.is_empty() {
+                return;
+            }
+            (std::mem::take(&mut q.ops), q.next_ticket)
+        };
+        let res = catch_unwind(AssertUnwindSafe(|| apply_batch(s, &mut writer, ops)));
+        let err = match res {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("indexer panicked".to_string()),
+        };
+        if let Some(e) = err {
+            s.failure.lock().get_or_insert(e);
+        }
+        s.applied.store(ticket, Ordering::SeqCst);
+        let _g = s.applied_lock.lock();
+        s.applied_cv.notify_all();
+    }
+}
+
+fn apply_batch(
+    s: &Shared,
+    writer: &mut tantivy::IndexWriter<tantivy::TantivyDocument>,
+    ops: Vec<IndexOp>,
+) -> Result<(), SearchError> {
+    let mut text = TextChanges::default();
+    let mut dirty: Vec<(Arc<str>, Source)> = Vec::new();
+    {
+        let mut cat = s.catalog.write();
+        let mut touched: HashSet<String> = HashSet::new();
+        for op in ops {
+            match op {
+                IndexOp::Upsert(doc) => {
+                    touched.insert(doc.tenant.clone());
+                    if let Some(d) = cat.upsert(doc, &mut text) {
+                        dirty.push(d);
+                    }
+                }
+                IndexOp::Delete { tenant, source, id } => {
+                    let hs = cat.handles_of(&tenant, |t| {
+                        t.by_id[source.index()]
+                            .get(id.as_str())
+                            .copied()
+                            .into_iter()
+                            .collect()
+                    });
+                    for h in hs {
+                        cat.remove(h, &mut text);
+                    }
+                }
+                IndexOp::DeleteConversation {
+                    tenant,
+                    conversation_id,
+                } => {
+                    let hs = cat.handles_of(&tenant, |t| {
+                        t.by_conversation
+                            .get(conversation_id.as_str())
+                            .map(|s| s.iter().copied().collect())
+                            .unwrap_or_default()
+                    });
+                    for h in hs {
+                        cat.remove(h, &mut text);
+                    }
+                }
+                IndexOp::DeleteOwner { tenant, owner } => {
+                    let hs = cat.handles_of(&tenant, |t| {
+                        t.by_owner
+                            .get(owner.as_str())
+                            .map(|s| s.iter().copied().collect())
+                            .unwrap_or_default()
+                    });
+                    for h in hs {
+                        cat.remove(h, &mut text);
+                    }
+                }
+            }
+        }
+        // Scopes that just grew past the threshold get an ANN graph, filled in the background.
+        for tenant in touched {
+            let Some(key) = cat
+                .tenants
+                .get_key_value(tenant.as_str())
+                .map(|(k, _)| k.clone())
+            else {
+                continue;
+            };
+            let Some(ts) = cat.tenants.get_mut(&key) else {
+                continue;
+            };
+            let Some(dim) = ts.dim else { continue };
+            for (i, src) in [Source::Items, Source::Memory].into_iter().enumerate() {
+                let sv = &mut ts.sources[i];
+                if sv.ann.is_none() && sv.count > s.cfg.ann_threshold {
+                    let ann = ann::Ann::new(
+                        dim,
+                        s.cfg.ann_quantization,
+                        s.ann_ef.load(Ordering::SeqCst),
+                        sv.count + sv.count / 4,
+                    )?;
+                    sv.ann = Some(Arc::new(ann));
+                    sv.pending = sv
+                        .blocks
+                        .values()
+                        .flat_map(|b| b.handles.iter().copied())
+                        .collect();
+                    dirty.push((key.clone(), src));
+                }
+            }
+        }
+        // A document added and removed within this batch never reaches the text index.
+        text.adds.retain(|(h, _)| cat.docs.contains_key(h));
+    }
+    if !text.deletes.is_empty() || !text.adds.is_empty() {
+        for h in &text.deletes {
+            s.text.delete(writer, *h);
+        }
+        for (h, doc) in &text.adds {
+            s.text.add(writer, *h, doc)?;
+        }
+        writer.commit()?;
+        s.text.reload()?;
+    }
+    if !dirty.is_empty() {
+        let mut q = s.ann_queue.lock();
+        for d in dirty {
+            if !q.contains(&d) {
+                q.push_back(d);
+            }
+        }
+        s.ann_cv.notify_one();
+    }
+    Ok(())
+}
+
+/// Background thread: moves pending vectors into ANN graphs, a chunk at a time, outside the
+/// catalog lock (searches meanwhile scan pending vectors exactly).
+fn ann_loop(s: &Shared) {
+    loop {
+        let (tenant, source) = {
+            let mut q = s.ann_queue.lock();
+            loop {
+                if s.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Some(x) = q.pop_front() {
+                    break x;
+                }
+                s.ann_cv.wait(&mut q);
+            }
+        };
+        loop {
+            if s.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            let (ann, taken, chunk) = {
+                let cat = s.catalog.read();
+                let Some(sv) = cat.tenant(&tenant).map(|t| &t.sources[source.index()]) else {
+                    break;
+                };
+                let Some(ann) = sv.ann.clone() else { break };
+                let taken: Vec<Handle> = sv.pending.iter().take(ANN_CHUNK).copied().collect();
+                let chunk: Vec<(Handle, Vec<f32>)> = taken
+                    .iter()
+                    .filter_map(|&h| cat.vector(h).map(|v| (h, v.to_vec())))
+                    .collect();
+                (ann, taken, chunk)
+            };
+            if taken.is_empty() {
+                break;
+            }
+            if let Err(e) = ann.add_all(&chunk) {
+                s.failure.lock().get_or_insert(e.to_string());
+                break;
+            }
+            let mut cat = s.catalog.write();
+            let dead: Vec<Handle> = chunk
+                .iter()
+                .map(|(h, _)| *h)
+                .filter(|h| !cat.docs.contains_key(h))
+                .collect();
+            if let Some(t) = cat.tenants.get_mut(&*tenant) {
+                let sv = &mut t.sources[source.index()];
+                for h in &taken {
+                    sv.pending.remove(h);
+                }
+            }
+            // Deleted while being added: the catalog forgot them, the graph must too.
+            for h in dead {
+                ann.remove(h);
+            }
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Vector search benchmark (not a test).
+//!
+//! ```text
+//! cargo run --release -p mnemo-search --example vector_bench -- \
+//!     [--owner-n 10000] [--ann-n 100000] [--dim 384] [--queries 1000] [--npy-dir DIR]
+//! ```
+//!
+//! 1. Per-owner scope, `owner-n` x `dim`: p50/p99 of `SearchIndex::search` (exact, top 10)
+//!    against a naive scalar brute-force loop on the same data.
+//! 2. Tenant-wide scope, `ann-n` x `dim` clustered vectors: ANN build time, then
+//!    single-thread QPS and recall@10 for a sweep of `ef`.
+//!
+//! With `--npy-dir`, writes `base.npy` and `queries.npy` (float32) of part 2 for
+//! `bench/ann_peers.py`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mnemo_search::{Doc, IndexOp, Mode, SearchConfig, SearchIndex, SearchQuery, Source};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+struct Args {
+    owner_n: usize,
+    ann_n: usize,
+    dim: usize,
+    queries: usize,
+    npy_dir: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        owner_n: 10_000,
+        ann_n: 100_000,
+        dim: 384,
+        queries: 1000,
+        npy_dir: None,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let val = v.get(i + 1).cloned().unwrap_or_default();
+        match v[i].as_str() {
+            "--owner-n" => a.owner_n = val.parse().expect("--owner-n"),
+            "--ann-n" => a.ann_n = val.parse().expect("--ann-n"),
+            "--dim" => a.dim = val.parse().expect("--dim"),
+            "--queries" => a.queries = val.parse().expect("--queries"),
+            "--npy-dir" => a.npy_dir = Some(val),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// Gaussian clusters on the unit sphere; point = centre + noise, normalised.
+struct Clustered {
+    rng: StdRng,
+    centres: Vec<Vec<f32>>,
+    noise: Normal<f32>,
+}
+
+fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+impl Clustered {
+    fn new(seed: u64, dim: usize, clusters: usize, noise: f32) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let unit = Normal::new(0.0f32, 1.0).unwrap();
+        let centres = (0..clusters)
+            .map(|_| {
+                let mut c: Vec<f32> = (0..dim).map(|_| unit.sample(&mut rng)).collect();
+                normalize(&mut c);
+                c
+            })
+            .collect();
+        Clustered {
+            rng,
+            centres,
+            noise: Normal::new(0.0, noise / (dim as f32).sqrt()).unwrap(),
+        }
+    }
+
+    fn point(&mut self) -> Vec<f32> {
+        let c = self.rng.random_range(0..self.centres.len());
+        let mut v: Vec<f32> = self.centres[c]
+            .iter()
+            .map(|x| x + self.noise.sample(&mut self.rng))
+            .collect();
+        normalize(&mut v);
+        v
+    }
+}
+
+fn doc(i: usize, owner: &str, v: Vec<f32>) -> Doc {
+    Doc {
+        tenant: "bench".into(),
+        source: Source::Items,
+        id: format!("d{i}"),
+        owner: Some(owner.into()),
+        conversation_id: None,
+        role: None,
+        created_at: 0,
+        metadata: BTreeMap::new(),
+        text: String::new(),
+        vector: Some(v),
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// The naive reference: scalar dot products, full sort.
+fn naive_top10(data: &[Vec<f32>], q: &[f32]) -> Vec<usize> {
+    let mut s: Vec<(f32, usize)> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), i))
+        .collect();
+    s.sort_by(|a, b| b.0.total_cmp(&a.0));
+    s.truncate(10);
+    s.into_iter().map(|x| x.1).collect()
+}
+
+fn write_npy(path: &Path, rows: &[Vec<f32>]) -> std::io::Result<()> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        rows.len(),
+        cols
+    );
+    // Magic (6) + version (2) + length (2) + header + '\n', padded to 64 bytes.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    f.write_all(b"\x93NUMPY\x01\x00")?;
+    f.write_all(&(header.len() as u16).to_le_bytes())?;
+    f.write_all(header.as_bytes())?;
+    for r in rows {
+        for x in r {
+            f.write_all(&x.to_le_bytes())?;
+        }
+    }
+    f.flush()
+}
+
+fn main() {
+    let a = args();
+    println!(
+        "mnemo-search vector_bench: owner_n={} ann_n={} dim={} queries={}",
+        a.owner_n, a.ann_n, a.dim, a.queries
+    );
+
+    // ---- 1. per-owner exact search ----
+    if a.owner_n > 0 {
+        let index = SearchIndex::new(SearchConfig::default()).unwrap();
+        let mut data = Clustered::new(1, a.dim, 200, 0.6);
+        let vectors: Vec<Vec<f32>> = (0..a.owner_n).map(|_| data.point()).collect();
+        let mut ops: Vec<IndexOp> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| IndexOp::Upsert(doc(i, "alice", v.clone())))
+            .collect();
+        // Another owner's documents in the same tenant (not scanned).
+        ops.extend(
+            (0..a.owner_n).map(|i| IndexOp::Upsert(doc(a.owner_n + i, "bob", data.point()))),
+        );
+        index.apply(ops).unwrap();
+        let queries: Vec<Vec<f32>> = (0..a.queries).map(|_| data.point()).collect();
+
+        let mut lat = Vec::with_capacity(queries.len());
+        let mut agree = 0;
+        for q in &queries {
+            let mut sq = SearchQuery::new("bench", Source::Items, Mode::Vector, 10);
+            sq.owner = Some("alice".into());
+            sq.vector = Some(q.clone());
+            let t = Instant::now();
+            let hits = index.search(&sq).unwrap();
+            lat.push(t.elapsed());
+            let want = naive_top10(&vectors, q);
+            let got: Vec<usize> = hits.iter().map(|h| h.id[1..].parse().unwrap()).collect();
+            agree += usize::from(got == want);
+        }
+        lat.sort();
+        let mut naive = Vec::with_capacity(queries.len());
+        for q in &queries {
+            let t = Instant::now();
+            std::hint::black_box(naive_top10(&vectors, q));
+            naive.push(t.elapsed());
+        }
+        naive.sort();
+        println!(
+            "per-owner exact {}x{}: SearchIndex::search p50 {:.0} us p99 {:.0} us | naive scalar loop p50 {:.0} us p99 {:.0} us | identical top-10 in {}/{} queries",
+            a.owner_n,
+            a.dim,
+            pct(&lat, 0.50),
+            pct(&lat, 0.99),
+            pct(&naive, 0.50),
+            pct(&naive, 0.99),
+            agree,
+            queries.len()
+        );
+    }
+
+    // ---- 2. tenant-wide ANN ----
+    if a.ann_n > 0 {
+        let mut data = Clustered::new(2, a.dim, 500, 0.6);
+        let vectors: Vec<Vec<f32>> = (0..a.ann_n).map(|_| data.point()).collect();
+        let queries: Vec<Vec<f32>> = (0..a.queries).map(|_| data.point()).collect();
+        if let Some(dir) = &a.npy_dir {
+            std::fs::create_dir_all(dir).unwrap();
+            write_npy(&Path::new(dir).join("base.npy"), &vectors).unwrap();
+            write_npy(&Path::new(dir).join("queries.npy"), &queries).unwrap();
+            println!("wrote {dir}/base.npy and {dir}/queries.npy");
+        }
+        let index = SearchIndex::new(SearchConfig::default()).unwrap();
+        let t = Instant::now();
+        for (b, chunk) in vectors.chunks(10_000).enumerate() {
+            let ops = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    IndexOp::Upsert(doc(b * 10_000 + j, &format!("o{}", j % 100), v.clone()))
+                })
+                .collect();
+            index.apply(ops).unwrap();
+        }
+        let loaded = t.elapsed();
+        while index.stats("bench").ann_pending > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!(
+            "ANN {}x{}: indexed (catalog + text) in {:.1}s, HNSW graph complete after {:.1}s",
+            a.ann_n,
+            a.dim,
+            loaded.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+
+        // Ground truth by exact scan (two threads).
+        let t = Instant::now();
+        let truth: Vec<HashSet<usize>> = std::thread::scope(|s| {
+            let parts: Vec<_> = queries
+                .chunks(queries.len().div_ceil(2))
+                .map(|qs| {
+                    let vectors = &vectors;
+                    s.spawn(move || {
+                        qs.iter()
+                            .map(|q| {
+                                let mut sc: Vec<(f32, usize)> = vectors
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, v)| (mnemo_search::dot(v, q), i))
+                                    .collect();
+                                sc.select_nth_unstable_by(9, |x, y| y.0.total_cmp(&x.0));
+                                sc[..10].iter().map(|x| x.1).collect::<HashSet<_>>()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts.into_iter().flat_map(|p| p.join().unwrap()).collect()
+        });
+        let gt_time = t.elapsed();
+        println!(
+            "exact brute force (2 threads): {:.0} QPS per thread",
+            queries.len() as f64 / gt_time.as_secs_f64() / 2.0
+        );
+
+        for ef in [16, 32, 64, 128, 256] {
+            index.set_ann_expansion_search(ef);
+            let mut found = 0;
+            let t = Instant::now();
+            for (q, want) in queries.iter().zip(&truth) {
+                let mut sq = SearchQuery::new("bench", Source::Items, Mode::Vector, 10);
+                sq.vector = Some(q.clone());
+                let hits = index.search(&sq).unwrap();
+                found += hits
+                    .iter()
+                    .filter(|h| want.contains(&h.id[1..].parse::<usize>().unwrap()))
+                    .count();
+            }
+            let el = t.elapsed();
+            println!(
+                "usearch ANN ({:?} graph, exact re-score) ef={ef:>3}: {:>6.0} QPS single-thread, recall@10 {:.4}",
+                SearchConfig::default().ann_quantization,
+                queries.len() as f64 / el.as_secs_f64(),
+                found as f64 / (queries.len() * 10) as f64
+            );
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The in-memory document table and vector blocks: the source of truth for which documents are
+//! live, their filterable attributes, and their f32 vectors laid out contiguously per
+//! (tenant, source, owner).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::ann::Ann;
+use crate::simd::dot;
+use crate::types::{Doc, Filter, Source};
+
+/// Internal document handle: unique per document version, never reused.
+pub(crate) type Handle = u64;
+
+/// A live document's attributes (the text lives in tantivy, the vector in its block).
+#[derive(Debug)]
+pub(crate) struct DocEntry {
+    pub tenant: Arc<str>,
+    pub source: Source,
+    pub id: Box<str>,
+    pub owner: Option<Arc<str>>,
+    pub conversation_id: Option<Arc<str>>,
+    pub role: Option<Box<str>>,
+    pub created_at: i64,
+    pub metadata: BTreeMap<String, String>,
+    /// Slot in the owner's block when the document has a vector.
+    pub slot: Option<u32>,
+}
+
+/// One owner's vectors in one source: `data[slot*dim..(slot+1)*dim]` belongs to
+/// `handles[slot]`. Deletes swap the last slot into the hole.
+#[derive(Debug, Default)]
+pub(crate) struct Block {
+    pub data: Vec<f32>,
+    pub handles: Vec<Handle>,
+}
+
+/// Vectors of one (tenant, source).
+#[derive(Default)]
+pub(crate) struct SourceVectors {
+    pub blocks: HashMap<Option<Arc<str>>, Block>,
+    /// Live vectors in all blocks.
+    pub count: usize,
+    /// ANN index, created once `count` exceeds the threshold.
+    pub ann: Option<Arc<Ann>>,
+    /// Vectors not yet added to `ann` (searched exactly meanwhile).
+    pub pending: HashSet<Handle>,
+}
+
+/// Everything the catalog knows about one tenant.
+#[derive(Default)]
+pub(crate) struct TenantState {
+    pub dim: Option<usize>,
+    pub sources: [SourceVectors; 2],
+    pub by_id: [HashMap<Box<str>, Handle>; 2],
+    pub by_conversation: HashMap<Arc<str>, HashSet<Handle>>,
+    pub by_owner: HashMap<Arc<str>, HashSet<Handle>>,
+    pub docs: usize,
+}
+
+/// The document table for all tenants.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub docs: HashMap<Handle, DocEntry>,
+    pub tenants: HashMap<Arc<str>, TenantState>,
+    next_handle: Handle,
+}
+
+/// What the full-text index must do after a catalog change.
+#[derive(Default)]
+pub(crate) struct TextChanges {
+    pub deletes: Vec<Handle>,
+    pub adds: Vec<(Handle, Doc)>,
+}
+
+/// Scope plus filters of a query, evaluated against catalog entries.
+pub(crate) struct Matcher<'q> {
+    pub tenant: &'q str,
+    pub source: Source,
+    pub owner: Option<&'q str>,
+    pub conversation_id: Option<&'q str>,
+    pub key_prefix: Option<&'q str>,
+    pub filter: &'q Filter,
+}
+
+impl Matcher<'_> {
+    /// True when only tenant, source and owner matter (which blocks already guarantee).
+    pub fn trivial_within_block(&self) -> bool {
+        self.conversation_id.is_none() && self.key_prefix.is_none() && self.filter.is_empty()
+    }
+
+    pub fn matches(&self, d: &DocEntry) -> bool {
+        if &*d.tenant != self.tenant || d.source != self.source {
+            return false;
+        }
+        if let Some(o) = self.owner {
+            if d.owner.as_deref() != Some(o) {
+                return false;
+            }
+        }
+        if let Some(c) = self.conversation_id {
+            if d.conversation_id.as_deref() != Some(c) {
+                return false;
+            }
+        }
+        if let Some(p) = self.key_prefix {
+            if !d.id.starts_with(p) {
+                return false;
+            }
+        }
+        let f = self.filter;
+        if let Some(r) = &f.role {
+            if d.role.as_deref() != Some(r.as_str()) {
+                return false;
+            }
+        }
+        if f.created_after.is_some_and(|a| d.created_at < a) {
+            return false;
+        }
+        if f.created_before.is_some_and(|b| d.created_at >= b) {
+            return false;
+        }
+        f.metadata
+            .iter()
+            .all(|(k, v)| d.metadata.get(k).is_some_and(|dv| dv == v))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scored {
+    score: f32,
+    handle: Handle,
+}
+
+impl PartialEq for Scored {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Scored {}
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scored {
+    /// "Greater" means worse, so a max-heap keeps the worst kept hit on top.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.score
+            .total_cmp(&self.score)
+            .then(self.handle.cmp(&o.handle))
+    }
+}
+
+/// Keeps the `k` best (score, handle) pairs; ties go to the smaller handle (older document).
+pub(crate) struct TopK {
+    k: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, score: f32, handle: Handle) {
+        let s = Scored { score, handle };
+        if self.heap.len() < self.k {
+            self.heap.push(s);
+        } else if let Some(worst) = self.heap.peek() {
+            if s < *worst {
+                self.heap.pop();
+                self.heap.push(s);
+            }
+        }
+    }
+
+    /// Best first.
+    pub fn into_sorted(self) -> Vec<(Handle, f32)> {
+        let mut v = self.heap.into_vec();
+        v.sort();
+        v.into_iter().map(|s| (s.handle, s.score)).collect()
+    }
+}
+
+impl Catalog {
+    pub fn tenant(&self, tenant: &str) -> Option<&TenantState> {
+        self.tenants.get(tenant)
+    }
+
+    /// The f32 (normalised) vector of a live document.
+    pub fn vector(&self, handle: Handle) -> Option<&[f32]> {
+        let d = self.docs.get(&handle)?;
+        let slot = d.slot? as usize;
+        let ts = self.tenants.get(&*d.tenant)?;
+        let dim = ts.dim?;
+        let block = ts.sources[d.source.index()].blocks.get(&d.owner)?;
+        block.data.get(slot * dim..(slot + 1) * dim)
+    }
+
+    /// Inserts or replaces `doc` (its vector already validated and normalised).
+    /// Returns the sources whose ANN index got new pending vectors.
+    pub fn upsert(&mut self, doc: Doc, text: &mut TextChanges) -> Option<(Arc<str>, Source)> {
+        let src = doc.source;
+        if let Some(old) = self
+            .tenants
+            .get(doc.tenant.as_str())
+            .and_then(|t| t.by_id[src.index()].get(doc.id.as_str()).copied())
+        {
+            self.remove(old, text);
+        }
+        let handle = self.next_handle;
+        self.next_handle += 1;
+
+        let tenant_key: Arc<str> = match self.tenants.get_key_value(doc.tenant.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(doc.tenant.as_str()),
+        };
+        let ts = self.tenants.entry(tenant_key.clone()).or_default();
+        let owner: Option<Arc<str>> = doc.owner.as_deref().map(|o| {
+            ts.by_owner
+                .get_key_value(o)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Arc::from(o))
+        });
+        let conv: Option<Arc<str>> = doc.conversation_id.as_deref().map(|c| {
+            ts.by_conversation
+                .get_key_value(c)
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Arc::from(c))
+        });
+
+        let mut slot = None;
+        let mut ann_dirty = None;
+        if let Some(v) = &doc.vector {
+            let dim = *ts.dim.get_or_insert(v.len());
+            if v.len() == dim {
+                let sv = &mut ts.sources[src.index()];
+                let block = sv.blocks.entry(owner.clone()).or_default();
+                slot = Some(block.handles.len() as u32);
+                block.handles.push(handle);
+                block.data.extend_from_slice(v);
+                sv.count += 1;
+                if sv.ann.is_some() {
+                    sv.pending.insert(handle);
+                    ann_dirty = Some((tenant_key.clone(), src));
+                }
+            }
+        }
+        ts.by_id[src.index()].insert(doc.id.as_str().into(), handle);
+        if let Some(o) = &owner {
+            ts.by_owner.entry(o.clone()).or_default().insert(handle);
+        }
+        if let Some(c) = &conv {
+            ts.by_conversation
+                .entry(c.clone())
+                .or_default()
+                .insert(handle);
+        }
+        ts.docs += 1;
+        self.docs.insert(
+            handle,
+            DocEntry {
+                tenant: tenant_key,
+                source: src,
+                id: doc.id.as_str().into(),
+                owner,
+                conversation_id: conv,
+                role: doc.role.as_deref().map(Into::into),
+                created_at: doc.created_at,
+                metadata: doc.metadata.clone(),
+                slot,
+            },
+        );
+        text.adds.push((handle, doc));
+        ann_dirty
+    }
+
+    /// Removes one live document everywhere (blocks, maps, ANN).
+    pub fn remove(&mut self, handle: Handle, text: &mut TextChanges) {
+        let Some(d) = self.docs.remove(&handle) else {
+            return;
+        };
+        text.deletes.push(handle);
+        let Some(ts) = self.tenants.get_mut(&*d.tenant) else {
+            return;
+        };
+        ts.docs -= 1;
+        ts.by_id[d.source.index()].remove(&*d.id);
+        if let Some(o) = &d.owner {
+            if let Some(set) = ts.by_owner.get_mut(o) {
+                set.remove(&handle);
+                if set.is_empty() {
+                    ts.by_owner.remove(o);
+                }
+            }
+        }
+        if let Some(c) = &d.conversation_id {
+            if let Some(set) = ts.by_conversation.get_mut(c) {
+                set.remove(&handle);
+                if set.is_empty() {
+                    ts.by_conversation.remove(c);
+                }
+            }
+        }
+        let (Some(slot), Some(dim)) = (d.slot, ts.dim) else {
+            return;
+        };
+        let sv = &mut ts.sources[d.source.index()];
+        sv.count -= 1;
+        if !sv.pending.remove(&handle) {
+            if let Some(ann) = &sv.ann {
+                ann.remove(handle);
+            }
+        }
+        let Some(block) = sv.blocks.get_mut(&d.owner) else {
+            return;
+        };
+        let slot = slot as usize;
+        let last = block.handles.len() - 1;
+        if slot != last {
+            block
+                .data
+                .copy_within(last * dim..(last + 1) * dim, slot * dim);
+            let moved = block.handles[last];
+            block.handles[slot] = moved;
+            if let Some(m) = self.docs.get_mut(&moved) {
+                m.slot = Some(slot as u32);
+            }
+        }
+        block.handles.truncate(last);
+        block.data.truncate(last * dim);
+        if block.handles.is_empty() {
+            sv.blocks.remove(&d.owner);
+        }
+    }
+
+    /// Handles of a tenant's documents selected by `pick`.
+    pub fn handles_of(
+        &self,
+        tenant: &str,
+        pick: impl FnOnce(&TenantState) -> Vec<Handle>,
+    ) -> Vec<Handle> {
+        self.tenants.get(tenant).map(pick).unwrap_or_default()
+    }
+}
+
+/// Exact scan of one block into `top`, keeping only handles accepted by `keep` (if any).
+pub(crate) fn scan_block(
+    block: &Block,
+    dim: usize,
+    query: &[f32],
+    keep: Option<&dyn Fn(Handle) -> bool>,
+    top: &mut TopK,
+) {
+    for (v, &h) in block.data.chunks_exact(dim).zip(&block.handles) {
+        if let Some(keep) = keep {
+            if !keep(h) {
+                continue;
+            }
+        }
+        top.push(dot(v, query), h);
+    }
+}

@@ -1,0 +1,140 @@
+//! Vector arithmetic: dot product (auto-vectorised, AVX2+FMA when the CPU has it), validation
+//! and normalisation.
+
+use crate::SearchError;
+
+const LANES: usize = 16;
+
+/// The portable body: 16 independent accumulators so the compiler can keep several SIMD
+/// registers busy without a loop-carried dependency on one sum.
+macro_rules! dot_body {
+    ($a:expr, $b:expr, $madd:expr) => {{
+        let a: &[f32] = $a;
+        let b: &[f32] = $b;
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0f32; LANES];
+        let ca = a.chunks_exact(LANES);
+        let cb = b.chunks_exact(LANES);
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for i in 0..LANES {
+                acc[i] = $madd(x[i], y[i], acc[i]);
+            }
+        }
+        let mut tail = 0f32;
+        for (x, y) in ra.iter().zip(rb) {
+            tail += x * y;
+        }
+        // Pairwise reduction keeps the rounding error small.
+        let mut width = LANES / 2;
+        while width > 0 {
+            for i in 0..width {
+                acc[i] += acc[i + width];
+            }
+            width /= 2;
+        }
+        acc[0] + tail
+    }};
+}
+
+#[inline]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    dot_body!(a, b, |x: f32, y: f32, acc: f32| acc + x * y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_body!(a, b, |x: f32, y: f32, acc: f32| x.mul_add(y, acc))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Dot product of the common prefix of `a` and `b`.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { dot_avx2_fma(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+/// Checks that `v` is a usable embedding: non-empty, finite, non-zero. Returns its norm.
+pub(crate) fn check_finite_nonzero(v: &[f32]) -> Result<f64, SearchError> {
+    if v.is_empty() {
+        return Err(SearchError::InvalidVector("vector is empty".into()));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(SearchError::InvalidVector(format!(
+            "element {i} is not a finite number"
+        )));
+    }
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return Err(SearchError::InvalidVector("vector has zero length".into()));
+    }
+    Ok(norm)
+}
+
+/// Returns `v / |v|`, or an error if `v` cannot be normalised.
+pub(crate) fn normalized(v: &[f32]) -> Result<Vec<f32>, SearchError> {
+    let norm = check_finite_nonzero(v)?;
+    let out: Vec<f32> = v.iter().map(|&x| (f64::from(x) / norm) as f32).collect();
+    if out.iter().all(|&x| x == 0.0) {
+        return Err(SearchError::InvalidVector("vector has zero length".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
+    }
+
+    #[test]
+    fn dot_matches_naive_for_all_lengths() {
+        for n in 0..100 {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0).collect();
+            let want = naive(&a, &b);
+            assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-4, "n={n}");
+            assert!(
+                (f64::from(dot_portable(&a, &b)) - want).abs() < 1e-4,
+                "n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalise_rejects_bad_vectors() {
+        assert!(normalized(&[]).is_err());
+        assert!(normalized(&[0.0, 0.0]).is_err());
+        assert!(normalized(&[1.0, f32::NAN]).is_err());
+        assert!(normalized(&[f32::INFINITY, 1.0]).is_err());
+        let v = normalized(&[3.0, 4.0]).unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        // Tiny but non-zero vectors normalise fine.
+        let v = normalized(&[1e-30, 0.0]).unwrap();
+        assert_eq!(v, vec![1.0, 0.0]);
+    }
+}
