@@ -474,7 +474,7 @@ impl SearchIndex {
                             push(&mut top, h);
                         }
                     } else {
-                        let pool = ann_pool(k);
+                        let pool = k.max(self.shared.ann_ef.load(Ordering::Relaxed));
                         match ann.candidates(qv, pool, filtered) {
                             Ok(cands) => {
                                 let mut seen: HashSet<Handle> = HashSet::with_capacity(pool * 2);
@@ -496,11 +496,6 @@ impl SearchIndex {
         }
         Ok(top.into_sorted())
     }
-}
-
-/// Candidates asked from the ANN graph for `k` results (all re-scored exactly).
-fn ann_pool(k: usize) -> usize {
-    (k * 4).max(64)
 }
 
 fn dim_matches(expected: usize, got: usize) -> Result<(), SearchError> {

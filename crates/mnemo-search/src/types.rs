@@ -187,7 +187,8 @@ pub struct SearchConfig {
     /// A vector scope (tenant and source) with more vectors than this gets an ANN index; scopes
     /// at or below it, and every per-owner or per-conversation scope, are searched exactly.
     pub ann_threshold: usize,
-    /// HNSW search breadth (`ef`) of ANN queries.
+    /// HNSW search breadth (`ef`) of ANN queries; the `max(ef, top_k)` candidates found are all
+    /// re-scored exactly.
     pub ann_expansion_search: usize,
     /// How vectors are stored inside the ANN graph (candidates are always re-scored exactly
     /// from the f32 copy).
