@@ -340,6 +340,13 @@ impl Catalog {
         }
     }
 
+    /// Removes every handle in `handles`.
+    pub fn remove_all(&mut self, handles: Vec<Handle>, text: &mut TextChanges) {
+        for h in handles {
+            self.remove(h, text);
+        }
+    }
+
     /// Handles of a tenant's documents selected by `pick`.
     pub fn handles_of(
         &self,

@@ -591,34 +591,19 @@ fn apply_batch(
                             .into_iter()
                             .collect()
                     });
-                    for h in hs {
-                        cat.remove(h, &mut text);
-                    }
+                    cat.remove_all(hs, &mut text);
                 }
                 IndexOp::DeleteConversation {
                     tenant,
                     conversation_id,
                 } => {
-                    let hs = cat.handles_of(&tenant, |t| {
-                        t.by_conversation
-                            .get(conversation_id.as_str())
-                            .map(|s| s.iter().copied().collect())
-                            .unwrap_or_default()
-                    });
-                    for h in hs {
-                        cat.remove(h, &mut text);
-                    }
+                    let hs =
+                        cat.handles_of(&tenant, |t| members(&t.by_conversation, &conversation_id));
+                    cat.remove_all(hs, &mut text);
                 }
                 IndexOp::DeleteOwner { tenant, owner } => {
-                    let hs = cat.handles_of(&tenant, |t| {
-                        t.by_owner
-                            .get(owner.as_str())
-                            .map(|s| s.iter().copied().collect())
-                            .unwrap_or_default()
-                    });
-                    for h in hs {
-                        cat.remove(h, &mut text);
-                    }
+                    let hs = cat.handles_of(&tenant, |t| members(&t.by_owner, &owner));
+                    cat.remove_all(hs, &mut text);
                 }
             }
         }
@@ -677,6 +662,13 @@ fn apply_batch(
         s.ann_cv.notify_one();
     }
     Ok(())
+}
+
+/// The handles in `map[key]`.
+fn members(map: &HashMap<Arc<str>, HashSet<Handle>>, key: &str) -> Vec<Handle> {
+    map.get(key)
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 /// Background thread: moves pending vectors into ANN graphs, a chunk at a time, outside the
