@@ -1,0 +1,397 @@
+//! The encoder's element-wise and attention kernels, on plain `f32` slices.
+//!
+//! Matrix products go through candle (gemm); everything between them is here, fused so each
+//! activation is read and written once: bias + GELU, bias + residual + LayerNorm, and the whole
+//! of self-attention for packed (unpadded) sequences. The transcendental functions are
+//! branch-free polynomial approximations (exp: Cephes, ~1 ulp; erf: a rational fit, < 1e-6
+//! absolute) so the compiler vectorises them. Each public kernel is compiled twice, for the
+//! baseline x86-64 and for AVX2 + FMA, and picks one at run time.
+
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task by the row-wise kernels.
+const ROWS_PER_TASK: usize = 16;
+
+/// Compiles `$body` as a generic function and as an AVX2 + FMA one, and dispatches at run time.
+macro_rules! multiversion {
+    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+/// e^x for `x` in about [-87, 88] (smaller values give ~0), Cephes' single-precision
+/// polynomial after reduction by powers of two. Branch-free so that loops over it vectorise.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest without a call: adding 1.5 * 2^23 pushes the fraction out, and the
+    // low bits of `shifted` then hold n as an integer (two's complement offset).
+    let shifted = x * LOG2E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
+    let r = x - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // 2^n: n + 127 in the exponent field (n is in [-126, 127] after the clamp).
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
+    y * scale
+}
+
+/// erf(x), rational approximation (odd degree-13 numerator, even degree-8 denominator) with
+/// an absolute error below 1e-6; erf(±4) is ±1 in `f32`, so the input is clamped there.
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    p = p * x2 + 2.770_681_4e-8;
+    p = p * x2 - 2.101_024e-6;
+    p = p * x2 - 5.692_506_4e-5;
+    p = p * x2 - 7.349_906_3e-4;
+    p = p * x2 - 2.954_6e-3;
+    p = p * x2 - 1.609_603_3e-2;
+    let p = p * x;
+    let mut q = -1.456_607_2e-5f32;
+    q = q * x2 - 2.133_740_6e-4;
+    q = q * x2 - 1.682_827e-3;
+    q = q * x2 - 7.373_329e-3;
+    q = q * x2 - 1.426_473_9e-2;
+    p / q
+}
+
+/// Sum of `a[i] * b[i]`, in eight interleaved partial sums so that it vectorises.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum of `a`, in eight interleaved partial sums.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let a8 = a.chunks_exact(8);
+    let tail: f32 = a8.remainder().iter().sum();
+    for x in a8 {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+multiversion! {
+    fn bias_gelu_rows(rows: &mut [f32], bias: &[f32]) {
+        for row in rows.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                let x = *v + b;
+                *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    }
+}
+
+/// `x = gelu(x + bias)` for every row of `x` (row length = `bias.len()`), with the exact
+/// (erf) GELU BERT uses.
+pub(crate) fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+    x.par_chunks_mut(bias.len() * ROWS_PER_TASK)
+        .for_each(|rows| bias_gelu_rows(rows, bias));
+}
+
+multiversion! {
+    fn add_norm_rows(
+        rows: &mut [f32],
+        residual: &[f32],
+        bias: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        let width = gamma.len();
+        for (row, res) in rows.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
+            for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
+                *v += r + b;
+            }
+            let mean = sum(row) / width as f32;
+            for v in row.iter_mut() {
+                *v -= mean;
+            }
+            let var = dot(row, row);
+            let inv = 1.0 / (var / width as f32 + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = *v * inv * g + b;
+            }
+        }
+    }
+}
+
+/// `x = LayerNorm(x + residual + bias)` row by row (row length = `gamma.len()`); `bias` may be
+/// all zeros.
+pub(crate) fn add_bias_layer_norm(
+    x: &mut [f32],
+    residual: &[f32],
+    bias: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    let chunk = gamma.len() * ROWS_PER_TASK;
+    x.par_chunks_mut(chunk)
+        .zip(residual.par_chunks(chunk))
+        .for_each(|(rows, res)| add_norm_rows(rows, res, bias, gamma, beta, eps));
+}
+
+/// Self-attention geometry: `heads` heads of `head_dim` values each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Heads {
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    fn hidden(self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+multiversion! {
+    fn attend_one(
+        qkv: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+        heads: Heads,
+        scratch: &mut Vec<f32>,
+    ) {
+        let hidden = heads.hidden();
+        let d = heads.head_dim;
+        let len = qkv.len() / (3 * hidden);
+        let scale = 1.0 / (d as f32).sqrt();
+        // Per head: Q (scaled) [len, d], K transposed [d, len], V [len, d], one score row.
+        scratch.clear();
+        scratch.resize(3 * len * d + len, 0.0);
+        let (q, rest) = scratch.split_at_mut(len * d);
+        let (kt, rest) = rest.split_at_mut(len * d);
+        let (v, scores) = rest.split_at_mut(len * d);
+        for h in 0..heads.heads {
+            let col = h * d;
+            let (qb, kb, vb) = (
+                &bias[col..col + d],
+                &bias[hidden + col..hidden + col + d],
+                &bias[2 * hidden + col..2 * hidden + col + d],
+            );
+            for (t, row) in qkv.chunks_exact(3 * hidden).enumerate() {
+                let (qr, kr, vr) = (
+                    &row[col..col + d],
+                    &row[hidden + col..hidden + col + d],
+                    &row[2 * hidden + col..2 * hidden + col + d],
+                );
+                for ((o, x), b) in q[t * d..(t + 1) * d].iter_mut().zip(qr).zip(qb) {
+                    *o = (x + b) * scale;
+                }
+                for ((o, x), b) in v[t * d..(t + 1) * d].iter_mut().zip(vr).zip(vb) {
+                    *o = x + b;
+                }
+                for (i, (x, b)) in kr.iter().zip(kb).enumerate() {
+                    kt[i * len + t] = x + b;
+                }
+            }
+            for (t, qt) in q.chunks_exact(d).enumerate() {
+                // scores = q_t · K^T, as d row updates of length len (vectorises over keys).
+                scores.fill(0.0);
+                for (qi, krow) in qt.iter().zip(kt.chunks_exact(len)) {
+                    for (s, k) in scores.iter_mut().zip(krow) {
+                        *s += qi * k;
+                    }
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                for s in scores.iter_mut() {
+                    *s = exp(*s - max);
+                }
+                let inv = 1.0 / sum(scores);
+                let o = &mut out[t * hidden + col..t * hidden + col + d];
+                o.fill(0.0);
+                for (s, vr) in scores.iter().zip(v.chunks_exact(d)) {
+                    let p = s * inv;
+                    for (oi, vi) in o.iter_mut().zip(vr) {
+                        *oi += p * vi;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Multi-head self-attention over packed sequences.
+///
+/// `qkv` holds, for every token of every sequence back to back, the query, key and value
+/// projections without their bias (`3 * hidden` values; `bias` is added here); `lens` gives
+/// each sequence's token count. A token attends to the tokens of its own sequence only, so
+/// no padding or mask exists. Returns the attention context, `hidden` values per token.
+pub(crate) fn attention(qkv: &[f32], bias: &[f32], lens: &[usize], heads: Heads) -> Vec<f32> {
+    let hidden = heads.hidden();
+    let total: usize = lens.iter().sum();
+    debug_assert_eq!(qkv.len(), total * 3 * hidden);
+    let mut out = vec![0.0f32; total * hidden];
+    // Split the input and output into per-sequence blocks.
+    let mut jobs = Vec::with_capacity(lens.len());
+    let (mut qkv_rest, mut out_rest) = (qkv, out.as_mut_slice());
+    for &len in lens {
+        let (a, b) = qkv_rest.split_at(len * 3 * hidden);
+        let (c, d) = std::mem::take(&mut out_rest).split_at_mut(len * hidden);
+        jobs.push((a, c));
+        qkv_rest = b;
+        out_rest = d;
+    }
+    jobs.into_par_iter()
+        .for_each_init(Vec::new, |scratch, (q, o)| {
+            attend_one(q, bias, o, heads, scratch)
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.001_7;
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert!(exp(-1000.0) < 1e-37);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn erf_matches_reference() {
+        // Reference: erf via f64 series/continued fraction is not in std; use the
+        // relation erf(x) = 1 - erfc(x) with a high-precision f64 implementation.
+        fn erf64(x: f64) -> f64 {
+            // Abramowitz-Stegun 7.1.5 Taylor series converges fast for |x| < 4 in f64.
+            let mut acc = 0.0f64;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 * acc.abs().max(1e-300) || n < 5.0 {
+                acc += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+                if n > 200.0 {
+                    break;
+                }
+            }
+            2.0 / std::f64::consts::PI.sqrt() * acc
+        }
+        let mut worst = 0.0f64;
+        let mut x = -3.5f64;
+        while x < 3.5 {
+            let err = (erf(x as f32) as f64 - erf64(x)).abs();
+            worst = worst.max(err);
+            x += 0.000_97;
+        }
+        assert!(worst < 1e-6, "absolute error {worst}");
+        assert!((erf(10.0) - 1.0).abs() < 1e-6);
+        assert!((erf(-10.0) + 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_rows() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0];
+        let residual = vec![0.0; 8];
+        let bias = vec![0.5; 4];
+        let gamma = vec![2.0; 4];
+        let beta = vec![1.0; 4];
+        add_bias_layer_norm(&mut x, &residual, &bias, &gamma, &beta, 1e-12);
+        let sd = (1.25f32).sqrt();
+        let want = [-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd];
+        for (got, w) in x[..4].iter().zip(want) {
+            assert!((got - (w * 2.0 + 1.0)).abs() < 1e-5, "{got} vs {w}");
+        }
+        assert!(x[4..].iter().all(|v| (v - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn attention_matches_naive() {
+        let heads = Heads {
+            heads: 2,
+            head_dim: 4,
+        };
+        let hidden = 8;
+        let lens = [3usize, 1, 5];
+        let total: usize = lens.iter().sum();
+        let qkv: Vec<f32> = (0..total * 3 * hidden)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..3 * hidden).map(|i| i as f32 * 0.01).collect();
+        let got = attention(&qkv, &bias, &lens, heads);
+        let mut start = 0;
+        for &len in &lens {
+            for t in 0..len {
+                for h in 0..heads.heads {
+                    let val = |tok: usize, part: usize, i: usize| {
+                        let c = part * hidden + h * 4 + i;
+                        qkv[(start + tok) * 3 * hidden + c] + bias[c]
+                    };
+                    let scores: Vec<f64> = (0..len)
+                        .map(|s| {
+                            (0..4)
+                                .map(|i| (val(t, 0, i) * val(s, 1, i)) as f64)
+                                .sum::<f64>()
+                                / 2.0
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for i in 0..4 {
+                        let want: f64 = (0..len).map(|s| e[s] / z * val(s, 2, i) as f64).sum();
+                        let g = got[(start + t) * hidden + h * 4 + i] as f64;
+                        assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+                    }
+                }
+            }
+            start += len;
+        }
+    }
+}
