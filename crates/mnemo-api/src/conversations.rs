@@ -1,7 +1,8 @@
 //! Handlers of the OpenAI Conversations API (`/v1/conversations…`).
 
+use crate::auth::{need, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, path, query_pairs, scope};
+use crate::extract::{json_body, path, query_pairs};
 use crate::items::parse_items;
 use crate::AppState;
 use axum::body::Body;
@@ -106,10 +107,11 @@ fn item_list(items: &[StoredItem], has_more: bool) -> Response {
 /// `POST /v1/conversations`
 pub async fn create(
     State(st): State<AppState>,
+    caller: Caller<need::ConversationsWrite>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let b: CreateBody = json_body(&headers, body).await?;
     let metadata = check_metadata(b.metadata)?;
     let items = parse_items(b.items.unwrap_or_default(), true)?;
@@ -123,10 +125,10 @@ pub async fn create(
 /// `GET /v1/conversations/{id}`
 pub async fn retrieve(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::ConversationsRead>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let rec = st.store.get_conversation(&scope, &path(id)?).await?;
     Ok(Json(conversation_json(&rec)))
 }
@@ -134,11 +136,12 @@ pub async fn retrieve(
 /// `POST /v1/conversations/{id}`
 pub async fn update(
     State(st): State<AppState>,
+    caller: Caller<need::ConversationsWrite>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let id = path(id)?;
     let b: UpdateBody = json_body(&headers, body).await?;
     let Some(metadata) = b.metadata else {
@@ -152,10 +155,10 @@ pub async fn update(
 /// `DELETE /v1/conversations/{id}`
 pub async fn delete(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::ConversationsWrite>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let id = path(id)?;
     st.store.delete_conversation(&scope, &id).await?;
     Ok(Json(
@@ -166,11 +169,12 @@ pub async fn delete(
 /// `POST /v1/conversations/{id}/items`
 pub async fn add_items(
     State(st): State<AppState>,
+    caller: Caller<need::ConversationsWrite>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<Response> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let id = path(id)?;
     let b: ItemsBody = json_body(&headers, body).await?;
     let items = parse_items(b.items, false)?;
@@ -223,11 +227,11 @@ fn list_params(raw: Option<&str>) -> ApiResult<ListParams> {
 /// `GET /v1/conversations/{id}/items`
 pub async fn list_items(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::ConversationsRead>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let id = path(id)?;
     let p = list_params(raw.as_deref())?;
     let page = st
@@ -244,10 +248,10 @@ pub async fn list_items(
 /// `GET /v1/conversations/{id}/items/{item_id}`
 pub async fn get_item(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::ConversationsRead>,
     ids: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Response> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let (id, item_id) = path(ids)?;
     let item = st.store.get_item(&scope, &id, &item_id).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], item.json).into_response())
@@ -256,10 +260,10 @@ pub async fn get_item(
 /// `DELETE /v1/conversations/{id}/items/{item_id}`
 pub async fn delete_item(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::ConversationsWrite>,
     ids: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
+    let scope = caller.scope;
     let (id, item_id) = path(ids)?;
     let rec = st.store.delete_item(&scope, &id, &item_id).await?;
     Ok(Json(conversation_json(&rec)))

@@ -6,14 +6,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap};
-use mnemo_storage::{Scope, TenantId};
 use serde::de::DeserializeOwned;
 
 /// Largest JSON body accepted by the conversation routes.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
-
-/// Header naming the end user a request acts for (until authentication exists).
-pub const USER_HEADER: &str = "x-mnemo-user";
 
 /// Reads a whole body, failing with 413 (nothing read further) past `limit` bytes.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
@@ -73,21 +69,6 @@ pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
             Ok((decode(k)?, decode(v)?))
         })
         .collect()
-}
-
-/// The scope of a request: tenant `default`, and the user named by `X-Mnemo-User` if any.
-pub fn scope(headers: &HeaderMap) -> ApiResult<Scope> {
-    let tenant = TenantId::default_tenant();
-    match headers.get(USER_HEADER) {
-        None => Ok(Scope::tenant(tenant)),
-        Some(v) => {
-            let user = std::str::from_utf8(v.as_bytes()).map_err(|_| {
-                ApiError::invalid("X-Mnemo-User must be UTF-8").with_param(USER_HEADER)
-            })?;
-            Scope::user(tenant, user)
-                .map_err(|e| ApiError::invalid(e.to_string()).with_param(USER_HEADER))
-        }
-    }
 }
 
 /// Unwraps a path extraction, turning a rejection into a JSON 400.

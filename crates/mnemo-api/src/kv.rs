@@ -1,7 +1,8 @@
 //! Handlers of the key-value memory API (`/v1/kv…`).
 
+use crate::auth::{need, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, path, query_pairs, read_body, scope};
+use crate::extract::{json_body, path, query_pairs, read_body};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -12,9 +13,10 @@ use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
 use mnemo_storage::kv::{MAX_TTL, MAX_VALUE_BYTES};
-use mnemo_storage::{Condition, KvOp};
+use mnemo_storage::{Condition, KvEntry, KvOp, KvPage, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::ops::Bound;
 use std::time::Duration;
 
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -65,13 +67,15 @@ fn etag_header(etag: &str) -> [(header::HeaderName, HeaderValue); 1] {
 /// `PUT /v1/kv/{key}`: stores the raw body.
 pub async fn put(
     State(st): State<AppState>,
+    caller: Caller<need::MemoryWrite>,
     headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     body: Body,
 ) -> ApiResult<Response> {
-    let scope = scope(&headers)?;
     let key = path(key)?;
+    caller.check_write_key(&key)?;
+    let scope = caller.scope;
     let mut ttl_d = None;
     for (k, v) in query_pairs(raw.as_deref())? {
         if k == "ttl_seconds" {
@@ -100,12 +104,14 @@ pub async fn put(
 /// `GET /v1/kv/{key}`: the exact bytes.
 pub async fn get(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::MemoryRead>,
     key: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let scope = scope(&headers)?;
     let key = path(key)?;
-    let e = st.store.kv_get(&scope, &key).await?;
+    if !caller.can_read_key(&key) {
+        return Err(StoreError::NotFound("key".into()).into());
+    }
+    let e = st.store.kv_get(&caller.scope, &key).await?;
     let ct = HeaderValue::from_str(&e.record.content_type)
         .unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
     let mut resp = (etag_header(&e.record.etag()), e.record.value).into_response();
@@ -116,11 +122,13 @@ pub async fn get(
 /// `DELETE /v1/kv/{key}`
 pub async fn delete(
     State(st): State<AppState>,
+    caller: Caller<need::MemoryWrite>,
     headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
     let key = path(key)?;
+    caller.check_write_key(&key)?;
+    let scope = caller.scope;
     let condition = header_condition(&headers)?;
     if condition.if_none_match_any {
         return Err(ApiError::invalid_param(
@@ -135,10 +143,9 @@ pub async fn delete(
 /// `GET /v1/kv?prefix=&after=&limit=`
 pub async fn list(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller<need::MemoryRead>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
     let (mut prefix, mut after, mut limit) = (String::new(), None, DEFAULT_LIST);
     for (k, v) in query_pairs(raw.as_deref())? {
         match k.as_str() {
@@ -156,10 +163,7 @@ pub async fn list(
             _ => {}
         }
     }
-    let page = st
-        .store
-        .kv_list(&scope, &prefix, after.as_deref(), limit)
-        .await?;
+    let page = list_visible(&st, &caller, &prefix, after.as_deref(), limit).await?;
     let data: Vec<Value> = page
         .entries
         .iter()
@@ -297,10 +301,10 @@ fn to_op(i: usize, op: BatchOp) -> ApiResult<KvOp> {
 /// `POST /v1/kv/batch`: atomic multi-key write.
 pub async fn batch(
     State(st): State<AppState>,
+    caller: Caller<need::MemoryWrite>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let scope = scope(&headers)?;
     let b: BatchBody = json_body(&headers, body).await?;
     let ops = b
         .operations
@@ -308,10 +312,100 @@ pub async fn batch(
         .enumerate()
         .map(|(i, op)| to_op(i, op))
         .collect::<ApiResult<Vec<_>>>()?;
-    let written = st.store.kv_batch(&scope, ops).await?;
+    for (i, op) in ops.iter().enumerate() {
+        let key = match op {
+            KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key,
+        };
+        caller
+            .check_write_key(key)
+            .map_err(|e| e.with_param(format!("operations[{i}].key")))?;
+    }
+    let written = st.store.kv_batch(&caller.scope, ops).await?;
     let data: Vec<Value> = written
         .into_iter()
         .map(|w| json!({"key": w.key, "etag": w.etag, "deleted": w.etag.is_none()}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// A range of memory keys (bytes, without the tenant prefix).
+type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn excl(b: &Option<Vec<u8>>) -> Bound<&[u8]> {
+    b.as_deref().map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+fn max_lower<'a>(a: Bound<&'a [u8]>, b: Bound<&'a [u8]>) -> Bound<&'a [u8]> {
+    use Bound::*;
+    match (a, b) {
+        (Unbounded, x) | (x, Unbounded) => x,
+        (Included(x), Included(y)) => Included(x.max(y)),
+        (Excluded(x), Excluded(y)) => Excluded(x.max(y)),
+        (Included(i), Excluded(e)) | (Excluded(e), Included(i)) => {
+            if i > e {
+                Included(i)
+            } else {
+                Excluded(e)
+            }
+        }
+    }
+}
+
+fn min_upper<'a>(a: Bound<&'a [u8]>, b: Bound<&'a [u8]>) -> Bound<&'a [u8]> {
+    use Bound::*;
+    match (a, b) {
+        (Unbounded, x) | (x, Unbounded) => x,
+        (Included(x), Included(y)) => Included(x.min(y)),
+        (Excluded(x), Excluded(y)) => Excluded(x.min(y)),
+        (Included(i), Excluded(e)) | (Excluded(e), Included(i)) => {
+            if i < e {
+                Included(i)
+            } else {
+                Excluded(e)
+            }
+        }
+    }
+}
+
+/// Lists the keys under `prefix` after `after` that the caller may read. A caller acting for
+/// a user sees the shared keys and its own `users/<user>/` space: the listing reads three
+/// disjoint ranges in key order and never walks other users' keys.
+async fn list_visible<P>(
+    st: &AppState,
+    caller: &Caller<P>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> ApiResult<KvPage> {
+    let Some(user) = &caller.scope.user else {
+        return Ok(st
+            .store
+            .kv_list(&caller.scope, prefix, after, limit)
+            .await?);
+    };
+    let own = format!("users/{user}/");
+    let own_end = mnemo_storage::keys::prefix_end(own.as_bytes());
+    let prefix_end = mnemo_storage::keys::prefix_end(prefix.as_bytes());
+    let segments: [KeyRange; 3] = [
+        (Bound::Unbounded, Bound::Excluded(b"users/")),
+        (Bound::Included(own.as_bytes()), excl(&own_end)),
+        (Bound::Included(b"users0"), Bound::Unbounded),
+    ];
+    let mut entries: Vec<KvEntry> = Vec::new();
+    for (lo, hi) in segments {
+        let mut lower = max_lower(lo, Bound::Included(prefix.as_bytes()));
+        if let Some(a) = after {
+            lower = max_lower(lower, Bound::Excluded(a.as_bytes()));
+        }
+        let upper = min_upper(hi, excl(&prefix_end));
+        let want = limit + 1 - entries.len();
+        let page = st.store.kv_scan(&caller.scope, lower, upper, want).await?;
+        entries.extend(page.entries);
+        if entries.len() > limit {
+            break;
+        }
+    }
+    let has_more = entries.len() > limit;
+    entries.truncate(limit);
+    Ok(KvPage { entries, has_more })
 }

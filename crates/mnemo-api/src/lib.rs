@@ -13,6 +13,8 @@
 //! # }
 //! ```
 
+mod admin;
+pub mod auth;
 mod conversations;
 mod error;
 mod extract;
@@ -38,15 +40,25 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Authentication and authorization.
+    pub auth: Arc<auth::AuthConfig>,
 }
 
 impl AppState {
-    /// State over a store, with the process-wide metrics recorder installed.
+    /// State over a store, with the process-wide metrics recorder installed and no
+    /// authentication (see [`AppState::with_auth`]).
     pub fn new(store: Arc<Store>) -> Self {
         AppState {
             store,
             metrics: metrics::install(),
+            auth: Arc::new(auth::AuthConfig::none()),
         }
+    }
+
+    /// Replaces the authentication settings.
+    pub fn with_auth(mut self, auth: auth::AuthConfig) -> Self {
+        self.auth = Arc::new(auth);
+        self
     }
 }
 
@@ -93,15 +105,27 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/kv/batch",
             post(kv::batch)
-                .get(move |s: State<AppState>, h: HeaderMap| kv::get(s, h, batch_key()))
-                .delete(move |s: State<AppState>, h: HeaderMap| kv::delete(s, h, batch_key()))
-                .put(move |s: State<AppState>, h: HeaderMap, q, b| {
-                    kv::put(s, h, batch_key(), q, b)
+                .get(move |s: State<AppState>, c| kv::get(s, c, batch_key()))
+                .delete(move |s: State<AppState>, c, h: HeaderMap| kv::delete(s, c, h, batch_key()))
+                .put(move |s: State<AppState>, c, h: HeaderMap, q, b| {
+                    kv::put(s, c, h, batch_key(), q, b)
                 }),
         )
         .route(
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .merge(
+            Router::new()
+                .route(
+                    "/v1/admin/users/{user}",
+                    axum::routing::delete(admin::erase_user),
+                )
+                .route("/v1/admin/audit", get(admin::audit_log))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    admin::audit_denials,
+                )),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))

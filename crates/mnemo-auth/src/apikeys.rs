@@ -330,7 +330,9 @@ impl ApiKeyStore {
                 loaded.stamp = st;
                 tracing::info!(keys = loaded.by_hash.len(), "API key file reloaded");
             }
-            Err(e) => tracing::error!(error = %e, "cannot reload the API key file; keeping the previous keys"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the API key file; keeping the previous keys")
+            }
         }
     }
 
@@ -387,7 +389,10 @@ mod tests {
         assert!(!text.contains(&key), "the key itself is never stored");
         assert!(text.contains(&rec.sha256));
         // A fresh store sees the key at once; a running one within RELOAD_INTERVAL.
-        let p = ApiKeyStore::open(&path).unwrap().authenticate(&key).unwrap();
+        let p = ApiKeyStore::open(&path)
+            .unwrap()
+            .authenticate(&key)
+            .unwrap();
         assert_eq!(p.tenant, "acme");
         assert_eq!(p.kind, PrincipalKind::Application);
         assert_eq!(p.subject, format!("apikey:{}", rec.id));

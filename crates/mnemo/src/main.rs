@@ -1,5 +1,8 @@
-//! The `mnemo` command: `mnemo serve` runs the database server.
+//! The `mnemo` command: `mnemo serve` runs the database server; `mnemo keys` manages API
+//! keys.
 
+mod auth_config;
+mod keys;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +18,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Manage API keys (for `serve --auth keys`).
+    Keys(keys::KeysArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,10 +33,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let args = match cli.command {
+        Command::Keys(args) => return keys::run(args),
+        Command::Serve(args) => args,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
-    }
+    runtime.block_on(serve::run(*args))
 }

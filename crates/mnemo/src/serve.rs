@@ -1,6 +1,6 @@
 //! `mnemo serve`: open the store, serve the API, shut down gracefully.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use mnemo_storage::{EngineConfig, FlushPolicy, RemotePolicy, Store, StoreLocation};
 use std::net::SocketAddr;
@@ -38,20 +38,26 @@ pub struct ServeArgs {
     /// A write not durable (or a read not complete) within this many ms fails with 503.
     #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
     write_timeout_ms: u64,
-    /// Allow listening on a non-loopback address without authentication.
-    #[arg(long)]
-    insecure_no_auth: bool,
+    /// TOML config file; its `[auth]` section holds the authentication settings and the
+    /// claim-to-permission map. Flags and environment variables override it.
+    #[arg(long, env = "MNEMO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    auth: crate::auth_config::AuthArgs,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then flushes and closes the store.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.insecure_no_auth {
-        bail!(
-            "refusing to listen on non-loopback address {} without authentication; \
-             pass --insecure-no-auth to do it anyway",
-            args.listen
-        );
-    }
+    // Install the metrics recorder before anything registers its series.
+    mnemo_api::metrics::install();
+    mnemo_auth::describe_metrics();
+    let auth = crate::auth_config::build(
+        args.auth,
+        args.config.as_deref(),
+        &args.data_dir,
+        args.listen,
+    )
+    .await?;
     let location = match &args.store {
         None => StoreLocation::local(&args.data_dir.join("store"))?,
         Some(url) => StoreLocation::from_url(url, RemotePolicy::default())?,
@@ -69,14 +75,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
     let description = config.location.description.clone();
-    // Install the metrics recorder before the store registers its series.
-    mnemo_api::metrics::install();
     let store = Arc::new(
         Store::open(config)
             .await
             .with_context(|| format!("opening store {description}"))?,
     );
-    let app = mnemo_api::router(mnemo_api::AppState::new(store.clone()));
+    if let Some(keys) = auth.key_store {
+        crate::auth_config::spawn_refresh(keys);
+    }
+    let app = mnemo_api::router(mnemo_api::AppState::new(store.clone()).with_auth(auth.config));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

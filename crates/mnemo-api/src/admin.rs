@@ -1,0 +1,131 @@
+//! Administration routes (`/v1/admin/…`), all requiring the `admin` permission, all audited.
+//!
+//! Every action is appended to the tenant's audit log (durably) before it runs, so nothing
+//! is done unaudited; refused attempts (403) are audited too.
+
+use crate::auth::{authenticate, need, Caller, Identity};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{path, query_pairs};
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use mnemo_storage::{AuditEntry, Scope};
+use serde_json::{json, Value};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn entry(identity: &Identity, action: &str, target: Option<String>, details: Value) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at_ms: 0,
+        actor: identity.subject.clone(),
+        actor_kind: identity.kind.name().to_owned(),
+        action: action.to_owned(),
+        target,
+        details,
+    }
+}
+
+/// `DELETE /v1/admin/users/{user}`: erases every conversation and the `users/{user}/`
+/// memory space of a user of the caller's tenant.
+pub async fn erase_user(
+    State(st): State<AppState>,
+    caller: Caller<need::Admin>,
+    user: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let user = path(user)?;
+    // Validates the user id the same way every scope does.
+    Scope::user(caller.identity.tenant.clone(), user.as_str())
+        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    let tenant = &caller.identity.tenant;
+    st.store
+        .audit_append(
+            tenant,
+            entry(
+                &caller.identity,
+                "user.erase",
+                Some(user.clone()),
+                Value::Null,
+            ),
+        )
+        .await?;
+    let erased = st.store.erase_user(tenant, &user).await?;
+    tracing::info!(%tenant, user = %user, actor = %caller.identity.subject, ?erased, "user erased");
+    Ok(Json(json!({
+        "object": "user.erased",
+        "user": user,
+        "conversations_deleted": erased.conversations,
+        "memory_keys_deleted": erased.kv_keys,
+    })))
+}
+
+/// `GET /v1/admin/audit?after=&limit=`: the tenant's audit log, oldest first.
+pub async fn audit_log(
+    State(st): State<AppState>,
+    caller: Caller<need::Admin>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let (mut after, mut limit) = (None, DEFAULT_PAGE);
+    for (k, v) in query_pairs(raw.as_deref())? {
+        match k.as_str() {
+            "after" => {
+                after = Some(v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_param("after", "after must be a sequence number")
+                })?)
+            }
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid_param("limit", format!("limit must be 1-{MAX_PAGE}"))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let (entries, has_more) = st
+        .store
+        .audit_list(&caller.identity.tenant, after, limit)
+        .await?;
+    let next_after = entries.last().filter(|_| has_more).map(|e| e.seq);
+    Ok(Json(json!({
+        "object": "list",
+        "data": entries,
+        "has_more": has_more,
+        "next_after": next_after,
+    })))
+}
+
+/// Middleware of the admin routes: audits requests refused with 403 (the caller is
+/// authenticated but lacks the permission).
+pub async fn audit_denials(State(st): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_owned();
+    let snapshot = parts.clone();
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if response.status() == StatusCode::FORBIDDEN {
+        if let Ok(identity) = authenticate(&st.auth, &snapshot).await {
+            let details = json!({"method": method.as_str()});
+            if let Err(e) = st
+                .store
+                .audit_append(
+                    &identity.tenant,
+                    entry(&identity, "denied", Some(path), details),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "cannot audit a refused admin request");
+            }
+        }
+    }
+    response
+}
