@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::ann::Ann;
-use crate::simd::dot;
+use crate::simd::{self, dot};
 use crate::types::{Doc, Filter, Source};
 
 /// Internal document handle: unique per document version, never reused.
@@ -29,12 +29,18 @@ pub(crate) struct DocEntry {
 }
 
 /// One owner's vectors in one source: `data[slot*dim..(slot+1)*dim]` belongs to
-/// `handles[slot]`. Deletes swap the last slot into the hole.
+/// `handles[slot]`. Deletes swap the last slot into the hole. `half` is the same vectors
+/// rounded to f16 (on CPUs with F16C), scanned first to find the few candidates worth an exact
+/// f32 score.
 #[derive(Debug, Default)]
 pub(crate) struct Block {
     pub data: Vec<f32>,
+    pub half: Vec<u16>,
     pub handles: Vec<Handle>,
 }
+
+/// Blocks smaller than this are scanned in f32 only.
+const PRESCAN_MIN: usize = 256;
 
 /// Vectors of one (tenant, source).
 #[derive(Default)]
@@ -180,6 +186,11 @@ impl TopK {
         }
     }
 
+    /// How many hits are kept.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// Best first.
     pub fn into_sorted(self) -> Vec<(Handle, f32)> {
         let mut v = self.heap.into_vec();
@@ -245,6 +256,9 @@ impl Catalog {
                 slot = Some(block.handles.len() as u32);
                 block.handles.push(handle);
                 block.data.extend_from_slice(v);
+                if simd::has_f16() {
+                    simd::push_f16(v, &mut block.half);
+                }
                 sv.count += 1;
                 if sv.ann.is_some() {
                     sv.pending.insert(handle);
@@ -327,6 +341,11 @@ impl Catalog {
             block
                 .data
                 .copy_within(last * dim..(last + 1) * dim, slot * dim);
+            if !block.half.is_empty() {
+                block
+                    .half
+                    .copy_within(last * dim..(last + 1) * dim, slot * dim);
+            }
             let moved = block.handles[last];
             block.handles[slot] = moved;
             if let Some(m) = self.docs.get_mut(&moved) {
@@ -335,6 +354,7 @@ impl Catalog {
         }
         block.handles.truncate(last);
         block.data.truncate(last * dim);
+        block.half.truncate(last * dim);
         if block.handles.is_empty() {
             sv.blocks.remove(&d.owner);
         }
@@ -358,6 +378,12 @@ impl Catalog {
 }
 
 /// Exact scan of one block into `top`, keeping only handles accepted by `keep` (if any).
+///
+/// Large blocks are scanned in two passes: f16 scores for every vector (half the memory
+/// traffic), then exact f32 scores for those within twice the f16 error bound of the k-th best
+/// f16 score. Every vector of the exact top-k is among them (its f16 score is at least
+/// `S_k - e >= A_k - 2e`, where `S_k`/`A_k` are the k-th best exact/f16 scores), so the result
+/// equals the f32-only scan.
 pub(crate) fn scan_block(
     block: &Block,
     dim: usize,
@@ -365,12 +391,98 @@ pub(crate) fn scan_block(
     keep: Option<&dyn Fn(Handle) -> bool>,
     top: &mut TopK,
 ) {
-    for (v, &h) in block.data.chunks_exact(dim).zip(&block.handles) {
-        if let Some(keep) = keep {
-            if !keep(h) {
-                continue;
+    let accepted = |h: Handle| keep.is_none_or(|keep| keep(h));
+    if block.half.len() != block.data.len() || block.handles.len() < PRESCAN_MIN {
+        for (v, &h) in block.data.chunks_exact(dim).zip(&block.handles) {
+            if accepted(h) {
+                top.push(dot(v, query), h);
             }
         }
-        top.push(dot(v, query), h);
+        return;
+    }
+    let mut approx: Vec<(f32, u32)> = Vec::with_capacity(block.handles.len());
+    for (slot, (v, &h)) in block.half.chunks_exact(dim).zip(&block.handles).enumerate() {
+        if accepted(h) {
+            approx.push((simd::dot_f16(v, query), slot as u32));
+        }
+    }
+    let k = top.k();
+    let cutoff = if approx.len() > k {
+        let (_, kth, _) = approx.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        kth.0 - 2.0 * simd::f16_error_bound(dim)
+    } else {
+        f32::NEG_INFINITY
+    };
+    for (a, slot) in approx {
+        if a >= cutoff {
+            let s = slot as usize;
+            top.push(
+                dot(&block.data[s * dim..(s + 1) * dim], query),
+                block.handles[s],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_f32(block: &Block, dim: usize, q: &[f32], k: usize) -> Vec<(Handle, f32)> {
+        let mut top = TopK::new(k);
+        for (v, &h) in block.data.chunks_exact(dim).zip(&block.handles) {
+            top.push(dot(v, q), h);
+        }
+        top.into_sorted()
+    }
+
+    #[test]
+    fn f16_prescan_equals_f32_scan() {
+        if !simd::has_f16() {
+            return;
+        }
+        let dim = 64;
+        let mut block = Block::default();
+        let mut x = 12345u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        };
+        let mut base: Vec<Vec<f32>> = Vec::new();
+        for i in 0..3000u64 {
+            let v = if i % 10 == 9 {
+                // Exact duplicates and near-duplicates make ties and near-ties.
+                let mut v = base[(i as usize) / 2].clone();
+                v[0] += (i % 3) as f32 * 1e-6;
+                v
+            } else {
+                (0..dim).map(|_| rnd()).collect()
+            };
+            let v = simd::normalized(&v).unwrap();
+            block.data.extend_from_slice(&v);
+            simd::push_f16(&v, &mut block.half);
+            block.handles.push(i);
+            base.push(v);
+        }
+        for qi in 0..50 {
+            let q = simd::normalized(
+                &base[qi * 37]
+                    .iter()
+                    .map(|x| x + rnd() * 0.3)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+            for k in [1, 10, 100] {
+                let mut top = TopK::new(k);
+                scan_block(&block, dim, &q, None, &mut top);
+                assert_eq!(
+                    top.into_sorted(),
+                    scan_f32(&block, dim, &q, k),
+                    "query {qi} k {k}"
+                );
+            }
+        }
     }
 }

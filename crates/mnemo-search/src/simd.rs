@@ -91,6 +91,113 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// AVX2 + FMA + F16C: dot product of f16 values (as raw bits) with f32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(h: &[u16], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = h.len().min(b.len());
+    let (ph, pb) = (h.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (all loads): i + 8 <= n on every load, both slices hold n elements.
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let o = i + 8 * j;
+            let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ph.add(o).cast()) });
+            *acc = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(pb.add(o)) }, *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ph.add(i).cast()) });
+        acc[0] = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(pb.add(i)) }, acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    let mut sum = _mm_cvtss_f32(s);
+    for k in i..n {
+        // One value at a time through the 8-wide conversion (tail only).
+        let mut tmp = [0u16; 8];
+        tmp[0] = h[k];
+        let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(tmp.as_ptr().cast()) });
+        sum += _mm_cvtss_f32(_mm256_castps256_ps128(x)) * b[k];
+    }
+    sum
+}
+
+/// f32 → f16 (round to nearest even) with F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn to_f16_f16c(v: &[f32], out: &mut Vec<u16>) {
+    use std::arch::x86_64::*;
+    for c in v.chunks(8) {
+        let mut buf = [0f32; 8];
+        buf[..c.len()].copy_from_slice(c);
+        let mut res = [0u16; 8];
+        // SAFETY: buf and res hold 8 elements each.
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(buf.as_ptr()));
+            _mm_storeu_si128(res.as_mut_ptr().cast(), h);
+        }
+        out.extend_from_slice(&res[..c.len()]);
+    }
+}
+
+/// Whether the f16 pre-scan is available (x86-64 with AVX2, FMA and F16C).
+pub(crate) fn has_f16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| has_avx2_fma() && is_x86_feature_detected!("f16c"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Appends `v` rounded to f16 (raw bits). Only call when [`has_f16`] is true.
+pub(crate) fn push_f16(v: &[f32], out: &mut Vec<u16>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_f16() {
+            // SAFETY: the CPU supports AVX2 and F16C (checked at run time).
+            unsafe { to_f16_f16c(v, out) };
+            return;
+        }
+    }
+    unreachable!("push_f16 without F16C support: {}", v.len());
+}
+
+/// Dot product of f16 values with f32 values. Only call when [`has_f16`] is true.
+#[inline]
+pub(crate) fn dot_f16(h: &[u16], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_f16() {
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked at run time).
+            return unsafe { dot_f16_avx2(h, b) };
+        }
+    }
+    unreachable!("dot_f16 without F16C support: {} {}", h.len(), b.len());
+}
+
+/// Upper bound of `|dot_f16(f16(v), q) - dot(v, q)|` for unit vectors `v`, `q` of dimension
+/// `dim`: f16 rounding (relative 2^-11, absolute 2^-25 for subnormals, summed with
+/// Cauchy-Schwarz) plus the f32 rounding of both sums (dim * 2^-24 each), with a 1.5x margin.
+pub(crate) fn f16_error_bound(dim: usize) -> f32 {
+    let d = dim as f64;
+    let e = 2f64.powi(-11) * (1.0 + 2f64.powi(-11))
+        + 2f64.powi(-25) * d.sqrt()
+        + 2.0 * d * 2f64.powi(-24) * 1.01;
+    (1.5 * e) as f32
+}
+
 /// Dot product of the common prefix of `a` and `b`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -157,6 +264,38 @@ mod tests {
                 (f64::from(dot_portable(&a, &b)) - want).abs() < 1e-4,
                 "n={n}"
             );
+        }
+    }
+
+    #[test]
+    fn f16_dot_is_within_its_bound() {
+        if !has_f16() {
+            return;
+        }
+        for dim in [1, 7, 8, 33, 384, 1000] {
+            for seed in 0..20u32 {
+                let mk = |salt: u32| {
+                    let v: Vec<f32> = (0..dim as u32)
+                        .map(|i| {
+                            let x = (i.wrapping_mul(2654435761)
+                                ^ (seed + salt).wrapping_mul(40503))
+                                % 2001;
+                            x as f32 / 1000.0 - 1.0
+                        })
+                        .collect();
+                    normalized(&v).unwrap_or_else(|_| {
+                        let mut u = vec![0.0; dim];
+                        u[0] = 1.0;
+                        u
+                    })
+                };
+                let (v, q) = (mk(1), mk(977));
+                let mut h = Vec::new();
+                push_f16(&v, &mut h);
+                assert_eq!(h.len(), dim);
+                let err = (dot_f16(&h, &q) - dot(&v, &q)).abs();
+                assert!(err <= f16_error_bound(dim), "dim {dim}: err {err}");
+            }
         }
     }
 
