@@ -43,45 +43,53 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     dot_body!(a, b, |x: f32, y: f32, acc: f32| acc + x * y)
 }
 
-/// AVX2 + FMA: four independent 8-wide accumulators (LLVM's auto-vectoriser only used 2-wide
-/// registers for the portable body here, so this path is written with intrinsics).
+/// AVX2 + FMA body shared by the f32 and f16 kernels: four independent 8-wide accumulators.
+/// `$load_a(o)` loads 8 values of the left operand at element `o` as `__m256`; `$tail(k)` is
+/// element `k` of the left operand as `f32`. The caller imports `std::arch::x86_64::*`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx_dot_body {
+    ($n:expr, $pb:expr, $load_a:expr, $tail:expr) => {{
+        let (n, pb) = ($n, $pb);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 8 <= n on every load, both operands hold n elements.
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let o = i + 8 * j;
+                *acc = _mm256_fmadd_ps($load_a(o), unsafe { _mm256_loadu_ps(pb.add(o)) }, *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps($load_a(i), unsafe { _mm256_loadu_ps(pb.add(i)) }, acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+        let mut sum = _mm_cvtss_f32(s);
+        for k in i..n {
+            // SAFETY: k < n.
+            sum += $tail(k) * unsafe { *pb.add(k) };
+        }
+        sum
+    }};
+}
+
+/// AVX2 + FMA f32 kernel (LLVM's auto-vectoriser only used 2-wide registers for the portable
+/// body here, so this path is written with intrinsics).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY (all loads): i + 8 <= n on every load, both slices hold n elements.
-    while i + 32 <= n {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let o = i + 8 * j;
-            *acc = _mm256_fmadd_ps(
-                unsafe { _mm256_loadu_ps(pa.add(o)) },
-                unsafe { _mm256_loadu_ps(pb.add(o)) },
-                *acc,
-            );
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(
-            unsafe { _mm256_loadu_ps(pa.add(i)) },
-            unsafe { _mm256_loadu_ps(pb.add(i)) },
-            acc[0],
-        );
-        i += 8;
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-    let mut sum = _mm_cvtss_f32(s);
-    for k in i..n {
-        sum += a[k] * b[k];
-    }
-    sum
+    let pa = a.as_ptr();
+    avx_dot_body!(
+        a.len().min(b.len()),
+        b.as_ptr(),
+        |o: usize| unsafe { _mm256_loadu_ps(pa.add(o)) },
+        |k: usize| a[k]
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -91,42 +99,26 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
-/// AVX2 + FMA + F16C: dot product of f16 values (as raw bits) with f32 values.
+/// AVX2 + FMA + F16C kernel: f16 values (raw bits) times f32 values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_avx2(h: &[u16], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let n = h.len().min(b.len());
-    let (ph, pb) = (h.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY (all loads): i + 8 <= n on every load, both slices hold n elements.
-    while i + 32 <= n {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let o = i + 8 * j;
-            let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ph.add(o).cast()) });
-            *acc = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(pb.add(o)) }, *acc);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ph.add(i).cast()) });
-        acc[0] = _mm256_fmadd_ps(x, unsafe { _mm256_loadu_ps(pb.add(i)) }, acc[0]);
-        i += 8;
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-    let mut sum = _mm_cvtss_f32(s);
-    for k in i..n {
-        // One value at a time through the 8-wide conversion (tail only).
+    let ph = h.as_ptr();
+    let one = |k: usize| {
         let mut tmp = [0u16; 8];
         tmp[0] = h[k];
-        let x = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(tmp.as_ptr().cast()) });
-        sum += _mm_cvtss_f32(_mm256_castps256_ps128(x)) * b[k];
-    }
-    sum
+        // SAFETY: tmp holds 8 values.
+        _mm_cvtss_f32(_mm256_castps256_ps128(_mm256_cvtph_ps(unsafe {
+            _mm_loadu_si128(tmp.as_ptr().cast())
+        })))
+    };
+    avx_dot_body!(
+        h.len().min(b.len()),
+        b.as_ptr(),
+        |o: usize| _mm256_cvtph_ps(unsafe { _mm_loadu_si128(ph.add(o).cast()) }),
+        one
+    )
 }
 
 /// f32 → f16 (round to nearest even) with F16C.
