@@ -13,17 +13,18 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 16;
 
 /// Compiles `$body` as a generic function and as an AVX2 + FMA one, and dispatches at run time.
+/// The body sees a `const FMA: bool` to pass to [`madd`], [`exp`] and [`erf`].
 macro_rules! multiversion {
     (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         pub(crate) fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic<const FMA: bool>($($arg: $ty),*) $body
 
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
-                    generic($($arg),*)
+                    generic::<true>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -32,31 +33,42 @@ macro_rules! multiversion {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            generic($($arg),*)
+            generic::<false>($($arg),*)
         }
     };
+}
+
+/// `a * b + c`, as one fused instruction where the caller was compiled with FMA (`FMA`), as a
+/// multiply and an add otherwise (a software `fma` call would be far slower).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// e^x for `x` in about [-87, 88] (smaller values give ~0), Cephes' single-precision
 /// polynomial after reduction by powers of two. Branch-free so that loops over it vectorise.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest without a call: adding 1.5 * 2^23 pushes the fraction out, and the
     // low bits of `shifted` then hold n as an integer (two's complement offset).
-    let shifted = x * LOG2E + 12_582_912.0;
+    let shifted = madd::<FMA>(x, LOG2E, 12_582_912.0);
     let n = shifted - 12_582_912.0;
-    let r = x - n * C1 - n * C2;
+    let r = madd::<FMA>(-n, C2, madd::<FMA>(-n, C1, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = madd::<FMA>(p, r, 1.398_199_9e-3);
+    p = madd::<FMA>(p, r, 8.333_452e-3);
+    p = madd::<FMA>(p, r, 4.166_579_6e-2);
+    p = madd::<FMA>(p, r, 1.666_666_5e-1);
+    p = madd::<FMA>(p, r, 0.5);
+    let y = madd::<FMA>(p, r * r, r + 1.0);
     // 2^n: n + 127 in the exponent field (n is in [-126, 127] after the clamp).
     let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     y * scale
@@ -65,28 +77,28 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// erf(x), rational approximation (odd degree-13 numerator, even degree-8 denominator) with
 /// an absolute error below 1e-6; erf(±4) is ±1 in `f32`, so the input is clamped there.
 #[inline(always)]
-pub(crate) fn erf(x: f32) -> f32 {
+pub(crate) fn erf<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 - 2.101_024e-6;
-    p = p * x2 - 5.692_506_4e-5;
-    p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_6e-3;
-    p = p * x2 - 1.609_603_3e-2;
+    p = madd::<FMA>(p, x2, 2.770_681_4e-8);
+    p = madd::<FMA>(p, x2, -2.101_024e-6);
+    p = madd::<FMA>(p, x2, -5.692_506_4e-5);
+    p = madd::<FMA>(p, x2, -7.349_906_3e-4);
+    p = madd::<FMA>(p, x2, -2.954_6e-3);
+    p = madd::<FMA>(p, x2, -1.609_603_3e-2);
     let p = p * x;
     let mut q = -1.456_607_2e-5f32;
-    q = q * x2 - 2.133_740_6e-4;
-    q = q * x2 - 1.682_827e-3;
-    q = q * x2 - 7.373_329e-3;
-    q = q * x2 - 1.426_473_9e-2;
+    q = madd::<FMA>(q, x2, -2.133_740_6e-4);
+    q = madd::<FMA>(q, x2, -1.682_827e-3);
+    q = madd::<FMA>(q, x2, -7.373_329e-3);
+    q = madd::<FMA>(q, x2, -1.426_473_9e-2);
     p / q
 }
 
 /// Sum of `a[i] * b[i]`, in eight interleaved partial sums so that it vectorises.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8
@@ -97,7 +109,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .sum();
     for (x, y) in a8.zip(b8) {
         for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            acc[i] = madd::<FMA>(x[i], y[i], acc[i]);
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -122,7 +134,7 @@ multiversion! {
         for row in rows.chunks_exact_mut(bias.len()) {
             for (v, b) in row.iter_mut().zip(bias) {
                 let x = *v + b;
-                *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                *v = 0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2));
             }
         }
     }
@@ -153,10 +165,10 @@ multiversion! {
             for v in row.iter_mut() {
                 *v -= mean;
             }
-            let var = dot(row, row);
+            let var = dot::<FMA>(row, row);
             let inv = 1.0 / (var / width as f32 + eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-                *v = *v * inv * g + b;
+                *v = madd::<FMA>(*v * inv, *g, *b);
             }
         }
     }
@@ -202,60 +214,161 @@ multiversion! {
         let hidden = heads.hidden();
         let d = heads.head_dim;
         let len = qkv.len() / (3 * hidden);
+        // Keys are handled in groups of 8 (one AVX2 register); the padding keys are zero and
+        // their scores are never used.
+        let padded = len.div_ceil(8) * 8;
         let scale = 1.0 / (d as f32).sqrt();
-        // Per head: Q (scaled) [len, d], K transposed [d, len], V [len, d], one score row.
+        // Per head h: Q (scaled) [len, d], K transposed [d, padded], V [len, d]; filled in one
+        // pass over the tokens. Then one score row.
+        let (qs, ks, vs) = (len * d, d * padded, len * d);
         scratch.clear();
-        scratch.resize(3 * len * d + len, 0.0);
-        let (q, rest) = scratch.split_at_mut(len * d);
-        let (kt, rest) = rest.split_at_mut(len * d);
-        let (v, scores) = rest.split_at_mut(len * d);
-        for h in 0..heads.heads {
-            let col = h * d;
-            let (qb, kb, vb) = (
-                &bias[col..col + d],
-                &bias[hidden + col..hidden + col + d],
-                &bias[2 * hidden + col..2 * hidden + col + d],
-            );
-            for (t, row) in qkv.chunks_exact(3 * hidden).enumerate() {
-                let (qr, kr, vr) = (
-                    &row[col..col + d],
-                    &row[hidden + col..hidden + col + d],
-                    &row[2 * hidden + col..2 * hidden + col + d],
-                );
-                for ((o, x), b) in q[t * d..(t + 1) * d].iter_mut().zip(qr).zip(qb) {
+        scratch.resize(heads.heads * (qs + ks + vs) + padded, 0.0);
+        let (q_all, rest) = scratch.split_at_mut(heads.heads * qs);
+        let (kt_all, rest) = rest.split_at_mut(heads.heads * ks);
+        let (v_all, scores) = rest.split_at_mut(heads.heads * vs);
+        for (t, row) in qkv.chunks_exact(3 * hidden).enumerate() {
+            let (qr, rest) = row.split_at(hidden);
+            let (kr, vr) = rest.split_at(hidden);
+            let (qb, rest) = bias.split_at(hidden);
+            let (kb, vb) = rest.split_at(hidden);
+            for h in 0..heads.heads {
+                let c = h * d..(h + 1) * d;
+                let qo = &mut q_all[h * qs + t * d..h * qs + (t + 1) * d];
+                for ((o, x), b) in qo.iter_mut().zip(&qr[c.clone()]).zip(&qb[c.clone()]) {
                     *o = (x + b) * scale;
                 }
-                for ((o, x), b) in v[t * d..(t + 1) * d].iter_mut().zip(vr).zip(vb) {
+                let vo = &mut v_all[h * vs + t * d..h * vs + (t + 1) * d];
+                for ((o, x), b) in vo.iter_mut().zip(&vr[c.clone()]).zip(&vb[c.clone()]) {
                     *o = x + b;
                 }
-                for (i, (x, b)) in kr.iter().zip(kb).enumerate() {
-                    kt[i * len + t] = x + b;
-                }
-            }
-            for (t, qt) in q.chunks_exact(d).enumerate() {
-                // scores = q_t · K^T, as d row updates of length len (vectorises over keys).
-                scores.fill(0.0);
-                for (qi, krow) in qt.iter().zip(kt.chunks_exact(len)) {
-                    for (s, k) in scores.iter_mut().zip(krow) {
-                        *s += qi * k;
-                    }
-                }
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                for s in scores.iter_mut() {
-                    *s = exp(*s - max);
-                }
-                let inv = 1.0 / sum(scores);
-                let o = &mut out[t * hidden + col..t * hidden + col + d];
-                o.fill(0.0);
-                for (s, vr) in scores.iter().zip(v.chunks_exact(d)) {
-                    let p = s * inv;
-                    for (oi, vi) in o.iter_mut().zip(vr) {
-                        *oi += p * vi;
-                    }
+                let kt = &mut kt_all[h * ks..(h + 1) * ks];
+                for (i, (x, b)) in kr[c.clone()].iter().zip(&kb[c]).enumerate() {
+                    kt[i * padded + t] = x + b;
                 }
             }
         }
+        for h in 0..heads.heads {
+            let col = h * d;
+            let q = &q_all[h * qs..(h + 1) * qs];
+            let kt = &kt_all[h * ks..(h + 1) * ks];
+            let v = &v_all[h * vs..(h + 1) * vs];
+            let out = HeadOut { out: &mut *out, hidden, col };
+            match d {
+                32 => attend_head::<FMA, 32>(q, kt, v, len, scores, out),
+                64 => attend_head::<FMA, 64>(q, kt, v, len, scores, out),
+                _ => attend_head_any::<FMA>(q, kt, v, len, d, scores, out),
+            }
+        }
     }
+}
+
+/// Where one head writes its context: columns `col..col + head_dim` of rows `hidden` wide.
+struct HeadOut<'a> {
+    out: &'a mut [f32],
+    hidden: usize,
+    col: usize,
+}
+
+/// One head's attention with the head size known at compile time: queries `q` [len, D],
+/// keys transposed `kt` [D, padded], values `v` [len, D]; `scores` has `padded` entries.
+/// Scores are accumulated in registers for 8 keys at a time in 4 independent chains, and the
+/// weighted sum of values in 2, so the FMA units are not waiting on each other.
+#[inline(always)]
+fn attend_head<const FMA: bool, const D: usize>(
+    q: &[f32],
+    kt: &[f32],
+    v: &[f32],
+    len: usize,
+    scores: &mut [f32],
+    dst: HeadOut<'_>,
+) {
+    let padded = scores.len();
+    for (t, qt) in q.chunks_exact(D).enumerate() {
+        let qt: &[f32; D] = qt.try_into().expect("D values");
+        for (jb, s8) in scores.chunks_exact_mut(8).enumerate() {
+            let mut acc = [[0.0f32; 8]; 4];
+            for i in 0..D {
+                let k = &kt[i * padded + jb * 8..i * padded + jb * 8 + 8];
+                let a = &mut acc[i % 4];
+                for l in 0..8 {
+                    a[l] = madd::<FMA>(qt[i], k[l], a[l]);
+                }
+            }
+            for l in 0..8 {
+                s8[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+            }
+        }
+        let inv = softmax_in_place::<FMA>(scores, len);
+        let mut o = [[0.0f32; D]; 2];
+        let mut pairs = scores[..len].chunks_exact(2).zip(v.chunks_exact(2 * D));
+        for (p, vv) in pairs.by_ref() {
+            let (v0, v1) = vv.split_at(D);
+            let (v0, v1): (&[f32; D], &[f32; D]) =
+                (v0.try_into().expect("D"), v1.try_into().expect("D"));
+            for i in 0..D {
+                o[0][i] = madd::<FMA>(p[0], v0[i], o[0][i]);
+                o[1][i] = madd::<FMA>(p[1], v1[i], o[1][i]);
+            }
+        }
+        if len % 2 == 1 {
+            let p = scores[len - 1];
+            let vl = &v[(len - 1) * D..len * D];
+            for i in 0..D {
+                o[0][i] = madd::<FMA>(p, vl[i], o[0][i]);
+            }
+        }
+        let start = t * dst.hidden + dst.col;
+        for (d, i) in dst.out[start..start + D].iter_mut().zip(0..D) {
+            *d = (o[0][i] + o[1][i]) * inv;
+        }
+    }
+}
+
+/// [`attend_head`] for any head size.
+#[inline(always)]
+fn attend_head_any<const FMA: bool>(
+    q: &[f32],
+    kt: &[f32],
+    v: &[f32],
+    len: usize,
+    d: usize,
+    scores: &mut [f32],
+    dst: HeadOut<'_>,
+) {
+    let padded = scores.len();
+    for (t, qt) in q.chunks_exact(d).enumerate() {
+        scores.fill(0.0);
+        for (&qi, krow) in qt.iter().zip(kt.chunks_exact(padded)) {
+            for (s, k) in scores.iter_mut().zip(krow) {
+                *s = madd::<FMA>(qi, *k, *s);
+            }
+        }
+        let inv = softmax_in_place::<FMA>(scores, len);
+        let start = t * dst.hidden + dst.col;
+        let o = &mut dst.out[start..start + d];
+        o.fill(0.0);
+        for (s, vr) in scores[..len].iter().zip(v.chunks_exact(d)) {
+            for (oi, vi) in o.iter_mut().zip(vr) {
+                *oi = madd::<FMA>(*s, *vi, *oi);
+            }
+        }
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Replaces the first `len` scores by exp(score - max) (the padding after them with
+/// garbage) and returns 1 / their sum.
+#[inline(always)]
+fn softmax_in_place<const FMA: bool>(scores: &mut [f32], len: usize) -> f32 {
+    let max = scores[..len]
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    for s8 in scores.chunks_exact_mut(8) {
+        for s in s8 {
+            *s = exp::<FMA>(*s - max);
+        }
+    }
+    1.0 / sum(&scores[..len])
 }
 
 /// Multi-head self-attention over packed sequences.
@@ -295,13 +408,14 @@ mod tests {
         let mut worst = 0.0f32;
         let mut x = -87.0f32;
         while x < 88.0 {
-            let rel = ((exp(x) - x.exp()) / x.exp()).abs();
-            worst = worst.max(rel);
+            for got in [exp::<false>(x), exp::<true>(x)] {
+                worst = worst.max(((got - x.exp()) / x.exp()).abs());
+            }
             x += 0.001_7;
         }
         assert!(worst < 4e-7, "relative error {worst}");
-        assert!(exp(-1000.0) < 1e-37);
-        assert_eq!(exp(0.0), 1.0);
+        assert!(exp::<false>(-1000.0) < 1e-37);
+        assert_eq!(exp::<false>(0.0), 1.0);
     }
 
     #[test]
@@ -326,13 +440,14 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = -3.5f64;
         while x < 3.5 {
-            let err = (erf(x as f32) as f64 - erf64(x)).abs();
-            worst = worst.max(err);
+            for got in [erf::<false>(x as f32), erf::<true>(x as f32)] {
+                worst = worst.max((got as f64 - erf64(x)).abs());
+            }
             x += 0.000_97;
         }
         assert!(worst < 1e-6, "absolute error {worst}");
-        assert!((erf(10.0) - 1.0).abs() < 1e-6);
-        assert!((erf(-10.0) + 1.0).abs() < 1e-6);
+        assert!((erf::<false>(10.0) - 1.0).abs() < 1e-6);
+        assert!((erf::<false>(-10.0) + 1.0).abs() < 1e-6);
     }
 
     #[test]
@@ -351,47 +466,48 @@ mod tests {
         assert!(x[4..].iter().all(|v| (v - 1.0).abs() < 1e-5));
     }
 
-    #[test]
-    fn attention_matches_naive() {
-        let heads = Heads {
-            heads: 2,
-            head_dim: 4,
-        };
-        let hidden = 8;
-        let lens = [3usize, 1, 5];
+    fn check_attention(heads: Heads, lens: &[usize]) {
+        let hidden = heads.hidden();
+        let hd = heads.head_dim;
         let total: usize = lens.iter().sum();
         let qkv: Vec<f32> = (0..total * 3 * hidden)
             .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
             .collect();
-        let bias: Vec<f32> = (0..3 * hidden).map(|i| i as f32 * 0.01).collect();
-        let got = attention(&qkv, &bias, &lens, heads);
+        let bias: Vec<f32> = (0..3 * hidden).map(|i| (i % 13) as f32 * 0.01).collect();
+        let got = attention(&qkv, &bias, lens, heads);
         let mut start = 0;
-        for &len in &lens {
+        for &len in lens {
             for t in 0..len {
                 for h in 0..heads.heads {
                     let val = |tok: usize, part: usize, i: usize| {
-                        let c = part * hidden + h * 4 + i;
-                        qkv[(start + tok) * 3 * hidden + c] + bias[c]
+                        let c = part * hidden + h * hd + i;
+                        (qkv[(start + tok) * 3 * hidden + c] + bias[c]) as f64
                     };
                     let scores: Vec<f64> = (0..len)
                         .map(|s| {
-                            (0..4)
-                                .map(|i| (val(t, 0, i) * val(s, 1, i)) as f64)
-                                .sum::<f64>()
-                                / 2.0
+                            (0..hd).map(|i| val(t, 0, i) * val(s, 1, i)).sum::<f64>()
+                                / (hd as f64).sqrt()
                         })
                         .collect();
                     let max = scores.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let z: f64 = e.iter().sum();
-                    for i in 0..4 {
-                        let want: f64 = (0..len).map(|s| e[s] / z * val(s, 2, i) as f64).sum();
-                        let g = got[(start + t) * hidden + h * 4 + i] as f64;
+                    for i in 0..hd {
+                        let want: f64 = (0..len).map(|s| e[s] / z * val(s, 2, i)).sum();
+                        let g = got[(start + t) * hidden + h * hd + i] as f64;
                         assert!((g - want).abs() < 1e-5, "{g} vs {want}");
                     }
                 }
             }
             start += len;
+        }
+    }
+
+    #[test]
+    fn attention_matches_naive() {
+        let lens = [3usize, 1, 5, 8, 9, 17, 2];
+        for head_dim in [4, 32, 64] {
+            check_attention(Heads { heads: 2, head_dim }, &lens);
         }
     }
 }

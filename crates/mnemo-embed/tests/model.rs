@@ -88,6 +88,46 @@ fn embeddings_have_unit_norm_and_dimension_384() {
     e.iter().for_each(|v| assert_unit(v));
 }
 
+/// The first components of the vectors sentence-transformers 6.2.0 (torch 2.15, CPU)
+/// computes from the same weights, to 6 decimals.
+#[test]
+fn matches_sentence_transformers_vectors() {
+    // A text of 304 tokens, which sentence-transformers truncates at 256 like this crate;
+    // CJK; the empty string.
+    let long = "the archive ".repeat(150) + "ends here";
+    let e = embedder()
+        .embed(&[
+            "The weather is lovely today.",
+            "It's so sunny outside!",
+            "He drove to the stadium.",
+            &long,
+            "今天天气很好，我们去公园散步吧",
+            "",
+        ])
+        .unwrap();
+    let expected = [
+        [
+            0.019196f32,
+            0.120085,
+            0.159598,
+            0.067066,
+            0.050075,
+            -0.025919,
+        ],
+        [-0.01869, 0.041519, 0.074315, 0.078433, 0.07557, -0.012508],
+        [0.136502, 0.082273, -0.025262, 0.030451, 0.053312, 0.050809],
+        [-0.072471, 0.073448, -0.0369, 0.004395, -0.01803, 0.020001],
+        [0.013274, 0.097092, 0.084088, -0.028252, -0.022044, 0.06576],
+        [
+            -0.118838, 0.048299, -0.002548, -0.011011, 0.051951, 0.010292,
+        ],
+    ];
+    for (got, want) in e.iter().zip(expected) {
+        let diff = max_abs_diff(&got[..6], &want);
+        assert!(diff < 1e-5, "{:?} vs {want:?}", &got[..6]);
+    }
+}
+
 /// Texts of very different lengths in one batch: each gets the embedding it gets alone, so
 /// padding and the reordering inside `embed` change nothing.
 #[test]
