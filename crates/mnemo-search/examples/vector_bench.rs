@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p mnemo-search --example vector_bench -- \
 //!     [--owner-n 10000] [--ann-n 100000] [--dim 384] [--queries 1000] [--npy-dir DIR]
+//!     [--quant f32|f16|i8]
 //! ```
 //!
 //! 1. Per-owner scope, `owner-n` x `dim`: p50/p99 of `SearchIndex::search` (exact, top 10)
@@ -18,7 +19,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mnemo_search::{Doc, IndexOp, Mode, SearchConfig, SearchIndex, SearchQuery, Source};
+use mnemo_search::{
+    Doc, IndexOp, Mode, Quantization, SearchConfig, SearchIndex, SearchQuery, Source,
+};
 
 /// Clustered, embedding-shaped data: the same generator as the tests.
 #[path = "../tests/common/mod.rs"]
@@ -31,6 +34,7 @@ struct Args {
     dim: usize,
     queries: usize,
     npy_dir: Option<String>,
+    quant: Quantization,
 }
 
 fn args() -> Args {
@@ -40,6 +44,7 @@ fn args() -> Args {
         dim: 384,
         queries: 1000,
         npy_dir: None,
+        quant: SearchConfig::default().ann_quantization,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -51,6 +56,14 @@ fn args() -> Args {
             "--dim" => a.dim = val.parse().expect("--dim"),
             "--queries" => a.queries = val.parse().expect("--queries"),
             "--npy-dir" => a.npy_dir = Some(val),
+            "--quant" => {
+                a.quant = match val.as_str() {
+                    "f32" => Quantization::F32,
+                    "f16" => Quantization::F16,
+                    "i8" => Quantization::I8,
+                    q => panic!("--quant f32|f16|i8, not {q}"),
+                }
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -208,7 +221,11 @@ fn main() {
             write_npy(&Path::new(dir).join("queries.npy"), &queries).unwrap();
             println!("wrote {dir}/base.npy and {dir}/queries.npy");
         }
-        let index = SearchIndex::new(SearchConfig::default()).unwrap();
+        let index = SearchIndex::new(SearchConfig {
+            ann_quantization: a.quant,
+            ..SearchConfig::default()
+        })
+        .unwrap();
         let t = Instant::now();
         for (b, chunk) in vectors.chunks(10_000).enumerate() {
             let ops = chunk
@@ -278,7 +295,7 @@ fn main() {
             let el = t.elapsed();
             println!(
                 "usearch ANN ({:?} graph, exact re-score) ef={ef:>3}: {:>6.0} QPS single-thread, recall@10 {:.4}",
-                SearchConfig::default().ann_quantization,
+                a.quant,
                 queries.len() as f64 / el.as_secs_f64(),
                 found as f64 / (queries.len() * 10) as f64
             );
