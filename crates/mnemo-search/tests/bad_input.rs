@@ -132,38 +132,6 @@ fn empty_queries_and_top_k_bounds() {
 }
 
 #[test]
-fn hybrid_falls_back_to_the_input_given() {
-    let index = SearchIndex::new(SearchConfig::default()).unwrap();
-    index
-        .apply(vec![upsert("t", "a", vec![1.0, 0.0]), {
-            let mut d = doc("t", Source::Items, "b", None, "apples");
-            d.vector = Some(vec![0.0, 1.0]);
-            IndexOp::Upsert(d)
-        }])
-        .unwrap();
-    let mut q = SearchQuery::new("t", Source::Items, Mode::Hybrid, 5);
-    q.text = Some("apples".into());
-    let hits = index.search(&q).unwrap();
-    assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0].id, "b");
-    let mut tq = q.clone();
-    tq.mode = Mode::Text;
-    assert_eq!(
-        index.search(&tq).unwrap(),
-        hits,
-        "text-only hybrid equals text mode"
-    );
-    let mut q = SearchQuery::new("t", Source::Items, Mode::Hybrid, 5);
-    q.vector = Some(vec![1.0, 0.1]);
-    let hits = index.search(&q).unwrap();
-    assert_eq!(hits[0].id, "a");
-    assert!(
-        (hits[0].score - 1.0 / 1.01f32.sqrt()).abs() < 1e-5,
-        "cosine score"
-    );
-}
-
-#[test]
 fn first_dimension_is_race_free() {
     for round in 0..20 {
         let index = Arc::new(SearchIndex::new(SearchConfig::default()).unwrap());

@@ -10,9 +10,27 @@ use mnemo_search::{IndexOp, Mode, SearchConfig, SearchIndex, SearchQuery, Source
 
 #[test]
 fn concurrent_writers_see_their_writes_immediately() {
+    run(SearchConfig::default());
+}
+
+/// Tenant-wide searches go through the ANN graph; new vectors wait in the exact-scanned
+/// pending set while the builder thread moves them into the graph concurrently.
+#[test]
+fn concurrent_writers_see_their_writes_immediately_in_ann_scopes() {
+    let index = run(SearchConfig {
+        ann_threshold: 500,
+        ..SearchConfig::default()
+    });
+    assert!(
+        index.stats("t").ann_indexed > 0,
+        "the ANN path was not used"
+    );
+}
+
+fn run(cfg: SearchConfig) -> Arc<SearchIndex> {
     const THREADS: usize = 8;
     const ROUNDS: usize = 60;
-    let index = Arc::new(SearchIndex::new(SearchConfig::default()).unwrap());
+    let index = Arc::new(SearchIndex::new(cfg).unwrap());
     // Background documents so searches have competition.
     let mut data = Clustered::new(3, 48, 16, 0.5);
     let bg: Vec<IndexOp> = (0..2000)
@@ -93,4 +111,5 @@ fn concurrent_writers_see_their_writes_immediately() {
         w.join().unwrap();
     }
     assert_eq!(index.len("t"), 2000);
+    index
 }
