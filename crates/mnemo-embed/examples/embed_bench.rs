@@ -144,7 +144,7 @@ fn main() {
         lens.iter().min().unwrap(),
         tokens as f64 / texts.len() as f64,
         lens.iter().max().unwrap(),
-        candle_core::utils::get_num_threads(),
+        rayon::current_num_threads(),
     );
     if let Some(path) = dump {
         // The messages, one per line, to run the same workload elsewhere.

@@ -1,8 +1,9 @@
 //! The encoder's element-wise and attention kernels, on plain `f32` slices.
 //!
-//! Matrix products go through candle (gemm); everything between them is here, fused so each
-//! activation is read and written once: bias + GELU, bias + residual + LayerNorm, and the whole
-//! of self-attention for packed (unpadded) sequences. The transcendental functions are
+//! Matrix products go to gemm-f32 (the kernels candle uses, here with AVX-512 enabled), writing
+//! into the caller's buffers; everything between them is here, fused so each activation is
+//! read and written once: bias + GELU, bias + LayerNorm, and the whole of self-attention for
+//! packed (unpadded) sequences. The transcendental functions are
 //! branch-free polynomial approximations (exp: Cephes, ~1 ulp; erf: a rational fit, < 1e-6
 //! absolute) so the compiler vectorises them. Each public kernel is compiled twice, for the
 //! baseline x86-64 and for AVX2 + FMA, and picks one at run time.
@@ -148,18 +149,11 @@ pub(crate) fn bias_gelu(x: &mut [f32], bias: &[f32]) {
 }
 
 multiversion! {
-    fn add_norm_rows(
-        rows: &mut [f32],
-        residual: &[f32],
-        bias: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        eps: f32,
-    ) {
+    fn norm_rows(rows: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
         let width = gamma.len();
-        for (row, res) in rows.chunks_exact_mut(width).zip(residual.chunks_exact(width)) {
-            for ((v, r), b) in row.iter_mut().zip(res).zip(bias) {
-                *v += r + b;
+        for row in rows.chunks_exact_mut(width) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
             }
             let mean = sum(row) / width as f32;
             for v in row.iter_mut() {
@@ -174,20 +168,62 @@ multiversion! {
     }
 }
 
-/// `x = LayerNorm(x + residual + bias)` row by row (row length = `gamma.len()`); `bias` may be
-/// all zeros.
-pub(crate) fn add_bias_layer_norm(
-    x: &mut [f32],
-    residual: &[f32],
-    bias: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
+/// `x = LayerNorm(x + bias)` row by row (row length = `gamma.len()`).
+pub(crate) fn bias_layer_norm(x: &mut [f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    x.par_chunks_mut(gamma.len() * ROWS_PER_TASK)
+        .for_each(|rows| norm_rows(rows, bias, gamma, beta, eps));
+}
+
+/// `out = a · b`, or `out += a · b` when `accumulate`, for row-major `a` [m, k], `b` [k, n]
+/// and `out` [m, n]; on the current rayon pool's threads.
+pub(crate) fn matmul(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
 ) {
-    let chunk = gamma.len() * ROWS_PER_TASK;
-    x.par_chunks_mut(chunk)
-        .zip(residual.par_chunks(chunk))
-        .for_each(|(rows, res)| add_norm_rows(rows, res, bias, gamma, beta, eps));
+    assert!(a.len() == m * k && b.len() == k * n && out.len() == m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm_common::Parallelism::Rayon(threads)
+    } else {
+        gemm_common::Parallelism::None
+    };
+    // gemm-f32's entry point (what `gemm::gemm` calls for f32), chosen for this CPU once. Its
+    // kernels want a column-major destination, so compute outᵀ = bᵀ · aᵀ: the same memory
+    // read as column-major matrices (what the `gemm` facade does for row-major outputs).
+    let gemm = gemm_f32::gemm::f32::get_gemm_fn();
+    // SAFETY: the three slices hold exactly m*k, k*n and m*n values (checked above) and the
+    // strides below describe those row-major matrices read as column-major transposes
+    // (outᵀ: n×m, column stride n; bᵀ: n×k, column stride n; aᵀ: k×m, column stride k), so
+    // every access is in bounds; `out` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm(
+            n,
+            m,
+            k,
+            out.as_mut_ptr(),
+            n as isize,
+            1,
+            accumulate,
+            b.as_ptr(),
+            n as isize,
+            1,
+            a.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// Self-attention geometry: `heads` heads of `head_dim` values each.
@@ -377,14 +413,13 @@ fn softmax_in_place<const FMA: bool>(scores: &mut [f32], len: usize) -> f32 {
 /// projections without their bias (`3 * hidden` values; `bias` is added here); `lens` gives
 /// each sequence's token count. A token attends to the tokens of its own sequence only, so
 /// no padding or mask exists. Returns the attention context, `hidden` values per token.
-pub(crate) fn attention(qkv: &[f32], bias: &[f32], lens: &[usize], heads: Heads) -> Vec<f32> {
+pub(crate) fn attention(qkv: &[f32], bias: &[f32], lens: &[usize], heads: Heads, out: &mut [f32]) {
     let hidden = heads.hidden();
     let total: usize = lens.iter().sum();
-    debug_assert_eq!(qkv.len(), total * 3 * hidden);
-    let mut out = vec![0.0f32; total * hidden];
+    assert!(qkv.len() == total * 3 * hidden && out.len() == total * hidden);
     // Split the input and output into per-sequence blocks.
     let mut jobs = Vec::with_capacity(lens.len());
-    let (mut qkv_rest, mut out_rest) = (qkv, out.as_mut_slice());
+    let (mut qkv_rest, mut out_rest) = (qkv, out);
     for &len in lens {
         let (a, b) = qkv_rest.split_at(len * 3 * hidden);
         let (c, d) = std::mem::take(&mut out_rest).split_at_mut(len * hidden);
@@ -396,7 +431,6 @@ pub(crate) fn attention(qkv: &[f32], bias: &[f32], lens: &[usize], heads: Heads)
         .for_each_init(Vec::new, |scratch, (q, o)| {
             attend_one(q, bias, o, heads, scratch)
         });
-    out
 }
 
 #[cfg(test)]
@@ -451,13 +485,29 @@ mod tests {
     }
 
     #[test]
+    fn matmul_matches_naive() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 3) as f32 * 0.5).collect();
+        let mut out = vec![1.0f32; m * n];
+        matmul(&mut out, &a, &b, (m, k, n), true);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum::<f32>();
+                assert!((out[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        matmul(&mut out, &a, &b, (m, k, n), false);
+        assert!((out[0] - (0..k).map(|l| a[l] * b[l * n]).sum::<f32>()).abs() < 1e-5);
+    }
+
+    #[test]
     fn layer_norm_rows() {
         let mut x = vec![1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0];
-        let residual = vec![0.0; 8];
         let bias = vec![0.5; 4];
         let gamma = vec![2.0; 4];
         let beta = vec![1.0; 4];
-        add_bias_layer_norm(&mut x, &residual, &bias, &gamma, &beta, 1e-12);
+        bias_layer_norm(&mut x, &bias, &gamma, &beta, 1e-12);
         let sd = (1.25f32).sqrt();
         let want = [-1.5 / sd, -0.5 / sd, 0.5 / sd, 1.5 / sd];
         for (got, w) in x[..4].iter().zip(want) {
@@ -474,7 +524,8 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
             .collect();
         let bias: Vec<f32> = (0..3 * hidden).map(|i| (i % 13) as f32 * 0.01).collect();
-        let got = attention(&qkv, &bias, lens, heads);
+        let mut got = vec![f32::NAN; total * hidden];
+        attention(&qkv, &bias, lens, heads, &mut got);
         let mut start = 0;
         for &len in lens {
             for t in 0..len {

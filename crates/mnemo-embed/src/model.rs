@@ -9,12 +9,11 @@
 //!   sequence boundaries, and it gets them as lengths: there is no attention mask to build or
 //!   apply.
 //! - **Fused projections and element-wise work.** Q, K and V come from one product with a
-//!   concatenated weight; biases, GELU, residuals and LayerNorm are applied in place by the
-//!   kernels in `kernels.rs`.
-
-use std::collections::HashMap;
-
-use candle_core::{Device, Storage, Tensor};
+//!   concatenated weight; the output projections accumulate onto the residual stream in
+//!   place; biases, GELU and LayerNorm are applied in place by the kernels in `kernels.rs`.
+//!   Four buffers per batch, allocated once, no copies between the steps.
+//!
+//! The products run on gemm (the matrix kernels candle uses).
 
 use crate::kernels::{self, Heads};
 use crate::EmbedError;
@@ -62,16 +61,18 @@ impl Config {
     }
 }
 
+/// Weight matrices are stored transposed, `[in, out]` row-major, so a layer computes
+/// `x · W` with `x` `[tokens, in]`.
 struct Layer {
-    /// `[3 * hidden, hidden]`: query, key, value weights stacked.
-    qkv: Tensor,
+    /// `[hidden, 3 * hidden]`: query, key and value weights side by side.
+    qkv: Vec<f32>,
     qkv_bias: Vec<f32>,
-    attn_out: Tensor,
+    attn_out: Vec<f32>,
     attn_out_bias: Vec<f32>,
     attn_norm: (Vec<f32>, Vec<f32>),
-    ffn_in: Tensor,
+    ffn_in: Vec<f32>,
     ffn_in_bias: Vec<f32>,
-    ffn_out: Tensor,
+    ffn_out: Vec<f32>,
     ffn_out_bias: Vec<f32>,
     ffn_norm: (Vec<f32>, Vec<f32>),
 }
@@ -79,6 +80,7 @@ struct Layer {
 /// BERT encoder weights.
 pub(crate) struct Encoder {
     hidden: usize,
+    intermediate: usize,
     heads: Heads,
     eps: f32,
     vocab: usize,
@@ -90,30 +92,48 @@ pub(crate) struct Encoder {
     layers: Vec<Layer>,
 }
 
-/// Reads named tensors, with or without a `bert.` prefix, checking their shapes.
-struct Weights {
-    tensors: HashMap<String, Tensor>,
+/// Reads named F32 tensors of a safetensors file, with or without a `bert.` prefix, checking
+/// their shapes.
+struct Weights<'a> {
+    file: safetensors::SafeTensors<'a>,
     prefix: &'static str,
 }
 
-impl Weights {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, EmbedError> {
+impl Weights<'_> {
+    fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EmbedError> {
         let full = format!("{}{name}", self.prefix);
         let t = self
-            .tensors
-            .get(&full)
-            .ok_or_else(|| EmbedError::Weights(format!("missing tensor {full}")))?;
-        if t.dims() != shape {
+            .file
+            .tensor(&full)
+            .map_err(|e| EmbedError::Weights(format!("tensor {full}: {e}")))?;
+        if t.shape() != shape {
             return Err(EmbedError::Weights(format!(
                 "tensor {full} has shape {:?}, expected {shape:?}",
-                t.dims()
+                t.shape()
             )));
         }
-        Ok(t.to_dtype(candle_core::DType::F32)?.contiguous()?)
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(EmbedError::Weights(format!(
+                "tensor {full} is {:?}; only F32 weights are supported",
+                t.dtype()
+            )));
+        }
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
-    fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EmbedError> {
-        Ok(self.tensor(name, shape)?.flatten_all()?.to_vec1::<f32>()?)
+    /// A linear layer's `[out, in]` weight, transposed to `[in, out]`.
+    fn transposed(&self, name: &str, out: usize, inp: usize) -> Result<Vec<f32>, EmbedError> {
+        let w = self.vec(name, &[out, inp])?;
+        let mut t = vec![0.0f32; w.len()];
+        for (o, row) in w.chunks_exact(inp).enumerate() {
+            for (i, &x) in row.iter().enumerate() {
+                t[i * out + o] = x;
+            }
+        }
+        Ok(t)
     }
 
     fn norm(&self, name: &str, hidden: usize) -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
@@ -128,15 +148,20 @@ impl Encoder {
     /// Builds the encoder from the tensors of `model.safetensors`.
     pub(crate) fn new(
         config: &Config,
-        tensors: HashMap<String, Tensor>,
+        safetensors: &[u8],
         max_positions: usize,
     ) -> Result<Encoder, EmbedError> {
-        let prefix = if tensors.contains_key("bert.embeddings.word_embeddings.weight") {
+        let file = safetensors::SafeTensors::deserialize(safetensors)
+            .map_err(|e| EmbedError::Weights(format!("model.safetensors: {e}")))?;
+        let prefix = if file
+            .tensor("bert.embeddings.word_embeddings.weight")
+            .is_ok()
+        {
             "bert."
         } else {
             ""
         };
-        let w = Weights { tensors, prefix };
+        let w = Weights { file, prefix };
         let h = config.hidden_size;
         let inter = config.intermediate_size;
         let word = w.vec("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
@@ -156,41 +181,42 @@ impl Encoder {
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let part = |n: &str| format!("{p}.attention.self.{n}");
-            let qkv = Tensor::cat(
-                &[
-                    w.tensor(&part("query.weight"), &[h, h])?,
-                    w.tensor(&part("key.weight"), &[h, h])?,
-                    w.tensor(&part("value.weight"), &[h, h])?,
-                ],
-                0,
-            )?;
+            // [hidden, 3 * hidden]: row i holds column i of Wq, Wk and Wv side by side.
+            let (wq, wk, wv) = (
+                w.transposed(&part("query.weight"), h, h)?,
+                w.transposed(&part("key.weight"), h, h)?,
+                w.transposed(&part("value.weight"), h, h)?,
+            );
+            let qkv: Vec<f32> = (0..h)
+                .flat_map(|i| {
+                    let row = i * h..(i + 1) * h;
+                    wq[row.clone()]
+                        .iter()
+                        .chain(&wk[row.clone()])
+                        .chain(&wv[row])
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             let mut qkv_bias = w.vec(&part("query.bias"), &[h])?;
             qkv_bias.extend(w.vec(&part("key.bias"), &[h])?);
             qkv_bias.extend(w.vec(&part("value.bias"), &[h])?);
             layers.push(Layer {
-                qkv: qkv.t()?.contiguous()?,
+                qkv,
                 qkv_bias,
-                attn_out: w
-                    .tensor(&format!("{p}.attention.output.dense.weight"), &[h, h])?
-                    .t()?
-                    .contiguous()?,
+                attn_out: w.transposed(&format!("{p}.attention.output.dense.weight"), h, h)?,
                 attn_out_bias: w.vec(&format!("{p}.attention.output.dense.bias"), &[h])?,
                 attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: w
-                    .tensor(&format!("{p}.intermediate.dense.weight"), &[inter, h])?
-                    .t()?
-                    .contiguous()?,
+                ffn_in: w.transposed(&format!("{p}.intermediate.dense.weight"), inter, h)?,
                 ffn_in_bias: w.vec(&format!("{p}.intermediate.dense.bias"), &[inter])?,
-                ffn_out: w
-                    .tensor(&format!("{p}.output.dense.weight"), &[h, inter])?
-                    .t()?
-                    .contiguous()?,
+                ffn_out: w.transposed(&format!("{p}.output.dense.weight"), h, inter)?,
                 ffn_out_bias: w.vec(&format!("{p}.output.dense.bias"), &[h])?,
                 ffn_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
         Ok(Encoder {
             hidden: h,
+            intermediate: inter,
             heads: Heads {
                 heads: config.num_attention_heads,
                 head_dim: h / config.num_attention_heads,
@@ -241,66 +267,38 @@ impl Encoder {
                     .for_each(|(r, (w, p))| *r = w + p);
             }
         }
-        let zeros = vec![0.0f32; total * h];
         let (g, b) = &self.embed_norm;
-        kernels::add_bias_layer_norm(&mut x, &zeros, &zeros[..h], g, b, self.eps);
-        let mut x = Tensor::from_vec(x, (total, h), &Device::Cpu)?;
+        kernels::bias_layer_norm(&mut x, &vec![0.0; h], g, b, self.eps);
 
+        let inter = self.intermediate;
+        let mut qkv = vec![0.0f32; total * 3 * h];
+        let mut ctx = vec![0.0f32; total * h];
+        let mut act = vec![0.0f32; total * inter];
         for layer in &self.layers {
-            let qkv = x.matmul(&layer.qkv)?;
-            let ctx = with_slice(&qkv, |qkv| {
-                kernels::attention(qkv, &layer.qkv_bias, lens, self.heads)
-            })?;
-            drop(qkv);
-            let ctx = Tensor::from_vec(ctx, (total, h), &Device::Cpu)?;
-            let mut attn = ctx
-                .matmul(&layer.attn_out)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            with_slice(&x, |residual| {
-                let (g, b) = &layer.attn_norm;
-                kernels::add_bias_layer_norm(
-                    &mut attn,
-                    residual,
-                    &layer.attn_out_bias,
-                    g,
-                    b,
-                    self.eps,
-                )
-            })?;
-            let attn = Tensor::from_vec(attn, (total, h), &Device::Cpu)?;
-
-            let mut inter = into_vec(attn.matmul(&layer.ffn_in)?)?;
-            kernels::bias_gelu(&mut inter, &layer.ffn_in_bias);
-            let inter = Tensor::from_vec(inter, (total, layer.ffn_in_bias.len()), &Device::Cpu)?;
-            let mut out = into_vec(inter.matmul(&layer.ffn_out)?)?;
-            with_slice(&attn, |residual| {
-                let (g, b) = &layer.ffn_norm;
-                kernels::add_bias_layer_norm(
-                    &mut out,
-                    residual,
-                    &layer.ffn_out_bias,
-                    g,
-                    b,
-                    self.eps,
-                )
-            })?;
-            x = Tensor::from_vec(out, (total, h), &Device::Cpu)?;
+            kernels::matmul(&mut qkv, &x, &layer.qkv, (total, h, 3 * h), false);
+            kernels::attention(&qkv, &layer.qkv_bias, lens, self.heads, &mut ctx);
+            // x = LayerNorm(x + ctx · Wo + bo): the product accumulates onto the residual.
+            kernels::matmul(&mut x, &ctx, &layer.attn_out, (total, h, h), true);
+            let (g, b) = &layer.attn_norm;
+            kernels::bias_layer_norm(&mut x, &layer.attn_out_bias, g, b, self.eps);
+            kernels::matmul(&mut act, &x, &layer.ffn_in, (total, h, inter), false);
+            kernels::bias_gelu(&mut act, &layer.ffn_in_bias);
+            kernels::matmul(&mut x, &act, &layer.ffn_out, (total, inter, h), true);
+            let (g, b) = &layer.ffn_norm;
+            kernels::bias_layer_norm(&mut x, &layer.ffn_out_bias, g, b, self.eps);
         }
 
-        with_slice(&x, |x| {
-            let mut pooled = vec![0.0f32; lens.len() * h];
-            let mut start = 0;
-            for (out, &len) in pooled.chunks_exact_mut(h).zip(lens) {
-                for row in x[start * h..(start + len) * h].chunks_exact(h) {
-                    out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
-                }
-                let inv = 1.0 / len as f32;
-                out.iter_mut().for_each(|o| *o *= inv);
-                start += len;
+        let mut pooled = vec![0.0f32; lens.len() * h];
+        let mut start = 0;
+        for (out, &len) in pooled.chunks_exact_mut(h).zip(lens) {
+            for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
             }
-            pooled
-        })
+            let inv = 1.0 / len as f32;
+            out.iter_mut().for_each(|o| *o *= inv);
+            start += len;
+        }
+        Ok(pooled)
     }
 }
 
@@ -311,22 +309,4 @@ fn ids_by_sequence<'a>(ids: &'a [u32], lens: &'a [usize]) -> impl Iterator<Item 
         rest = tail;
         head
     })
-}
-
-/// Calls `f` with the contiguous `f32` data of a CPU tensor.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, EmbedError> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(EmbedError::Weights("tensor not on the CPU".into()));
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| EmbedError::Weights("tensor not contiguous".into()))?;
-    Ok(f(&data[start..end]))
-}
-
-/// The data of a contiguous CPU tensor as a `Vec` (a copy).
-fn into_vec(t: Tensor) -> Result<Vec<f32>, EmbedError> {
-    with_slice(&t, <[f32]>::to_vec)
 }
