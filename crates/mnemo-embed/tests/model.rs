@@ -223,17 +223,23 @@ fn unicode_and_cjk() {
     assert!(weather.iter().all(|v| v.iter().all(|x| x.is_finite())));
 }
 
-/// Bigger batches than the internal chunking size, with many length classes.
+/// A batch bigger than one encoder pass (4096 tokens): 40 texts truncated at 256 tokens and 30
+/// short ones are split into several passes; every text still gets its own embedding, in order.
 #[test]
 fn large_mixed_batch_matches_singles() {
     let embedder = embedder();
     let texts: Vec<String> = (0..70)
-        .map(|i| format!("message {i}: {}", "lorem ipsum dolor ".repeat(i % 23)))
+        .map(|i| {
+            let words = if i % 7 < 4 { 60 + i } else { i % 23 };
+            format!("message {i}: {}", "lorem ipsum dolor ".repeat(words))
+        })
         .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let total: usize = refs.iter().map(|t| embedder.count_tokens(t).unwrap()).sum();
+    assert!(total > 2 * 4096, "only {total} tokens");
     let batch = embedder.embed(&refs).unwrap();
     assert_eq!(batch.len(), 70);
-    for i in [0usize, 1, 22, 45, 69] {
+    for i in [0usize, 1, 4, 22, 45, 67, 69] {
         let alone = embedder.embed(&[refs[i]]).unwrap();
         let diff = max_abs_diff(&batch[i], &alone[0]);
         assert!(diff < 1e-5, "text {i}: batch vs alone differ by {diff}");
