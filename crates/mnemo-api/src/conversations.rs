@@ -11,7 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mnemo_storage::{ConversationRecord, Order, StoredItem};
+use mnemo_storage::{ConversationRecord, NewItem, Order, StoredItem};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -104,6 +104,20 @@ fn item_list(items: &[StoredItem], has_more: bool) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], out).into_response()
 }
 
+/// Refuses (400) embeddings whose dimension differs from the tenant's, before anything is
+/// written.
+fn check_vectors(st: &AppState, scope: &mnemo_storage::Scope, items: &[NewItem]) -> ApiResult<()> {
+    let Some(search) = &st.search else {
+        return Ok(());
+    };
+    for (i, it) in items.iter().enumerate() {
+        if let Some(v) = &it.vector {
+            search.check_vector(&scope.tenant, v, &format!("items[{i}].embedding"))?;
+        }
+    }
+    Ok(())
+}
+
 /// `POST /v1/conversations`
 pub async fn create(
     State(st): State<AppState>,
@@ -115,6 +129,7 @@ pub async fn create(
     let b: CreateBody = json_body(&headers, body).await?;
     let metadata = check_metadata(b.metadata)?;
     let items = parse_items(b.items.unwrap_or_default(), true)?;
+    check_vectors(&st, &scope, &items)?;
     let (rec, _) = st
         .store
         .create_conversation(&scope, metadata, items)
@@ -178,6 +193,7 @@ pub async fn add_items(
     let id = path(id)?;
     let b: ItemsBody = json_body(&headers, body).await?;
     let items = parse_items(b.items, false)?;
+    check_vectors(&st, &scope, &items)?;
     let stored = st.store.append_items(&scope, &id, items).await?;
     Ok(item_list(&stored, false))
 }

@@ -308,12 +308,19 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
         }
     };
     obj.insert("id".into(), Value::String(id.clone()));
+    // A client-supplied embedding is stored beside the item, not inside it.
+    let vector = obj
+        .remove("embedding")
+        .filter(|v| !v.is_null())
+        .map(|v| crate::search::parse_embedding(&v, &format!("{param}.embedding")))
+        .transpose()?;
     let json = serde_json::to_vec(&obj)
         .map_err(|e| ApiError::invalid_param(param, format!("cannot encode item: {e}")))?;
     Ok(NewItem {
         id,
         client_id,
         json: Bytes::from(json),
+        vector,
     })
 }
 

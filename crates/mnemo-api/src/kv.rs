@@ -64,6 +64,30 @@ fn etag_header(etag: &str) -> [(header::HeaderName, HeaderValue); 1] {
     )]
 }
 
+/// Refuses (400) a JSON-object value whose `embedding` is not a valid vector of the tenant's
+/// dimension: such values are searchable by that vector.
+fn check_memory_vector(
+    st: &AppState,
+    scope: &mnemo_storage::Scope,
+    value: &[u8],
+    param: &str,
+) -> ApiResult<()> {
+    let Some(search) = &st.search else {
+        return Ok(());
+    };
+    if value.trim_ascii_start().first() != Some(&b'{') {
+        return Ok(());
+    }
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(value) else {
+        return Ok(());
+    };
+    if let Some(e) = obj.get("embedding").filter(|e| !e.is_null()) {
+        let v = crate::search::parse_embedding(e, param)?;
+        search.check_vector(&scope.tenant, &v, param)?;
+    }
+    Ok(())
+}
+
 /// `PUT /v1/kv/{key}`: stores the raw body.
 pub async fn put(
     State(st): State<AppState>,
@@ -89,6 +113,7 @@ pub async fn put(
         .unwrap_or(DEFAULT_CONTENT_TYPE)
         .to_string();
     let value = read_body(&headers, body, MAX_VALUE_BYTES).await?;
+    check_memory_vector(&st, &scope, &value, "embedding")?;
     let w = st
         .store
         .kv_put(&scope, &key, value, content_type, ttl_d, condition)
@@ -314,7 +339,11 @@ pub async fn batch(
         .collect::<ApiResult<Vec<_>>>()?;
     for (i, op) in ops.iter().enumerate() {
         let key = match op {
-            KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key,
+            KvOp::Put { key, value, .. } => {
+                check_memory_vector(&st, &caller.scope, value, &format!("operations[{i}].value"))?;
+                key
+            }
+            KvOp::Delete { key, .. } => key,
         };
         caller
             .check_write_key(key)

@@ -21,6 +21,7 @@ mod extract;
 mod items;
 mod kv;
 pub mod metrics;
+pub mod search;
 
 pub use error::{ApiError, ApiResult};
 
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Authentication and authorization.
     pub auth: Arc<auth::AuthConfig>,
+    /// The search service, when enabled.
+    pub search: Option<Arc<search::SearchService>>,
 }
 
 impl AppState {
@@ -52,7 +55,14 @@ impl AppState {
             store,
             metrics: metrics::install(),
             auth: Arc::new(auth::AuthConfig::none()),
+            search: None,
         }
+    }
+
+    /// Enables search.
+    pub fn with_search(mut self, search: Arc<search::SearchService>) -> Self {
+        self.search = Some(search);
+        self
     }
 
     /// Replaces the authentication settings.
@@ -101,6 +111,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/conversations/{id}/items/{item_id}",
             get(conversations::get_item).delete(conversations::delete_item),
         )
+        .route("/v1/search", post(search::search))
         .route("/v1/kv", get(kv::list))
         .route(
             "/v1/kv/batch",

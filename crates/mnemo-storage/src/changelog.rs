@@ -72,9 +72,33 @@ fn now_us() -> u64 {
 }
 
 /// Commits batches together with their change-log entries.
+///
+/// Besides the log itself it tracks, per tenant, the newest acknowledged (durable) entry, and
+/// wakes [`ChangeLog::changed`] waiters after each acknowledgement: derived indexes tail the
+/// log with it and answer "has everything acknowledged so far been applied?".
 pub struct ChangeLog {
     last_seq: Mutex<HashMap<TenantId, u64>>,
+    acked: std::sync::Mutex<HashMap<TenantId, u64>>,
+    changed: tokio::sync::Notify,
     retention: Duration,
+}
+
+/// A logged write on its way to durability; [`LoggedWrite::durable`] waits for it and then
+/// records its log position as acknowledged.
+pub struct LoggedWrite<'e, 'l> {
+    pending: PendingWrite<'e>,
+    log: &'l ChangeLog,
+    tenant: TenantId,
+    seq: u64,
+}
+
+impl LoggedWrite<'_, '_> {
+    /// Waits until the write is durable, then marks its entries acknowledged.
+    pub async fn durable(self) -> Result<()> {
+        self.pending.durable().await?;
+        self.log.acknowledge(self.tenant, self.seq);
+        Ok(())
+    }
 }
 
 impl ChangeLog {
@@ -82,8 +106,56 @@ impl ChangeLog {
     pub fn new(retention: Duration) -> Self {
         ChangeLog {
             last_seq: Mutex::new(HashMap::new()),
+            acked: std::sync::Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
             retention,
         }
+    }
+
+    fn acknowledge(&self, tenant: TenantId, seq: u64) {
+        {
+            let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+            let e = acked.entry(tenant).or_insert(0);
+            if seq <= *e {
+                return;
+            }
+            *e = seq;
+        }
+        self.changed.notify_one();
+    }
+
+    /// The newest acknowledged log position of a tenant in this process (0: none yet).
+    /// Every entry at or below it is durable.
+    pub fn acknowledged(&self, tenant: &TenantId) -> u64 {
+        let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        acked.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Every tenant's newest acknowledged position.
+    pub fn acknowledged_all(&self) -> Vec<(TenantId, u64)> {
+        let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        acked.iter().map(|(t, s)| (t.clone(), *s)).collect()
+    }
+
+    /// Resolves after the next acknowledgement, or at once if one happened since the last
+    /// call. Meant for one consumer (the search indexer).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// The newest position written for a tenant (acknowledged or not), reading the stored
+    /// log if this process has not written to the tenant yet.
+    pub async fn newest(&self, engine: &Engine, tenant: &TenantId) -> Result<u64> {
+        if let Some(s) = self.last_seq.lock().await.get(tenant) {
+            return Ok(*s);
+        }
+        let newest = engine
+            .scan(prefix_range(keys::space(tenant, keys::Space::Log)), true, 1)
+            .await?;
+        Ok(newest
+            .first()
+            .and_then(|kv| keys::item_seq(&kv.key))
+            .unwrap_or(0))
     }
 
     /// Adds `entries` to `batch` and writes it to the memtable, atomically and in log order.
@@ -93,7 +165,7 @@ impl ChangeLog {
         tenant: &TenantId,
         mut batch: WriteBatch,
         entries: Vec<ChangeEntry>,
-    ) -> Result<PendingWrite<'e>> {
+    ) -> Result<LoggedWrite<'e, '_>> {
         let mut last = self.last_seq.lock().await;
         let mut seq = match last.get(tenant) {
             Some(s) => *s,
@@ -117,7 +189,12 @@ impl ChangeLog {
         }
         let pending = engine.write(batch).await?;
         last.insert(tenant.clone(), seq);
-        Ok(pending)
+        Ok(LoggedWrite {
+            pending,
+            log: self,
+            tenant: tenant.clone(),
+            seq,
+        })
     }
 
     /// Reads up to `limit` entries with `seq > after`, oldest first (durable entries only).

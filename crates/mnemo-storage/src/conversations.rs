@@ -28,6 +28,8 @@ pub struct NewItem {
     pub client_id: bool,
     /// The item as a JSON object.
     pub json: Bytes,
+    /// An embedding supplied by the client (stored beside the item, not inside its JSON).
+    pub vector: Option<Vec<f32>>,
 }
 
 /// One page of items.
@@ -312,6 +314,57 @@ impl Store {
             .await?;
         page(rows, limit)
     }
+    /// Conversation records of a tenant in id order, after `after`, at most `limit` (for
+    /// index rebuilds and exports; tenant-wide, no user filter).
+    pub async fn scan_conversations(
+        &self,
+        tenant: &crate::TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ConversationRecord>> {
+        let (start, end) = prefix_range(keys::space(tenant, keys::Space::Conversation));
+        let start = match after {
+            Some(a) => Bound::Excluded(keys::conversation(tenant, a)),
+            None => start,
+        };
+        let rows = self.engine.scan((start, end), false, limit).await?;
+        rows.iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv.value)?))
+            .collect()
+    }
+
+    /// Every tenant that has any data, in id order.
+    pub async fn tenants(&self) -> Result<Vec<crate::TenantId>> {
+        let mut out = Vec::new();
+        let mut start = b"t\0".to_vec();
+        loop {
+            let rows = self
+                .engine
+                .scan(
+                    (
+                        Bound::Included(start.clone()),
+                        Bound::Excluded(b"t\x01".to_vec()),
+                    ),
+                    false,
+                    1,
+                )
+                .await?;
+            let Some(kv) = rows.first() else { break };
+            let rest = &kv.key[2..];
+            let Some(end) = rest.iter().position(|b| *b == 0) else {
+                break;
+            };
+            let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+            if let Ok(t) = crate::TenantId::new(name) {
+                out.push(t);
+            }
+            let mut next = kv.key[..2 + end].to_vec();
+            next.push(1);
+            start = next;
+        }
+        Ok(out)
+    }
+
     /// Reads one item.
     pub async fn get_item(&self, scope: &Scope, id: &str, item_id: &str) -> Result<StoredItem> {
         self.get_conversation(scope, id).await?;
@@ -414,6 +467,7 @@ fn stage_items(
             created_at_ms: now,
             parent: rec.last_item.take(),
             json: it.json,
+            vector: it.vector,
         };
         batch.put(
             keys::item(&scope.tenant, &rec.id, stored.seq),

@@ -5,6 +5,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 const ITEM_V1: u8 = 1;
+/// Like v1, plus an optional embedding after the parent.
+const ITEM_V2: u8 = 2;
 const KV_V1: u8 = 1;
 
 /// A conversation record (stored as JSON).
@@ -40,6 +42,8 @@ pub struct StoredItem {
     pub parent: Option<String>,
     /// The item as a JSON object, encoded once at write time.
     pub json: Bytes,
+    /// The embedding the client attached, if any (not part of `json`).
+    pub vector: Option<Vec<f32>>,
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
@@ -63,29 +67,50 @@ impl StoredItem {
     /// Encodes the value stored under the item key (the seq is in the key).
     pub fn encode(&self) -> Bytes {
         let parent = self.parent.as_deref().unwrap_or("");
-        let mut b = BytesMut::with_capacity(13 + self.id.len() + parent.len() + self.json.len());
-        b.put_u8(ITEM_V1);
+        let dims = self.vector.as_ref().map_or(0, Vec::len);
+        let mut b =
+            BytesMut::with_capacity(15 + self.id.len() + parent.len() + 4 * dims + self.json.len());
+        b.put_u8(ITEM_V2);
         b.put_i64(self.created_at_ms);
         put_str(&mut b, &self.id);
         put_str(&mut b, parent);
+        b.put_u16(dims as u16);
+        for x in self.vector.iter().flatten() {
+            b.put_f32_le(*x);
+        }
         b.put_slice(&self.json);
         b.freeze()
     }
 
     /// Decodes a stored item value; `seq` comes from the key.
     pub fn decode(seq: u64, mut v: Bytes) -> Result<Self> {
-        if v.remaining() < 9 || v.get_u8() != ITEM_V1 {
+        let version = if v.remaining() >= 9 { v.get_u8() } else { 0 };
+        if version != ITEM_V1 && version != ITEM_V2 {
             return Err(StoreError::Corrupt("unknown item record version".into()));
         }
         let created_at_ms = v.get_i64();
         let id = get_str(&mut v)?;
         let parent = get_str(&mut v)?;
+        let mut vector = None;
+        if version == ITEM_V2 {
+            if v.remaining() < 2 {
+                return Err(StoreError::Corrupt("truncated item vector".into()));
+            }
+            let dims = v.get_u16() as usize;
+            if v.remaining() < 4 * dims {
+                return Err(StoreError::Corrupt("truncated item vector".into()));
+            }
+            if dims > 0 {
+                vector = Some((0..dims).map(|_| v.get_f32_le()).collect());
+            }
+        }
         Ok(StoredItem {
             id,
             seq,
             created_at_ms,
             parent: (!parent.is_empty()).then_some(parent),
             json: v,
+            vector,
         })
     }
 }
@@ -149,8 +174,25 @@ mod tests {
             created_at_ms: 1_700_000_000_123,
             parent: Some("msg_0".into()),
             json: Bytes::from_static(br#"{"id":"msg_1"}"#),
+            vector: None,
         };
         assert_eq!(StoredItem::decode(7, it.encode()).unwrap(), it);
+        let with_vector = StoredItem {
+            vector: Some(vec![0.25, -1.5, 3.0]),
+            ..it.clone()
+        };
+        assert_eq!(
+            StoredItem::decode(7, with_vector.encode()).unwrap(),
+            with_vector
+        );
+        // Version-1 records (no vector) still decode.
+        let mut v1 = BytesMut::new();
+        v1.put_u8(ITEM_V1);
+        v1.put_i64(it.created_at_ms);
+        put_str(&mut v1, "msg_1");
+        put_str(&mut v1, "msg_0");
+        v1.put_slice(&it.json);
+        assert_eq!(StoredItem::decode(7, v1.freeze()).unwrap(), it);
         assert!(StoredItem::decode(7, Bytes::from_static(b"\x09")).is_err());
     }
 

@@ -56,6 +56,7 @@ fn item(text: &str) -> NewItem {
         id,
         client_id: false,
         json: Bytes::from(json),
+        vector: None,
     }
 }
 

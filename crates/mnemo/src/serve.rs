@@ -83,7 +83,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
-    let app = mnemo_api::router(mnemo_api::AppState::new(store.clone()).with_auth(auth.config));
+    let search = mnemo_api::search::SearchService::start(store.clone())
+        .await
+        .context("building the search index")?;
+    let app = mnemo_api::router(
+        mnemo_api::AppState::new(store.clone())
+            .with_auth(auth.config)
+            .with_search(search),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -1,0 +1,654 @@
+//! Search: the index service that keeps [`mnemo_search::SearchIndex`] in step with the store,
+//! and the `POST /v1/search` handler.
+//!
+//! The index is derived data. It is built from the store when the server starts, then kept
+//! current by tailing each tenant's change log: for every logged change the service reads the
+//! *current* state of the object (item, conversation, memory key) and upserts or deletes its
+//! document. Reading current state makes the result independent of the order in which
+//! concurrent writes were acknowledged: after the tail has passed a log position, the index
+//! equals the store for everything changed up to it. A search first waits until the tail has
+//! passed the tenant's newest acknowledged position, so every acknowledged write is visible
+//! (read-your-writes) and deleted data never comes back.
+
+use crate::auth::{kv_owner, need, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::json_body;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use mnemo_search::{
+    Doc, Filter, IndexOp, Mode, SearchConfig, SearchError, SearchIndex, SearchQuery, Source,
+};
+use mnemo_storage::{
+    ChangeEntry, ConversationRecord, KvRecord, Order, Scope, Store, StoreError, StoredItem,
+    TenantId,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Largest `top_k`.
+pub const MAX_TOP_K: usize = 1000;
+/// Largest embedding accepted, in dimensions.
+pub const MAX_DIMENSIONS: usize = 4096;
+/// How long a search waits for earlier writes to be indexed.
+const WAIT: Duration = Duration::from_secs(10);
+const LOG_BATCH: usize = 1000;
+const APPLY_CHUNK: usize = 2000;
+
+/// Keeps the search index in step with the store.
+pub struct SearchService {
+    store: Arc<Store>,
+    index: Arc<SearchIndex>,
+    /// Per tenant, the log position up to which the index reflects the store.
+    indexed: Mutex<HashMap<TenantId, u64>>,
+    progress: tokio::sync::watch::Sender<u64>,
+}
+
+fn search_error(e: SearchError) -> ApiError {
+    match e {
+        SearchError::InvalidVector(_)
+        | SearchError::DimensionMismatch { .. }
+        | SearchError::EmptyQuery(_)
+        | SearchError::TopKOutOfRange { .. } => ApiError::invalid(e.to_string()),
+        SearchError::Timeout => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "the search index did not catch up with earlier writes in time; retry later",
+        )
+        .with_code("index_behind"),
+        SearchError::Internal(m) => {
+            tracing::error!(error = %m, "search index failure");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error",
+            )
+        }
+        // `SearchError` may grow; anything new is a server-side failure until mapped.
+        #[allow(unreachable_patterns)]
+        _ => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        ),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+/// Collects the searchable text of a JSON value: every string under the keys that carry
+/// content in OpenAI items (`text`, `content`, `arguments`, `output`, `refusal`,
+/// `transcript`, `summary`), or every string of a memory object except `embedding`.
+fn collect_text(v: &Value, all: bool, out: &mut String) {
+    match v {
+        Value::String(s) if all => {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_text(x, all, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "embedding" {
+                    continue;
+                }
+                let content = matches!(
+                    k.as_str(),
+                    "text"
+                        | "content"
+                        | "arguments"
+                        | "output"
+                        | "refusal"
+                        | "transcript"
+                        | "summary"
+                );
+                collect_text(x, all || content, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn string_metadata(m: &Map<String, Value>) -> BTreeMap<String, String> {
+    m.iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect()
+}
+
+/// The search document of a stored item.
+pub fn item_doc(tenant: &TenantId, rec: &ConversationRecord, item: &StoredItem) -> Doc {
+    let v: Value = serde_json::from_slice(&item.json).unwrap_or(Value::Null);
+    let mut text = String::new();
+    collect_text(&v, false, &mut text);
+    Doc {
+        tenant: tenant.as_str().to_owned(),
+        source: Source::Items,
+        id: item.id.clone(),
+        owner: rec.owner.clone(),
+        conversation_id: Some(rec.id.clone()),
+        role: v.get("role").and_then(Value::as_str).map(str::to_owned),
+        created_at: item.created_at_ms / 1000,
+        metadata: string_metadata(&rec.metadata),
+        text,
+        vector: item.vector.clone(),
+    }
+}
+
+/// Parses a client-supplied embedding: 1–4096 finite numbers (as f32).
+pub fn parse_embedding(v: &Value, param: &str) -> ApiResult<Vec<f32>> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| ApiError::invalid_param(param, "embedding must be an array of numbers"))?;
+    if arr.is_empty() || arr.len() > MAX_DIMENSIONS {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("embedding must have 1-{MAX_DIMENSIONS} numbers"),
+        ));
+    }
+    arr.iter()
+        .map(|x| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| {
+                    ApiError::invalid_param(param, "embedding values must be finite numbers")
+                })
+        })
+        .collect()
+}
+
+/// The search document of a memory value, if it is a JSON object (other values are not
+/// searchable). Its `embedding` field, if any, is the vector.
+pub fn memory_doc(tenant: &TenantId, key: &str, rec: &KvRecord) -> Option<Doc> {
+    let v: Value = serde_json::from_slice(&rec.value).ok()?;
+    let obj = v.as_object()?;
+    let vector = obj
+        .get("embedding")
+        .and_then(|e| parse_embedding(e, "embedding").ok());
+    let mut text = String::new();
+    collect_text(&v, true, &mut text);
+    Some(Doc {
+        tenant: tenant.as_str().to_owned(),
+        source: Source::Memory,
+        id: key.to_owned(),
+        owner: kv_owner(key).filter(|o| !o.is_empty()).map(str::to_owned),
+        conversation_id: None,
+        role: None,
+        created_at: rec.updated_at_ms / 1000,
+        metadata: BTreeMap::new(),
+        text,
+        vector,
+    })
+}
+
+impl SearchService {
+    /// Builds the index from the store (every tenant, every item and memory key), then
+    /// starts tailing the change log. Returns once the index reflects the store.
+    pub async fn start(store: Arc<Store>) -> Result<Arc<Self>, StoreError> {
+        let cfg = SearchConfig {
+            max_top_k: MAX_TOP_K,
+            wait_timeout: WAIT,
+            ..SearchConfig::default()
+        };
+        let index = Arc::new(SearchIndex::new(cfg).map_err(internal)?);
+        let svc = Arc::new(SearchService {
+            store,
+            index,
+            indexed: Mutex::new(HashMap::new()),
+            progress: tokio::sync::watch::channel(0).0,
+        });
+        let started = Instant::now();
+        let docs = svc.rebuild().await?;
+        tracing::info!(
+            docs,
+            seconds = started.elapsed().as_secs_f64(),
+            "search index built from the store"
+        );
+        metrics::gauge!("mnemo_search_rebuild_seconds").set(started.elapsed().as_secs_f64());
+        let tail = svc.clone();
+        tokio::spawn(async move { tail.tail().await });
+        Ok(svc)
+    }
+
+    /// The index (for vector validation).
+    pub fn index(&self) -> &SearchIndex {
+        &self.index
+    }
+
+    async fn apply(&self, ops: Vec<IndexOp>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.apply(ops))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    async fn rebuild(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for tenant in self.store.tenants().await? {
+            // Changes after this position are replayed by the tail, so none is missed.
+            let head = self
+                .store
+                .change_log()
+                .newest(self.store.engine(), &tenant)
+                .await?;
+            let scope = Scope::tenant(tenant.clone());
+            let mut ops = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let recs = self
+                    .store
+                    .scan_conversations(&tenant, after.as_deref(), 256)
+                    .await?;
+                let Some(last) = recs.last() else { break };
+                after = Some(last.id.clone());
+                for rec in &recs {
+                    let mut cursor: Option<String> = None;
+                    loop {
+                        let page = match self
+                            .store
+                            .list_items(&scope, &rec.id, cursor.as_deref(), 100, Order::Asc)
+                            .await
+                        {
+                            Ok(p) => p,
+                            Err(StoreError::NotFound(_)) => break,
+                            Err(e) => return Err(e),
+                        };
+                        for item in &page.items {
+                            ops.push(IndexOp::Upsert(item_doc(&tenant, rec, item)));
+                        }
+                        cursor = page.items.last().map(|i| i.id.clone());
+                        if !page.has_more {
+                            break;
+                        }
+                    }
+                    if ops.len() >= APPLY_CHUNK {
+                        total += ops.len();
+                        self.apply(std::mem::take(&mut ops)).await?;
+                    }
+                }
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .kv_list(&scope, "", after.as_deref(), 1000)
+                    .await?;
+                for e in &page.entries {
+                    if let Some(doc) = memory_doc(&tenant, &e.key, &e.record) {
+                        ops.push(IndexOp::Upsert(doc));
+                    }
+                }
+                after = page.entries.last().map(|e| e.key.clone());
+                if ops.len() >= APPLY_CHUNK {
+                    total += ops.len();
+                    self.apply(std::mem::take(&mut ops)).await?;
+                }
+                if !page.has_more {
+                    break;
+                }
+            }
+            total += ops.len();
+            self.apply(ops).await?;
+            self.set_indexed(&tenant, head);
+        }
+        Ok(total)
+    }
+
+    fn indexed(&self, tenant: &TenantId) -> u64 {
+        let m = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(tenant).copied().unwrap_or(0)
+    }
+
+    fn set_indexed(&self, tenant: &TenantId, seq: u64) {
+        {
+            let mut m = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
+            let e = m.entry(tenant.clone()).or_insert(0);
+            *e = (*e).max(seq);
+        }
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    async fn tail(self: Arc<Self>) {
+        let log = self.store.change_log();
+        loop {
+            let mut behind = false;
+            for (tenant, acked) in log.acknowledged_all() {
+                if acked <= self.indexed(&tenant) {
+                    continue;
+                }
+                if let Err(e) = self.catch_up(&tenant, acked).await {
+                    tracing::warn!(%tenant, error = %e, "search indexing failed; retrying");
+                    behind = true;
+                }
+            }
+            if behind {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
+                log.changed().await;
+            }
+        }
+    }
+
+    /// Applies every logged change of `tenant` up to `target`.
+    async fn catch_up(&self, tenant: &TenantId, target: u64) -> Result<(), StoreError> {
+        let log = self.store.change_log();
+        let mut from = self.indexed(tenant);
+        while from < target {
+            let entries = log
+                .read(self.store.engine(), tenant, from, LOG_BATCH)
+                .await?;
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                break;
+            };
+            let ops = self.resolve(tenant, &entries).await?;
+            self.apply(ops).await?;
+            self.set_indexed(tenant, last);
+            from = last;
+        }
+        // Positions without entries (none can be missing below an acknowledged one) are done.
+        self.set_indexed(tenant, target);
+        Ok(())
+    }
+
+    /// Turns log entries into index operations by reading the current state of what changed.
+    async fn resolve(
+        &self,
+        tenant: &TenantId,
+        entries: &[ChangeEntry],
+    ) -> Result<Vec<IndexOp>, StoreError> {
+        let scope = Scope::tenant(tenant.clone());
+        let t = tenant.as_str().to_owned();
+        let mut convs: HashMap<String, Option<ConversationRecord>> = HashMap::new();
+        let mut ops = Vec::new();
+        for e in entries {
+            let conv_id = e.conversation_id.clone().unwrap_or_default();
+            match e.op.as_str() {
+                "conversation.created" | "item.added" | "conversation.updated" => {
+                    if !convs.contains_key(&conv_id) {
+                        let rec = match self.store.get_conversation(&scope, &conv_id).await {
+                            Ok(r) => Some(r),
+                            Err(StoreError::NotFound(_)) => None,
+                            Err(err) => return Err(err),
+                        };
+                        convs.insert(conv_id.clone(), rec);
+                    }
+                    let Some(rec) = convs.get(&conv_id).cloned().flatten() else {
+                        ops.push(IndexOp::DeleteConversation {
+                            tenant: t.clone(),
+                            conversation_id: conv_id,
+                        });
+                        continue;
+                    };
+                    if e.op == "conversation.updated" {
+                        // Metadata is a filter of every item: re-index them all.
+                        let mut cursor: Option<String> = None;
+                        loop {
+                            let page = match self
+                                .store
+                                .list_items(&scope, &conv_id, cursor.as_deref(), 100, Order::Asc)
+                                .await
+                            {
+                                Ok(p) => p,
+                                Err(StoreError::NotFound(_)) => break,
+                                Err(err) => return Err(err),
+                            };
+                            for item in &page.items {
+                                ops.push(IndexOp::Upsert(item_doc(tenant, &rec, item)));
+                            }
+                            cursor = page.items.last().map(|i| i.id.clone());
+                            if !page.has_more {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    for item_id in &e.item_ids {
+                        match self.store.get_item(&scope, &conv_id, item_id).await {
+                            Ok(item) => ops.push(IndexOp::Upsert(item_doc(tenant, &rec, &item))),
+                            Err(StoreError::NotFound(_)) => ops.push(IndexOp::Delete {
+                                tenant: t.clone(),
+                                source: Source::Items,
+                                id: item_id.clone(),
+                            }),
+                            Err(err) => return Err(err),
+                        }
+                    }
+                }
+                "item.deleted" => {
+                    for item_id in &e.item_ids {
+                        ops.push(IndexOp::Delete {
+                            tenant: t.clone(),
+                            source: Source::Items,
+                            id: item_id.clone(),
+                        });
+                    }
+                }
+                "conversation.deleted" => ops.push(IndexOp::DeleteConversation {
+                    tenant: t.clone(),
+                    conversation_id: conv_id,
+                }),
+                "kv.put" | "kv.deleted" => {
+                    let Some(key) = &e.key else { continue };
+                    let current = match self.store.kv_get(&scope, key).await {
+                        Ok(entry) => memory_doc(tenant, key, &entry.record),
+                        Err(StoreError::NotFound(_)) => None,
+                        Err(err) => return Err(err),
+                    };
+                    ops.push(match current {
+                        Some(doc) => IndexOp::Upsert(doc),
+                        None => IndexOp::Delete {
+                            tenant: t.clone(),
+                            source: Source::Memory,
+                            id: key.clone(),
+                        },
+                    });
+                }
+                other => tracing::debug!(op = other, "change not indexed"),
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Waits until every write acknowledged so far for `tenant` is in the index.
+    pub async fn wait_current(&self, tenant: &TenantId) -> ApiResult<()> {
+        let target = self.store.change_log().acknowledged(tenant);
+        let mut rx = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.indexed(tenant) < target {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(search_error(SearchError::Timeout));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses (400) an embedding whose dimension differs from the tenant's.
+    pub fn check_vector(&self, tenant: &TenantId, v: &[f32], param: &str) -> ApiResult<()> {
+        self.index
+            .check_vector(tenant.as_str(), v)
+            .map_err(|e| search_error(e).with_param(param))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ScopeBody {
+    conversation_id: Option<String>,
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilterBody {
+    role: Option<String>,
+    created_after: Option<i64>,
+    created_before: Option<i64>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    query: Option<String>,
+    vector: Option<Value>,
+    mode: Option<String>,
+    #[serde(default)]
+    scope: ScopeBody,
+    #[serde(default)]
+    filter: FilterBody,
+    source: Option<String>,
+    top_k: Option<u64>,
+    consistency: Option<String>,
+}
+
+/// `POST /v1/search`: vector, full-text or hybrid search within the caller's scope.
+pub async fn search(
+    State(st): State<AppState>,
+    caller: Caller<need::Search>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let Some(svc) = st.search.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "search is not enabled on this server",
+        ));
+    };
+    let b: SearchBody = json_body(&headers, body).await?;
+    let tenant = caller.scope.tenant.clone();
+    let vector = b
+        .vector
+        .as_ref()
+        .map(|v| parse_embedding(v, "vector"))
+        .transpose()?;
+    if let Some(v) = &vector {
+        svc.check_vector(&tenant, v, "vector")?;
+    }
+    let mode = match b.mode.as_deref() {
+        Some("vector") => Mode::Vector,
+        Some("text") => Mode::Text,
+        Some("hybrid") => Mode::Hybrid,
+        None if vector.is_some() && b.query.is_none() => Mode::Vector,
+        None if vector.is_none() => Mode::Text,
+        None => Mode::Hybrid,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "mode",
+                "mode must be vector, text or hybrid",
+            ))
+        }
+    };
+    let source = match b.source.as_deref() {
+        None | Some("items") => Source::Items,
+        Some("memory") => Source::Memory,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "source",
+                "source must be items or memory",
+            ))
+        }
+    };
+    match b.consistency.as_deref() {
+        None | Some("strong") | Some("default") => {}
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "consistency",
+                "consistency must be default or strong",
+            ))
+        }
+    }
+    let top_k = b.top_k.unwrap_or(10);
+    if top_k == 0 || top_k > MAX_TOP_K as u64 {
+        return Err(ApiError::invalid_param(
+            "top_k",
+            format!("top_k must be 1-{MAX_TOP_K}"),
+        ));
+    }
+    if let Some(q) = &b.query {
+        if q.trim().is_empty() {
+            return Err(ApiError::invalid_param("query", "query must not be empty"));
+        }
+    }
+    let q = SearchQuery {
+        tenant: tenant.as_str().to_owned(),
+        owner: caller.scope.user.clone(),
+        source,
+        conversation_id: b.scope.conversation_id.clone(),
+        key_prefix: b.scope.prefix.clone(),
+        filter: Filter {
+            role: b.filter.role,
+            created_after: b.filter.created_after,
+            created_before: b.filter.created_before,
+            metadata: b.filter.metadata,
+        },
+        mode,
+        text: b.query,
+        vector,
+        top_k: top_k as usize,
+    };
+    svc.wait_current(&tenant).await?;
+    let index = svc.index.clone();
+    let hits = tokio::task::spawn_blocking(move || index.search(&q))
+        .await
+        .map_err(|e| ApiError::from(internal(e)))?
+        .map_err(search_error)?;
+    let mut data = Vec::with_capacity(hits.len());
+    for h in hits {
+        match source {
+            Source::Items => {
+                let conv = h.conversation_id.clone().unwrap_or_default();
+                match st.store.get_item(&caller.scope, &conv, &h.id).await {
+                    Ok(item) => {
+                        let item_json: Value =
+                            serde_json::from_slice(&item.json).unwrap_or(Value::Null);
+                        data.push(json!({
+                            "object": "search.result",
+                            "item_id": h.id,
+                            "conversation_id": conv,
+                            "score": h.score,
+                            "item": item_json,
+                        }));
+                    }
+                    // Deleted (or out of scope) since it was indexed: not a result.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Source::Memory => match st.store.kv_get(&caller.scope, &h.id).await {
+                Ok(entry) => {
+                    let mut value: Value =
+                        serde_json::from_slice(&entry.record.value).unwrap_or(Value::Null);
+                    if let Some(o) = value.as_object_mut() {
+                        o.remove("embedding");
+                    }
+                    data.push(json!({
+                        "object": "search.result",
+                        "key": h.id,
+                        "score": h.score,
+                        "value": value,
+                    }));
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}

@@ -1,0 +1,234 @@
+"""POST /v1/search over conversation items and memory: read-your-writes, exactness against a
+brute force, isolation, deletes, filters, bad input, and a kill -9 during indexing."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import uuid
+
+import pytest
+
+DIM = 16
+
+
+def unit(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def rand_vec(rng):
+    return [rng.gauss(0, 1) for _ in range(DIM)]
+
+
+def search(http, body, user=None, status=200):
+    headers = {"X-Mnemo-User": user} if user else {}
+    r = http.post("/v1/search", json=body, headers=headers)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def msg(text, role="user", embedding=None):
+    m = {"type": "message", "role": role, "content": text}
+    if embedding is not None:
+        m["embedding"] = embedding
+    return m
+
+
+def test_text_search_sees_acknowledged_writes_at_once(server, client, uid):
+    user = f"ryw-{uid}"
+    c = server.make_openai(default_headers={"X-Mnemo-User": user})
+    conv = c.conversations.create(items=[msg(f"my flight to Lisbon lis{uid}")])
+    hits = search(server.http, {"query": f"lis{uid}"}, user=user)["data"]
+    assert [h["conversation_id"] for h in hits] == [conv.id]
+    assert hits[0]["item"]["content"][0]["text"] == f"my flight to Lisbon lis{uid}"
+    assert "embedding" not in hits[0]["item"]
+    # Items added later, and deletes, are visible to the very next search.
+    added = c.conversations.items.create(conv.id, items=[msg(f"and the hotel in Porto por{uid}", role="assistant")])
+    hits = search(server.http, {"query": f"por{uid}"}, user=user)["data"]
+    assert [h["item_id"] for h in hits] == [added.data[0].id]
+    # BM25 ranks the item with both words first.
+    hits = search(server.http, {"query": f"hotel lis{uid} por{uid}"}, user=user)["data"]
+    assert [h["item_id"] for h in hits][0] == added.data[0].id and len(hits) == 2
+    c.conversations.items.delete(added.data[0].id, conversation_id=conv.id)
+    assert search(server.http, {"query": f"por{uid}"}, user=user)["data"] == []
+    c.conversations.delete(conv.id)
+    assert search(server.http, {"query": f"lis{uid}"}, user=user)["data"] == []
+
+
+def test_read_your_writes_under_concurrent_writers(server, uid):
+    errors = []
+
+    def worker(w):
+        try:
+            c = server.make_openai(default_headers={"X-Mnemo-User": f"cw-{uid}-{w}"})
+            http = server.new_http()
+            for i in range(15):
+                token = f"tok{uid}w{w}i{i}"
+                conv = c.conversations.create(items=[msg(f"note {token}")])
+                hits = search(http, {"query": token}, user=f"cw-{uid}-{w}")["data"]
+                if [h["conversation_id"] for h in hits] != [conv.id]:
+                    errors.append((token, hits))
+            http.close()
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_per_user_vector_search_equals_brute_force(server, uid):
+    rng = random.Random(7)
+    user = f"vec-{uid}"
+    c = server.make_openai(default_headers={"X-Mnemo-User": user})
+    vectors = {}
+    for _ in range(8):
+        items = [msg(f"v {uid}", role=rng.choice(["user", "assistant"]), embedding=rand_vec(rng))
+                 for _ in range(20)]
+        conv = c.conversations.create(items=items)
+        listed = c.conversations.items.list(conv.id, order="asc", limit=100).data
+        for it, sent in zip(listed, items):
+            vectors[it.id] = (unit(sent["embedding"]), sent["role"])
+            assert "embedding" not in it.model_dump(), "embeddings are not echoed"
+    # Someone else's vectors must never show up.
+    other = server.make_openai(default_headers={"X-Mnemo-User": f"other-{uid}"})
+    other.conversations.create(items=[msg("x", embedding=rand_vec(rng)) for _ in range(20)])
+    for _ in range(5):
+        q = rand_vec(rng)
+        qn = unit(q)
+        for role in (None, "assistant"):
+            body = {"vector": q, "mode": "vector", "top_k": 10}
+            if role:
+                body["filter"] = {"role": role}
+            hits = search(server.http, body, user=user)["data"]
+            expect = sorted(((sum(a * b for a, b in zip(qn, v)), i) for i, (v, r) in vectors.items()
+                             if role is None or r == role), reverse=True)[:10]
+            assert [h["item_id"] for h in hits] == [i for _, i in expect]
+            for h, (s, _) in zip(hits, expect):
+                assert abs(h["score"] - s) < 1e-4
+
+
+def test_users_and_filters_never_leak(server, uid):
+    a, b = f"a-{uid}", f"b-{uid}"
+    ca = server.make_openai(default_headers={"X-Mnemo-User": a})
+    cb = server.make_openai(default_headers={"X-Mnemo-User": b})
+    conv_a = ca.conversations.create(metadata={"topic": "travel"}, items=[msg(f"secret plan sec{uid}")])
+    cb.conversations.create(metadata={"topic": "travel"}, items=[msg(f"secret plan sec{uid}")])
+    for body in [{"query": f"sec{uid}"},
+                 {"query": f"sec{uid}", "filter": {"metadata": {"topic": "travel"}}},
+                 {"query": f"sec{uid}", "scope": {"conversation_id": conv_a.id}},
+                 {"query": f"sec{uid}", "mode": "hybrid"}]:
+        hits_b = search(server.http, body, user=b)["data"]
+        assert all(h["conversation_id"] != conv_a.id for h in hits_b), body
+    hits = search(server.http, {"query": f"sec{uid}", "filter": {"metadata": {"topic": "travel"}}}, user=a)["data"]
+    assert [h["conversation_id"] for h in hits] == [conv_a.id]
+    assert search(server.http, {"query": f"sec{uid}", "filter": {"metadata": {"topic": "food"}}}, user=a)["data"] == []
+    assert search(server.http, {"query": f"sec{uid}", "filter": {"role": "assistant"}}, user=a)["data"] == []
+    assert search(server.http, {"query": f"sec{uid}", "filter": {"created_after": 4102444800}}, user=a)["data"] == []
+    # Metadata updates re-index the conversation's items.
+    ca.conversations.update(conv_a.id, metadata={"topic": "food"})
+    hits = search(server.http, {"query": f"sec{uid}", "filter": {"metadata": {"topic": "food"}}}, user=a)["data"]
+    assert [h["conversation_id"] for h in hits] == [conv_a.id]
+
+
+def test_memory_search_by_prefix_text_and_vector(server, uid):
+    user = f"mem-{uid}"
+    http = server.http
+    h = {"X-Mnemo-User": user}
+    rng = random.Random(3)
+    emb = rand_vec(rng)
+    r = http.put(f"/v1/kv/users/{user}/prefs/drink", json={"text": f"likes green tea tea{uid}", "embedding": emb}, headers=h)
+    assert r.status_code == 200
+    http.put(f"/v1/kv/users/{user}/notes/x", json={"text": f"green tea is fine tea{uid}"}, headers=h)
+    http.put(f"/v1/kv/users/{user}/raw", content=b"not json at all", headers=h)
+    hits = search(http, {"query": f"tea{uid}", "source": "memory", "scope": {"prefix": f"users/{user}/prefs/"}}, user=user)["data"]
+    assert [x["key"] for x in hits] == [f"users/{user}/prefs/drink"]
+    assert hits[0]["value"] == {"text": f"likes green tea tea{uid}"}
+    hits = search(http, {"vector": emb, "source": "memory"}, user=user)["data"]
+    assert hits[0]["key"] == f"users/{user}/prefs/drink" and abs(hits[0]["score"] - 1.0) < 1e-4
+    # Another user sees none of it.
+    assert search(http, {"query": f"tea{uid}", "source": "memory"}, user=f"x-{uid}")["data"] == []
+    # Deleting the key removes it at once.
+    http.delete(f"/v1/kv/users/{user}/prefs/drink", headers=h)
+    assert all(x["key"] != f"users/{user}/prefs/drink"
+               for x in search(http, {"query": f"tea{uid}", "source": "memory"}, user=user)["data"])
+
+
+def test_bad_search_input_is_400(server, uid):
+    http = server.http
+    user = f"bad-{uid}"
+    c = server.make_openai(default_headers={"X-Mnemo-User": user})
+    c.conversations.create(items=[msg("x", embedding=[1.0] * DIM)])
+    cases = [
+        {"vector": [1.0] * (DIM + 1)},  # wrong dimension
+        {"vector": [1e39] + [0.0] * (DIM - 1)},  # infinite as f32
+        {"vector": [0.0] * DIM},  # zero vector
+        {"vector": []},
+        {"vector": "nope"},
+        {"query": ""},
+        {"query": "   "},
+        {"query": "x", "top_k": 0},
+        {"query": "x", "top_k": 10 ** 9},
+        {"query": "x", "mode": "semantic"},
+        {"mode": "vector", "query": "x"},
+        {"query": "x", "source": "files"},
+        {"query": "x", "unknown": 1},
+        {},
+    ]
+    for body in cases:
+        r = http.post("/v1/search", json=body, headers={"X-Mnemo-User": user})
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    r = http.post("/v1/search", content=b'{"vector": [NaN]}', headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    # Writes with a bad embedding are refused and store nothing.
+    conv = c.conversations.create()
+    r = http.post(f"/v1/conversations/{conv.id}/items", json={"items": [msg("y", embedding=[1.0] * (DIM + 3))]},
+                  headers={"X-Mnemo-User": user})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "items[0].embedding"
+    assert c.conversations.items.list(conv.id).data == []
+    r = http.put(f"/v1/kv/users/{user}/m", json={"embedding": [1.0, 2.0]}, headers={"X-Mnemo-User": user})
+    assert r.status_code == 400
+    assert http.get(f"/v1/kv/users/{user}/m", headers={"X-Mnemo-User": user}).status_code == 404
+
+
+def test_index_is_rebuilt_after_kill9(fresh_server):
+    srv = fresh_server
+    acked = []
+    stop = threading.Event()
+
+    def writer(w):
+        c = srv.make_openai(default_headers={"X-Mnemo-User": f"k-{w}"})
+        i = 0
+        while not stop.is_set():
+            token = f"kill{w}x{i}{uuid.uuid4().hex[:6]}"
+            try:
+                conv = c.conversations.create(items=[msg(f"entry {token}", embedding=[float(w + 1), float(i % 7 + 1)])])
+            except Exception:  # noqa: BLE001 - the kill cuts requests off
+                return
+            acked.append((w, token, conv.id))
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    import time
+    time.sleep(2.0)
+    srv.kill9()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acked) > 20
+    srv.restart()
+    http = srv.http
+    for w, token, conv_id in acked:
+        hits = search(http, {"query": token}, user=f"k-{w}")["data"]
+        assert [h["conversation_id"] for h in hits] == [conv_id], token
+    # Vector results after the restart equal a brute force over every acknowledged item.
+    hits = search(http, {"vector": [1.0, 0.0], "mode": "vector", "top_k": 1000}, user="k-0")["data"]
+    assert {h["conversation_id"] for h in hits} >= {c for w, _, c in acked if w == 0}
