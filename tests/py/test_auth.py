@@ -410,3 +410,25 @@ jwks_url = "{idp.jwks_url}"
         assert srv.http.get("/v1/kv/n").status_code == 401
     finally:
         srv.close()
+
+
+def test_search_is_confined_to_the_caller(jwt_server, idp):
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    word = f"w{uuid.uuid4().hex[:12]}"
+    sdk(jwt_server, idp.user(a)).conversations.create(items=[{"type": "message", "role": "user", "content": f"a says {word}"}])
+    h = jwt_server.http
+    body = {"query": word}
+    hits = h.post("/v1/search", json=body, headers=bearer(idp.user(a))).json()["data"]
+    assert len(hits) == 1
+    # User B, B naming A, and another tenant's application find nothing (or are refused).
+    assert h.post("/v1/search", json=body, headers=bearer(idp.user(b))).json()["data"] == []
+    assert h.post("/v1/search", json=body, headers=bearer(idp.user(b), user=a)).status_code == 403
+    y_app = idp.app(["Search", "Conversations.Read"], tenant="tenant-y")
+    assert h.post("/v1/search", json=body, headers=bearer(y_app)).json()["data"] == []
+    # The tenant's application may search for A, and tenant-wide.
+    x_app = idp.app(["Search", "Conversations.Read"])
+    assert len(h.post("/v1/search", json=body, headers=bearer(x_app, user=a)).json()["data"]) == 1
+    assert h.post("/v1/search", json=body, headers=bearer(x_app, user=b)).json()["data"] == []
+    assert len(h.post("/v1/search", json=body, headers=bearer(x_app)).json()["data"]) == 1
+    # Without the Search permission: 403.
+    assert h.post("/v1/search", json=body, headers=bearer(idp.app(["Conversations.Read"]))).status_code == 403

@@ -15,6 +15,10 @@ pub enum Workload {
     Append,
     /// Durable put of a 1 KiB value to a random key.
     KvPut,
+    /// Append a message carrying a unique word, then at once search for that word: the
+    /// latency reported is the search's (write-to-searchable delay plus the query), and
+    /// every search that misses its write counts as an error.
+    AppendSearch,
 }
 
 /// Options of `mnemo-bench load`.
@@ -37,14 +41,24 @@ pub struct LoadArgs {
     targets: usize,
 }
 
-fn message(rng: &mut impl Rng) -> Bytes {
-    let text: String = (0..200)
+fn message(rng: &mut impl Rng, word: &str) -> Bytes {
+    let mut text: String = (0..200)
         .map(|_| char::from(rng.random_range(b'a'..=b'z')))
         .collect();
+    text.push(' ');
+    text.push_str(word);
     Bytes::from(
         serde_json::json!({"items": [{"type": "message", "role": "user", "content": text}]})
             .to_string(),
     )
+}
+
+/// True when a search response has a hit.
+fn found(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["data"].as_array().map(|a| !a.is_empty()))
+        .unwrap_or(false)
 }
 
 /// Runs the load and prints one markdown row per concurrency level.
@@ -57,7 +71,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .to_string();
     let mut setup = Client::connect(&authority).await?;
     let targets: Vec<String> = match args.workload {
-        Workload::Append => {
+        Workload::Append | Workload::AppendSearch => {
             let mut ids = Vec::with_capacity(args.targets);
             for _ in 0..args.targets {
                 let body = setup
@@ -90,14 +104,38 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 let mut errors = 0u64;
                 let value = Bytes::from(vec![b'v'; 1024]);
                 while Instant::now() < deadline {
+                    let word = format!("w{:016x}", rand::rng().random::<u64>());
                     let (path, body, method) = {
                         let mut rng = rand::rng();
                         let path = targets[rng.random_range(0..targets.len())].clone();
                         match workload {
-                            Workload::Append => (path, message(&mut rng), "POST"),
+                            Workload::Append | Workload::AppendSearch => {
+                                (path, message(&mut rng, &word), "POST")
+                            }
                             Workload::KvPut => (path, value.clone(), "PUT"),
                         }
                     };
+                    if let Workload::AppendSearch = workload {
+                        if client.send(method, &path, body).await.is_err() {
+                            errors += 1;
+                            client = Client::connect(&authority).await?;
+                            continue;
+                        }
+                        let query = Bytes::from(
+                            serde_json::json!({"query": word, "mode": "text", "top_k": 1})
+                                .to_string(),
+                        );
+                        let t = Instant::now();
+                        match client.send("POST", "/v1/search", query).await {
+                            Ok(b) if found(&b) => lat.push(t.elapsed().as_micros() as u64),
+                            Ok(_) => errors += 1,
+                            Err(_) => {
+                                errors += 1;
+                                client = Client::connect(&authority).await?;
+                            }
+                        }
+                        continue;
+                    }
                     let t = Instant::now();
                     match client.send(method, &path, body).await {
                         Ok(_) => lat.push(t.elapsed().as_micros() as u64),
