@@ -441,6 +441,15 @@ impl SearchService {
                 }),
                 "kv.put" | "kv.deleted" => {
                     let Some(key) = &e.key else { continue };
+                    if e.op == "kv.put" && e.json_object == Some(false) {
+                        // Not a JSON object: not searchable (removes an earlier version).
+                        ops.push(IndexOp::Delete {
+                            tenant: t.clone(),
+                            source: Source::Memory,
+                            id: key.clone(),
+                        });
+                        continue;
+                    }
                     let current = match self.store.kv_get(&scope, key).await {
                         Ok(entry) => memory_doc(tenant, key, &entry.record),
                         Err(StoreError::NotFound(_)) => None,

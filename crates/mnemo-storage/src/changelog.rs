@@ -39,6 +39,10 @@ pub struct ChangeEntry {
     /// Owner of the data concerned, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// For `kv.put`: whether the value may be a JSON object (starts with `{`). Derived
+    /// indexes skip re-reading values that cannot be. `None` in entries of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_object: Option<bool>,
 }
 
 impl ChangeEntry {
@@ -52,6 +56,7 @@ impl ChangeEntry {
             item_ids: Vec::new(),
             key: None,
             owner: None,
+            json_object: None,
         }
     }
 }

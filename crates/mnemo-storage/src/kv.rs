@@ -302,6 +302,7 @@ impl Store {
                         batch.put_with_options(k, rec.encode(), &opts);
                         let mut e = ChangeEntry::new("kv.put");
                         e.key = Some(key.clone());
+                        e.json_object = Some(rec.value.trim_ascii_start().first() == Some(&b'{'));
                         entries.push(e);
                         written.push(KvWritten {
                             key,
