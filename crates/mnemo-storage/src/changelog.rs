@@ -76,6 +76,22 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// The largest sequence number stored in a tenant keyspace keyed by `<seq: u64 BE>` (the
+/// change log, the audit log), 0 when it is empty. Sees writes not yet durable.
+pub(crate) async fn newest_seq(
+    engine: &Engine,
+    tenant: &TenantId,
+    space: keys::Space,
+) -> Result<u64> {
+    let newest = engine
+        .scan_latest(prefix_range(keys::space(tenant, space)), true, 1)
+        .await?;
+    Ok(newest
+        .first()
+        .and_then(|kv| keys::item_seq(&kv.key))
+        .unwrap_or(0))
+}
+
 /// Commits batches together with their change-log entries.
 ///
 /// Besides the log itself it tracks, per tenant, the newest acknowledged (durable) entry, and
@@ -154,13 +170,7 @@ impl ChangeLog {
         if let Some(s) = self.last_seq.lock().await.get(tenant) {
             return Ok(*s);
         }
-        let newest = engine
-            .scan(prefix_range(keys::space(tenant, keys::Space::Log)), true, 1)
-            .await?;
-        Ok(newest
-            .first()
-            .and_then(|kv| keys::item_seq(&kv.key))
-            .unwrap_or(0))
+        newest_seq(engine, tenant, keys::Space::Log).await
     }
 
     /// Adds `entries` to `batch` and writes it to the memtable, atomically and in log order.
@@ -174,15 +184,7 @@ impl ChangeLog {
         let mut last = self.last_seq.lock().await;
         let mut seq = match last.get(tenant) {
             Some(s) => *s,
-            None => {
-                let newest = engine
-                    .scan_latest(prefix_range(keys::space(tenant, keys::Space::Log)), true, 1)
-                    .await?;
-                newest
-                    .first()
-                    .and_then(|kv| keys::item_seq(&kv.key))
-                    .unwrap_or(0)
-            }
+            None => newest_seq(engine, tenant, keys::Space::Log).await?,
         };
         let opts = PutOptions {
             ttl: Ttl::ExpireAfterMillis(self.retention.as_millis() as u64),

@@ -79,7 +79,8 @@ pub fn item(tenant: &TenantId, conv_id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// Decodes the sequence number from an item key.
+/// Decodes the sequence number from a key ending in `<seq: u64 BE>` (items, change log,
+/// audit log).
 pub fn item_seq(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))

@@ -6,7 +6,7 @@
 //! (the linearization point is the write's position in the write-ahead log).
 
 use crate::changelog::{now_ms, ChangeEntry};
-use crate::engine::{prefix_range, KeyValue};
+use crate::engine::{prefix_range, KeyRange, KeyValue};
 use crate::ids::Scope;
 use crate::records::KvRecord;
 use crate::{keys, Result, Store, StoreError};
@@ -355,14 +355,7 @@ impl Store {
             Bound::Excluded(b) => Bound::Excluded(full(b)),
             Bound::Unbounded => prefix_range(space).1,
         };
-        let mut rows = self.engine.scan((start, end), false, limit + 1).await?;
-        let has_more = rows.len() > limit;
-        rows.truncate(limit);
-        let entries = rows
-            .into_iter()
-            .map(|kv| decode_entry(scope, kv))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvPage { entries, has_more })
+        self.kv_page(scope, (start, end), limit).await
     }
 
     /// Lists keys starting with `prefix`, after `after` (exclusive), in byte order.
@@ -380,7 +373,12 @@ impl Store {
             }
             _ => start,
         };
-        let mut rows = self.engine.scan((start, end), false, limit + 1).await?;
+        self.kv_page(scope, (start, end), limit).await
+    }
+
+    /// One page of a key range: at most `limit` entries, and whether more follow.
+    async fn kv_page(&self, scope: &Scope, range: KeyRange, limit: usize) -> Result<KvPage> {
+        let mut rows = self.engine.scan(range, false, limit + 1).await?;
         let has_more = rows.len() > limit;
         rows.truncate(limit);
         let entries = rows

@@ -1,0 +1,71 @@
+//! Erasing a user: every conversation they own and their `users/<user>/` memory space.
+
+use crate::engine::prefix_range;
+use crate::ids::TenantId;
+use crate::{keys, Result, Store, StoreError};
+use serde::Serialize;
+use slatedb::WriteBatch;
+
+/// What [`Store::erase_user`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    /// Conversations deleted (with all their items).
+    pub conversations: usize,
+    /// Keys deleted from the user's `users/<user>/` memory space.
+    pub kv_keys: usize,
+}
+
+impl Store {
+    /// Erases everything a user owns in a tenant: every conversation of the owner index (each
+    /// deleted like `DELETE /v1/conversations/{id}`, items purged) and every key of the
+    /// user's memory space `users/<user>/`. Idempotent: running it again after a crash
+    /// finishes the job.
+    pub async fn erase_user(&self, tenant: &TenantId, user: &str) -> Result<Erased> {
+        let scope = crate::Scope::user(tenant.clone(), user)?;
+        let tenant_scope = crate::Scope::tenant(tenant.clone());
+        let mut erased = Erased::default();
+        let prefix = keys::owner_prefix(tenant, user);
+        loop {
+            let rows = self
+                .engine
+                .scan_latest(prefix_range(prefix.clone()), false, 256)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for kv in rows {
+                let conv = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                match self.delete_conversation(&scope, &conv).await {
+                    Ok(()) => erased.conversations += 1,
+                    // An index entry without its conversation: drop the entry itself.
+                    Err(StoreError::NotFound(_)) => {
+                        let mut batch = WriteBatch::new();
+                        batch.delete(&kv.key);
+                        self.engine.write(batch).await?.durable().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let space = format!("users/{user}/");
+        loop {
+            let page = self
+                .kv_list(&tenant_scope, &space, None, crate::kv::MAX_BATCH_OPS)
+                .await?;
+            if page.entries.is_empty() {
+                break;
+            }
+            let ops: Vec<crate::KvOp> = page
+                .entries
+                .into_iter()
+                .map(|e| crate::KvOp::Delete {
+                    key: e.key,
+                    condition: crate::Condition::default(),
+                })
+                .collect();
+            erased.kv_keys += ops.len();
+            self.kv_batch(&tenant_scope, ops).await?;
+        }
+        Ok(erased)
+    }
+}
