@@ -5,7 +5,7 @@
 
 use crate::auth::{authenticate, need, Caller, Identity};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{path, query_pairs};
+use crate::extract::{limit_param, path, query_pairs};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -79,15 +79,7 @@ pub async fn audit_log(
                     ApiError::invalid_param("after", "after must be a sequence number")
                 })?)
             }
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid_param("limit", format!("limit must be 1-{MAX_PAGE}"))
-                    })?
-            }
+            "limit" => limit = limit_param(&v, MAX_PAGE)?,
             _ => {}
         }
     }

@@ -2,7 +2,7 @@
 
 use crate::auth::{need, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, path, query_pairs};
+use crate::extract::{json_body, limit_param, path, query_pairs};
 use crate::items::parse_items;
 use crate::AppState;
 use axum::body::Body;
@@ -213,15 +213,7 @@ fn list_params(raw: Option<&str>) -> ApiResult<ListParams> {
     for (k, v) in query_pairs(raw)? {
         match k.as_str() {
             "after" => p.after = Some(v),
-            "limit" => {
-                p.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid_param("limit", format!("limit must be 1-{MAX_PAGE}"))
-                    })?
-            }
+            "limit" => p.limit = limit_param(&v, MAX_PAGE)?,
             "order" => {
                 p.order = match v.as_str() {
                     "asc" => Order::Asc,

@@ -71,6 +71,14 @@ pub fn query_pairs(raw: Option<&str>) -> ApiResult<Vec<(String, String)>> {
         .collect()
 }
 
+/// Parses a `limit` query parameter: an integer from 1 to `max` (else 400).
+pub fn limit_param(v: &str, max: usize) -> ApiResult<usize> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::invalid_param("limit", format!("limit must be 1-{max}")))
+}
+
 /// Unwraps a path extraction, turning a rejection into a JSON 400.
 pub fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
     p.map(|Path(v)| v)

@@ -2,7 +2,7 @@
 
 use crate::auth::{need, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_body, path, query_pairs, read_body};
+use crate::extract::{json_body, limit_param, path, query_pairs, read_body};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -176,15 +176,7 @@ pub async fn list(
         match k.as_str() {
             "prefix" => prefix = v,
             "after" => after = Some(v),
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIST).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid_param("limit", format!("limit must be 1-{MAX_LIST}"))
-                    })?
-            }
+            "limit" => limit = limit_param(&v, MAX_LIST)?,
             _ => {}
         }
     }

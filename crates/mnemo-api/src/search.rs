@@ -254,25 +254,7 @@ impl SearchService {
                 let Some(last) = recs.last() else { break };
                 after = Some(last.id.clone());
                 for rec in &recs {
-                    let mut cursor: Option<String> = None;
-                    loop {
-                        let page = match self
-                            .store
-                            .list_items(&scope, &rec.id, cursor.as_deref(), 100, Order::Asc)
-                            .await
-                        {
-                            Ok(p) => p,
-                            Err(StoreError::NotFound(_)) => break,
-                            Err(e) => return Err(e),
-                        };
-                        for item in &page.items {
-                            ops.push(IndexOp::Upsert(item_doc(&tenant, rec, item)));
-                        }
-                        cursor = page.items.last().map(|i| i.id.clone());
-                        if !page.has_more {
-                            break;
-                        }
-                    }
+                    self.push_conversation_items(&scope, rec, &mut ops).await?;
                     if ops.len() >= APPLY_CHUNK {
                         total += ops.len();
                         self.apply(std::mem::take(&mut ops)).await?;
@@ -362,6 +344,34 @@ impl SearchService {
         Ok(())
     }
 
+    /// Appends an upsert for every item of a conversation (none if it was deleted meanwhile).
+    async fn push_conversation_items(
+        &self,
+        scope: &Scope,
+        rec: &ConversationRecord,
+        ops: &mut Vec<IndexOp>,
+    ) -> Result<(), StoreError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match self
+                .store
+                .list_items(scope, &rec.id, cursor.as_deref(), 100, Order::Asc)
+                .await
+            {
+                Ok(p) => p,
+                Err(StoreError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for item in &page.items {
+                ops.push(IndexOp::Upsert(item_doc(&scope.tenant, rec, item)));
+            }
+            cursor = page.items.last().map(|i| i.id.clone());
+            if !page.has_more {
+                return Ok(());
+            }
+        }
+    }
+
     /// Turns log entries into index operations by reading the current state of what changed.
     async fn resolve(
         &self,
@@ -393,25 +403,7 @@ impl SearchService {
                     };
                     if e.op == "conversation.updated" {
                         // Metadata is a filter of every item: re-index them all.
-                        let mut cursor: Option<String> = None;
-                        loop {
-                            let page = match self
-                                .store
-                                .list_items(&scope, &conv_id, cursor.as_deref(), 100, Order::Asc)
-                                .await
-                            {
-                                Ok(p) => p,
-                                Err(StoreError::NotFound(_)) => break,
-                                Err(err) => return Err(err),
-                            };
-                            for item in &page.items {
-                                ops.push(IndexOp::Upsert(item_doc(tenant, &rec, item)));
-                            }
-                            cursor = page.items.last().map(|i| i.id.clone());
-                            if !page.has_more {
-                                break;
-                            }
-                        }
+                        self.push_conversation_items(&scope, &rec, &mut ops).await?;
                         continue;
                     }
                     for item_id in &e.item_ids {
