@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// In-memory block cache for SST data blocks, in MiB.
     #[arg(long, default_value_t = 512, env = "MNEMO_BLOCK_CACHE_MB")]
     block_cache_mb: u64,
+    /// In-memory cache of conversation tails (record and newest items of recently written or
+    /// read conversations), in MiB; 0 turns it off.
+    #[arg(long, default_value_t = 1024, env = "MNEMO_TAIL_CACHE_MB")]
+    tail_cache_mb: usize,
     /// WAL upload interval in ms. 0 uploads on demand (group commit: lowest latency);
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
@@ -69,6 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| config.location.remote.then(|| args.data_dir.join("cache")));
     config.cache_size_bytes = args.cache_size_mb << 20;
     config.block_cache_bytes = args.block_cache_mb << 20;
+    config.tail_cache_bytes = args.tail_cache_mb << 20;
     config.flush = match args.flush_interval_ms {
         0 => FlushPolicy::OnDemand,
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
