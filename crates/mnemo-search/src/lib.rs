@@ -7,7 +7,10 @@
 //! * **Read-your-writes.** [`SearchIndex::enqueue`] hands operations to an indexer thread and
 //!   returns a ticket; the indexer applies everything pending as one group and advances an
 //!   `applied` watermark. [`SearchIndex::search`] first waits until every write enqueued
-//!   before it started is applied, so an acknowledged write is always visible.
+//!   before it started is applied, so an acknowledged write is always visible. The full-text
+//!   index is committed lazily: by the first text search that finds uncommitted changes (one
+//!   commit serves every search waiting on the writer lock), or in the background about once a
+//!   second, never once per batch.
 //! * **Vectors** are L2-normalised; the score is cosine similarity. Per-owner and
 //!   per-conversation scopes are searched exactly over a contiguous block of f32 vectors.
 //!   Tenant-wide scopes larger than [`SearchConfig::ann_threshold`] use a usearch HNSW graph
@@ -56,7 +59,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -76,6 +79,10 @@ const HYBRID_DEPTH: usize = 100;
 
 /// Vectors copied per step when the ANN builder catches up.
 const ANN_CHUNK: usize = 1024;
+
+/// Uncommitted full-text changes are committed in the background at most this often (a text
+/// search commits them at once).
+const BACKGROUND_COMMIT: Duration = Duration::from_secs(1);
 
 /// The search index of one node, for all tenants. `Send + Sync`; share it by reference or
 /// `Arc`. Dropping it stops its background threads.
@@ -101,6 +108,15 @@ struct Shared {
     applied_cv: Condvar,
     catalog: RwLock<Catalog>,
     text: TextIndex,
+    /// The full-text writer. The indexer holds it for a whole batch (catalog and text change
+    /// together); a text search takes it only to commit.
+    writer: Mutex<TextWriter>,
+    /// Batches whose text changes are in the writer. Incremented under the writer lock.
+    text_added: AtomicU64,
+    /// The value of `text_added` that the reader shows (stored after commit + reload).
+    text_visible: AtomicU64,
+    /// When the text index was last committed.
+    last_commit: Mutex<Instant>,
     /// Vector dimension per tenant, fixed by configuration or by the first vector validated.
     dims: RwLock<HashMap<String, usize>>,
     failure: Mutex<Option<String>>,
@@ -118,6 +134,7 @@ impl SearchIndex {
         }
         let text = TextIndex::new()?;
         let writer = text.writer(cfg.text_writer_memory)?;
+        let writer = Mutex::new(writer);
         let dims = cfg
             .dimension_overrides
             .iter()
@@ -137,6 +154,10 @@ impl SearchIndex {
             applied_cv: Condvar::new(),
             catalog: RwLock::new(Catalog::default()),
             text,
+            writer,
+            text_added: AtomicU64::new(0),
+            text_visible: AtomicU64::new(0),
+            last_commit: Mutex::new(Instant::now()),
             dims: RwLock::new(dims),
             failure: Mutex::new(None),
             shutdown: AtomicBool::new(false),
@@ -146,7 +167,7 @@ impl SearchIndex {
         let s1 = shared.clone();
         let indexer = std::thread::Builder::new()
             .name("mnemo-search-indexer".into())
-            .spawn(move || indexer_loop(&s1, writer))
+            .spawn(move || indexer_loop(&s1))
             .map_err(|e| SearchError::Internal(e.to_string()))?;
         let s2 = shared.clone();
         let builder = std::thread::Builder::new()
@@ -336,8 +357,12 @@ impl SearchIndex {
         };
         let parsed = text.filter(|_| use_text).map(text::parse_text);
 
-        // Read-your-writes: everything enqueued before this point must be applied.
+        // Read-your-writes: everything enqueued before this point must be applied, and for
+        // text, committed.
         self.wait_for(s.enqueued.load(Ordering::SeqCst))?;
+        if parsed.is_some() {
+            make_text_visible(s)?;
+        }
 
         let k = q.top_k;
         let depth = if use_text && use_vector {
@@ -538,19 +563,87 @@ impl Drop for SearchIndex {
     }
 }
 
-fn indexer_loop(s: &Shared, mut writer: tantivy::IndexWriter<tantivy::TantivyDocument>) {
+type TextWriter = tantivy::IndexWriter<tantivy::TantivyDocument>;
+
+/// Makes every batch applied so far visible to text searches: commits and reloads unless that
+/// already happened. Concurrent callers share one commit (the second finds it done under the
+/// writer lock).
+fn make_text_visible(s: &Shared) -> Result<(), SearchError> {
+    let need = s.text_added.load(Ordering::SeqCst);
+    if s.text_visible.load(Ordering::SeqCst) >= need {
+        return Ok(());
+    }
+    let mut w = s.writer.lock();
+    commit_text(s, &mut w)
+}
+
+/// Commits the writer and reloads the reader if some batch is not visible yet. Call with the
+/// writer lock held. A failure marks the index failed.
+fn commit_text(s: &Shared, w: &mut TextWriter) -> Result<(), SearchError> {
+    let target = s.text_added.load(Ordering::SeqCst);
+    if s.text_visible.load(Ordering::SeqCst) >= target {
+        return Ok(());
+    }
+    let res = w
+        .commit()
+        .map_err(SearchError::from)
+        .and_then(|_| s.text.reload());
+    *s.last_commit.lock() = Instant::now();
+    match res {
+        Ok(()) => {
+            s.text_visible.store(target, Ordering::SeqCst);
+            Ok(())
+        }
+        Err(e) => {
+            s.failure.lock().get_or_insert(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn text_dirty(s: &Shared) -> bool {
+    s.text_visible.load(Ordering::SeqCst) < s.text_added.load(Ordering::SeqCst)
+}
+
+/// Background commit, at most every [`BACKGROUND_COMMIT`], so uncommitted text (memory in the
+/// writer) stays bounded when nobody searches text.
+fn maybe_commit(s: &Shared) {
+    if !text_dirty(s) || s.last_commit.lock().elapsed() < BACKGROUND_COMMIT {
+        return;
+    }
+    let mut w = s.writer.lock();
+    let _ = commit_text(s, &mut w);
+}
+
+fn indexer_loop(s: &Shared) {
     loop {
         let (ops, ticket) = {
             let mut q = s.queue.lock();
-            while q.ops.is_empty() && !s.shutdown.load(Ordering::SeqCst) {
-                s.queue_cv.wait(&mut q);
+            loop {
+                if !q.ops.is_empty() || s.shutdown.load(Ordering::SeqCst) {
+                    break;
+                }
+                if text_dirty(s) {
+                    let due = *s.last_commit.lock() + BACKGROUND_COMMIT;
+                    if Instant::now() >= due {
+                        break;
+                    }
+                    s.queue_cv.wait_until(&mut q, due);
+                } else {
+                    s.queue_cv.wait(&mut q);
+                }
             }
-            if q.ops.is_empty() {
+            if q.ops.is_empty() && s.shutdown.load(Ordering::SeqCst) {
                 return;
             }
             (std::mem::take(&mut q.ops), q.next_ticket)
         };
-        let res = catch_unwind(AssertUnwindSafe(|| apply_batch(s, &mut writer, ops)));
+        if ops.is_empty() {
+            // Woken for the background commit.
+            maybe_commit(s);
+            continue;
+        }
+        let res = catch_unwind(AssertUnwindSafe(|| apply_batch(s, ops)));
         let err = match res {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -560,16 +653,19 @@ fn indexer_loop(s: &Shared, mut writer: tantivy::IndexWriter<tantivy::TantivyDoc
             s.failure.lock().get_or_insert(e);
         }
         s.applied.store(ticket, Ordering::SeqCst);
-        let _g = s.applied_lock.lock();
-        s.applied_cv.notify_all();
+        {
+            let _g = s.applied_lock.lock();
+            s.applied_cv.notify_all();
+        }
+        maybe_commit(s);
     }
 }
 
-fn apply_batch(
-    s: &Shared,
-    writer: &mut tantivy::IndexWriter<tantivy::TantivyDocument>,
-    ops: Vec<IndexOp>,
-) -> Result<(), SearchError> {
+/// Applies a batch to the catalog and the text writer (not committed: see
+/// [`make_text_visible`]). Holds the writer lock throughout, so whoever else takes it (a commit,
+/// a snapshot) sees catalog and text writer at the same batch boundary.
+fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
+    let writer = s.writer.lock();
     let mut text = TextChanges::default();
     let mut dirty: Vec<(Arc<str>, Source)> = Vec::new();
     {
@@ -644,14 +740,17 @@ fn apply_batch(
     }
     if !text.deletes.is_empty() || !text.adds.is_empty() {
         for h in &text.deletes {
-            s.text.delete(writer, *h);
+            s.text.delete(&writer, *h);
         }
-        for (h, doc) in &text.adds {
-            s.text.add(writer, *h, doc)?;
-        }
-        writer.commit()?;
-        s.text.reload()?;
+        let added = text
+            .adds
+            .iter()
+            .try_for_each(|(h, doc)| s.text.add(&writer, *h, doc));
+        // Even after a failed add, earlier changes of the batch are in the writer.
+        s.text_added.fetch_add(1, Ordering::SeqCst);
+        added?;
     }
+    drop(writer);
     if !dirty.is_empty() {
         let mut q = s.ann_queue.lock();
         for d in dirty {
