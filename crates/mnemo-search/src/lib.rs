@@ -17,6 +17,9 @@
 //!   whose candidates are re-scored exactly.
 //! * **Text** is indexed by tantivy (in RAM) with Unicode word tokens, lowercased, and CJK
 //!   character bigrams.
+//! * **Snapshots.** [`SearchIndex::snapshot`] serialises the whole index (documents, vectors,
+//!   ANN graphs, tantivy files) into one checksummed byte string; [`SearchIndex::restore`]
+//!   turns it back into an index without re-indexing anything.
 //!
 //! ```
 //! use mnemo_search::{Doc, IndexOp, Mode, SearchConfig, SearchIndex, SearchQuery, Source};
@@ -50,6 +53,7 @@ mod ann;
 mod catalog;
 mod error;
 mod simd;
+mod snapshot;
 mod text;
 mod tokenizer;
 mod types;
@@ -124,22 +128,51 @@ struct Shared {
     ann_ef: AtomicUsize,
     ann_queue: Mutex<VecDeque<(Arc<str>, Source)>>,
     ann_cv: Condvar,
+    /// Held by the ANN builder while a chunk goes from `pending` into a graph, and by a
+    /// snapshot (so a saved graph never holds a vector still marked pending, or a deleted one
+    /// the builder has not removed yet).
+    ann_gate: Mutex<()>,
+    /// Asks the builder to stop its chunk early (a snapshot waits for the gate).
+    ann_yield: AtomicBool,
 }
 
 impl SearchIndex {
     /// Creates an empty index and starts its indexer and ANN builder threads.
     pub fn new(cfg: SearchConfig) -> Result<Self, SearchError> {
-        if cfg.max_top_k == 0 {
-            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
-        }
-        let text = TextIndex::new()?;
-        let writer = text.writer(cfg.text_writer_memory)?;
-        let writer = Mutex::new(writer);
         let dims = cfg
             .dimension_overrides
             .iter()
             .map(|(t, d)| (t.clone(), *d))
             .collect();
+        Self::start(cfg, TextIndex::new()?, Catalog::default(), dims, Vec::new())
+    }
+
+    /// Rebuilds an index from a [`SearchIndex::snapshot`], then starts its threads. Vector
+    /// blocks, ANN graphs and the text index are loaded as they were, not rebuilt (a graph saved
+    /// with another quantisation than `cfg`'s is rebuilt in the background; searches scan the
+    /// scope exactly meanwhile). A corrupt, truncated or unknown-version snapshot, or one whose
+    /// tenant dimensions contradict `cfg.dimension_overrides`, is
+    /// [`SearchError::BadSnapshot`]: rebuild from the source of truth instead.
+    pub fn restore(cfg: SearchConfig, bytes: &[u8]) -> Result<Self, SearchError> {
+        if cfg.max_top_k == 0 {
+            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
+        }
+        let r = snapshot::decode(bytes, &cfg)?;
+        Self::start(cfg, r.text, r.catalog, r.dims, r.ann_todo)
+    }
+
+    fn start(
+        cfg: SearchConfig,
+        text: TextIndex,
+        catalog: Catalog,
+        dims: HashMap<String, usize>,
+        ann_todo: Vec<(Arc<str>, Source)>,
+    ) -> Result<Self, SearchError> {
+        if cfg.max_top_k == 0 {
+            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
+        }
+        let writer = text.writer(cfg.text_writer_memory)?;
+        let writer = Mutex::new(writer);
         let shared = Arc::new(Shared {
             ann_ef: AtomicUsize::new(cfg.ann_expansion_search),
             cfg,
@@ -152,7 +185,7 @@ impl SearchIndex {
             applied: AtomicU64::new(0),
             applied_lock: Mutex::new(()),
             applied_cv: Condvar::new(),
-            catalog: RwLock::new(Catalog::default()),
+            catalog: RwLock::new(catalog),
             text,
             writer,
             text_added: AtomicU64::new(0),
@@ -161,8 +194,10 @@ impl SearchIndex {
             dims: RwLock::new(dims),
             failure: Mutex::new(None),
             shutdown: AtomicBool::new(false),
-            ann_queue: Mutex::new(VecDeque::new()),
+            ann_queue: Mutex::new(ann_todo.into_iter().collect()),
             ann_cv: Condvar::new(),
+            ann_gate: Mutex::new(()),
+            ann_yield: AtomicBool::new(false),
         });
         let s1 = shared.clone();
         let indexer = std::thread::Builder::new()
@@ -178,6 +213,47 @@ impl SearchIndex {
             shared,
             threads: vec![indexer, builder],
         })
+    }
+
+    /// Serialises the whole index as of the last applied batch: documents and their
+    /// attributes, f32 vector blocks, ANN graphs and pending sets, tenant dimensions, and the
+    /// committed tantivy files, behind a header with a magic, a format version and a CRC-32 of
+    /// the body. Batches still queued are not included (call it when the caller's own
+    /// [`SearchIndex::apply`] calls have returned, to know what it reflects).
+    ///
+    /// The indexer pauses while the index is copied (a text commit if one is pending, then a
+    /// memory copy of every part); searches keep running, except on an ANN graph while it is
+    /// being copied.
+    pub fn snapshot(&self) -> Result<Vec<u8>, SearchError> {
+        let s = &self.shared;
+        if let Some(e) = s.failure.lock().as_ref() {
+            return Err(SearchError::Internal(e.clone()));
+        }
+        let mut e = snapshot::Enc::new();
+        {
+            // The builder stops after its current insert and hands over the gate.
+            s.ann_yield.store(true, Ordering::SeqCst);
+            let _gate = s.ann_gate.lock();
+            s.ann_yield.store(false, Ordering::SeqCst);
+            // The indexer holds the writer for a whole batch: catalog and text agree here.
+            let mut w = s.writer.lock();
+            commit_text(s, &mut w)?;
+            let files = s.text.committed_files()?;
+            let dims = s.dims.read().clone();
+            let cat = s.catalog.read();
+            snapshot::encode(&mut e, &cat, &dims, s.cfg.ann_quantization, &files)?;
+        }
+        Ok(e.finish())
+    }
+
+    /// Tenants that have documents in the index.
+    pub fn tenants(&self) -> Vec<String> {
+        let cat = self.shared.catalog.read();
+        cat.tenants
+            .iter()
+            .filter(|(_, t)| t.docs > 0)
+            .map(|(k, _)| k.to_string())
+            .collect()
     }
 
     /// Validates `vector` for `tenant` (finite, non-zero, right dimension). The first vector
@@ -701,6 +777,14 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
                     let hs = cat.handles_of(&tenant, |t| members(&t.by_owner, &owner));
                     cat.remove_all(hs, &mut text);
                 }
+                IndexOp::DeleteTenant { tenant } => {
+                    let hs = cat.handles_of(&tenant, |t| {
+                        t.by_id.iter().flat_map(|m| m.values().copied()).collect()
+                    });
+                    cat.remove_all(hs, &mut text);
+                    // Forget its graphs too: a rebuild starts from scratch (its dimension stays).
+                    cat.tenants.remove(tenant.as_str());
+                }
             }
         }
         // Scopes that just grew past the threshold get an ANN graph, filled in the background.
@@ -790,35 +874,42 @@ fn ann_loop(s: &Shared) {
             if s.shutdown.load(Ordering::SeqCst) {
                 return;
             }
-            let (ann, taken, chunk) = {
+            let _gate = s.ann_gate.lock();
+            let (ann, chunk) = {
                 let cat = s.catalog.read();
                 let Some(sv) = cat.tenant(&tenant).map(|t| &t.sources[source.index()]) else {
                     break;
                 };
                 let Some(ann) = sv.ann.clone() else { break };
-                let taken: Vec<Handle> = sv.pending.iter().take(ANN_CHUNK).copied().collect();
-                let chunk: Vec<(Handle, Vec<f32>)> = taken
+                // Pending handles are live and have a vector (deletes leave `pending`).
+                let chunk: Vec<(Handle, Vec<f32>)> = sv
+                    .pending
                     .iter()
+                    .take(ANN_CHUNK)
                     .filter_map(|&h| cat.vector(h).map(|v| (h, v.to_vec())))
                     .collect();
-                (ann, taken, chunk)
+                (ann, chunk)
             };
-            if taken.is_empty() {
+            if chunk.is_empty() {
                 break;
             }
-            if let Err(e) = ann.add_all(&chunk) {
-                s.failure.lock().get_or_insert(e.to_string());
-                break;
-            }
+            let done = match ann.add_all(&chunk, &s.ann_yield) {
+                Ok(n) => n,
+                Err(e) => {
+                    s.failure.lock().get_or_insert(e.to_string());
+                    break;
+                }
+            };
             let mut cat = s.catalog.write();
-            let dead: Vec<Handle> = chunk
+            let added = &chunk[..done];
+            let dead: Vec<Handle> = added
                 .iter()
                 .map(|(h, _)| *h)
                 .filter(|h| !cat.docs.contains_key(h))
                 .collect();
             if let Some(t) = cat.tenants.get_mut(&*tenant) {
                 let sv = &mut t.sources[source.index()];
-                for h in &taken {
+                for (h, _) in added {
                     sv.pending.remove(h);
                 }
             }
