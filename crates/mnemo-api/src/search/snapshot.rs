@@ -296,6 +296,7 @@ pub(super) struct Resumed {
 /// A serialised snapshot on its way to the store.
 struct Taken {
     generation: u64,
+    serialize_seconds: f64,
     header: SnapshotHeader,
     index: Vec<u8>,
 }
@@ -502,12 +503,13 @@ impl SearchService {
             .await
             .map_err(|e| SnapshotError::Index(SearchError::Internal(e.to_string())))??;
         drop(round);
-        metrics::gauge!("mnemo_search_snapshot_serialize_seconds")
-            .set(started.elapsed().as_secs_f64());
+        let serialize_seconds = started.elapsed().as_secs_f64();
+        metrics::gauge!("mnemo_search_snapshot_serialize_seconds").set(serialize_seconds);
         let generation = (taken_at_ms.max(0) as u64).max(s.generation.load(Ordering::SeqCst) + 1);
         s.generation.store(generation, Ordering::SeqCst);
         Ok(Some(Taken {
             generation,
+            serialize_seconds,
             header: SnapshotHeader {
                 taken_at_ms,
                 positions,
@@ -535,6 +537,7 @@ impl SearchService {
                 tracing::info!(
                     generation = taken.generation,
                     bytes,
+                    serialize_seconds = taken.serialize_seconds,
                     upload_seconds = started.elapsed().as_secs_f64(),
                     "search snapshot written"
                 );
