@@ -31,6 +31,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod snapshot;
+pub use snapshot::SnapshotOptions;
+
 /// Largest `top_k`.
 pub const MAX_TOP_K: usize = 1000;
 /// Largest embedding accepted, in dimensions.
@@ -47,6 +50,8 @@ pub struct SearchService {
     /// Per tenant, the log position up to which the index reflects the store.
     indexed: Mutex<HashMap<TenantId, u64>>,
     progress: tokio::sync::watch::Sender<u64>,
+    /// Snapshot settings and state; `None` when snapshots are off.
+    snapshots: Option<snapshot::Snapshots>,
 }
 
 fn search_error(e: SearchError) -> ApiError {
@@ -191,27 +196,53 @@ pub fn memory_doc(tenant: &TenantId, key: &str, rec: &KvRecord) -> Option<Doc> {
 
 impl SearchService {
     /// Builds the index from the store (every tenant, every item and memory key), then
-    /// starts tailing the change log. Returns once the index reflects the store.
+    /// starts tailing the change log. Returns once the index reflects the store. No snapshots.
     pub async fn start(store: Arc<Store>) -> Result<Arc<Self>, StoreError> {
+        Self::start_with(store, SnapshotOptions::default()).await
+    }
+
+    /// Like [`SearchService::start`], with index snapshots: restores the newest usable
+    /// snapshot from the store's object store and replays each tenant's change log from the
+    /// position it records (tenants without a usable position are rebuilt from the store),
+    /// then snapshots periodically. Without a usable snapshot, builds from the store.
+    pub async fn start_with(
+        store: Arc<Store>,
+        options: SnapshotOptions,
+    ) -> Result<Arc<Self>, StoreError> {
         let cfg = SearchConfig {
             max_top_k: MAX_TOP_K,
             wait_timeout: WAIT,
             ..SearchConfig::default()
         };
-        let index = Arc::new(SearchIndex::new(cfg).map_err(internal)?);
+        let started = Instant::now();
+        let snapshots = snapshot::Snapshots::new(store.engine().location(), &options);
+        let loaded = match &snapshots {
+            Some(s) => s.load(&cfg).await,
+            None => None,
+        };
+        let (index, header) = match loaded {
+            Some(l) => (l.index, Some(l.header)),
+            None => (SearchIndex::new(cfg).map_err(internal)?, None),
+        };
         let svc = Arc::new(SearchService {
             store,
-            index,
+            index: Arc::new(index),
             indexed: Mutex::new(HashMap::new()),
             progress: tokio::sync::watch::channel(0).0,
+            snapshots,
         });
-        let started = Instant::now();
-        let docs = svc.rebuild().await?;
-        tracing::info!(
-            docs,
-            seconds = started.elapsed().as_secs_f64(),
-            "search index built from the store"
-        );
+        metrics::gauge!("mnemo_search_restored_docs").set(0.0);
+        match header {
+            Some(h) => svc.resume(&h, started).await?,
+            None => {
+                let docs = svc.rebuild(svc.store.tenants().await?).await?;
+                tracing::info!(
+                    docs,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "search index built from the store"
+                );
+            }
+        }
         metrics::gauge!("mnemo_search_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let tail = svc.clone();
         tokio::spawn(async move { tail.tail().await });
@@ -234,9 +265,11 @@ impl SearchService {
             .map_err(internal)
     }
 
-    async fn rebuild(&self) -> Result<usize, StoreError> {
+    /// Indexes every conversation item and memory key of `tenants` and marks the log
+    /// position read before each tenant's scan as indexed. Returns the documents indexed.
+    async fn rebuild(&self, tenants: Vec<TenantId>) -> Result<usize, StoreError> {
         let mut total = 0;
-        for tenant in self.store.tenants().await? {
+        for tenant in tenants {
             // Changes after this position are replayed by the tail, so none is missed.
             let head = self
                 .store
@@ -306,6 +339,8 @@ impl SearchService {
         let log = self.store.change_log();
         loop {
             let mut behind = false;
+            // A snapshot waits for this round, so its positions are all applied.
+            let round = self.tail_round().await;
             for (tenant, acked) in log.acknowledged_all() {
                 if acked <= self.indexed(&tenant) {
                     continue;
@@ -315,10 +350,15 @@ impl SearchService {
                     behind = true;
                 }
             }
+            drop(round);
+            self.snapshot_if_due().await;
             if behind {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             } else {
-                log.changed().await;
+                tokio::select! {
+                    _ = log.changed() => {}
+                    _ = self.snapshot_due() => {}
+                }
             }
         }
     }

@@ -327,6 +327,12 @@ impl Engine {
         &self.config.location.description
     }
 
+    /// The object store holding the database and the database's path in it. Derived data
+    /// (search index snapshots) is kept beside the database under this path.
+    pub fn location(&self) -> &StoreLocation {
+        &self.config.location
+    }
+
     /// Reads the durable value of a key.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.get_entry(key).await?.map(|kv| kv.value))

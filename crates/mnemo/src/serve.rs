@@ -42,6 +42,16 @@ pub struct ServeArgs {
     /// A write not durable (or a read not complete) within this many ms fails with 503.
     #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
     write_timeout_ms: u64,
+    /// Seconds between search index snapshots written to the store (one is written only if
+    /// the index changed, and one at clean shutdown). A restart restores the newest snapshot
+    /// and replays the change log from it instead of re-indexing everything. 0 turns
+    /// snapshots off (none is loaded either: the index is rebuilt from the store).
+    #[arg(
+        long,
+        default_value_t = 300,
+        env = "MNEMO_SEARCH_SNAPSHOT_INTERVAL_SECS"
+    )]
+    search_snapshot_interval_secs: u64,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map. Flags and environment variables override it.
     #[arg(long, env = "MNEMO_CONFIG")]
@@ -88,13 +98,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
-    let search = mnemo_api::search::SearchService::start(store.clone())
+    let snapshots = mnemo_api::search::SnapshotOptions {
+        interval: Duration::from_secs(args.search_snapshot_interval_secs),
+    };
+    let search = mnemo_api::search::SearchService::start_with(store.clone(), snapshots)
         .await
         .context("building the search index")?;
     let app = mnemo_api::router(
         mnemo_api::AppState::new(store.clone())
             .with_auth(auth.config)
-            .with_search(search),
+            .with_search(search.clone()),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -103,7 +116,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    tracing::info!("shutting down: flushing the store");
+    tracing::info!("shutting down: search snapshot, then flushing the store");
+    search.shutdown().await;
     store.close().await.context("closing the store")?;
     Ok(())
 }
