@@ -58,41 +58,36 @@ fn not_found(what: &str) -> StoreError {
 impl Store {
     /// Reads a conversation's durable record if the scope may see it.
     pub async fn get_conversation(&self, scope: &Scope, id: &str) -> Result<ConversationRecord> {
-        if !ids::is_valid_id(id) {
-            return Err(not_found("conversation"));
-        }
-        let rec = match self.tails.record(scope.tenant.as_str(), id) {
-            Ok(rec) => rec,
-            Err(_) => {
-                let v = self
-                    .engine
-                    .get(&keys::conversation(&scope.tenant, id))
-                    .await?
-                    .ok_or_else(|| not_found("conversation"))?;
-                serde_json::from_slice(&v)?
-            }
-        };
-        if !scope.can_see(rec.owner.as_deref()) {
-            return Err(not_found("conversation"));
-        }
-        Ok(rec)
+        self.read_conversation(scope, id, false).await
     }
 
     /// Reads the newest record (including writes in flight); call under the conversation lock.
     async fn latest_conversation(&self, scope: &Scope, id: &str) -> Result<ConversationRecord> {
+        self.read_conversation(scope, id, true).await
+    }
+
+    /// The record from the tail cache (a cached record has no write in flight, so it is both
+    /// the durable and the newest one), else from the engine: durable data only, or also
+    /// writes in flight (`latest`).
+    async fn read_conversation(
+        &self,
+        scope: &Scope,
+        id: &str,
+        latest: bool,
+    ) -> Result<ConversationRecord> {
         if !ids::is_valid_id(id) {
             return Err(not_found("conversation"));
         }
-        // A cached record has no write in flight, so it is also the newest one.
         let rec = match self.tails.record(scope.tenant.as_str(), id) {
             Ok(rec) => rec,
             Err(_) => {
-                let kv = self
-                    .engine
-                    .get_latest(&keys::conversation(&scope.tenant, id))
-                    .await?
-                    .ok_or_else(|| not_found("conversation"))?;
-                serde_json::from_slice(&kv.value)?
+                let key = keys::conversation(&scope.tenant, id);
+                let v = if latest {
+                    self.engine.get_latest(&key).await?.map(|kv| kv.value)
+                } else {
+                    self.engine.get(&key).await?
+                };
+                serde_json::from_slice(&v.ok_or_else(|| not_found("conversation"))?)?
             }
         };
         if !scope.can_see(rec.owner.as_deref()) {
