@@ -39,11 +39,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
     write_timeout_ms: u64,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
-    /// claim-to-permission map. Flags and environment variables override it.
+    /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
+    /// environment variables override it.
     #[arg(long, env = "MNEMO_CONFIG")]
     config: Option<PathBuf>,
     #[command(flatten)]
     auth: crate::auth_config::AuthArgs,
+    #[command(flatten)]
+    search: crate::search_config::SearchArgs,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then flushes and closes the store.
@@ -51,13 +54,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Install the metrics recorder before anything registers its series.
     mnemo_api::metrics::install();
     mnemo_auth::describe_metrics();
-    let auth = crate::auth_config::build(
-        args.auth,
-        args.config.as_deref(),
-        &args.data_dir,
-        args.listen,
-    )
-    .await?;
+    let file = crate::auth_config::read_config(args.config.as_deref())?;
+    let auth = crate::auth_config::build(args.auth, file.auth, &args.data_dir, args.listen).await?;
+    let search_options = crate::search_config::build(args.search, file.search).await?;
     let location = match &args.store {
         None => StoreLocation::local(&args.data_dir.join("store"))?,
         Some(url) => StoreLocation::from_url(url, RemotePolicy::default())?,
@@ -83,9 +82,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
-    let search = mnemo_api::search::SearchService::start(store.clone())
+    let search = mnemo_api::search::SearchService::start_with(store.clone(), search_options)
         .await
-        .context("building the search index")?;
+        .context("starting search")?;
     let app = mnemo_api::router(
         mnemo_api::AppState::new(store.clone())
             .with_auth(auth.config)
