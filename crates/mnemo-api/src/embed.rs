@@ -55,7 +55,7 @@ const QUERY_CACHE: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedSetupError {
     /// The model could not be loaded.
-    #[error("loading the embedding model from {dir}: {source}")]
+    #[error("cannot load the embedding model from {dir}")]
     Model {
         /// The model directory.
         dir: String,

@@ -46,11 +46,10 @@ pub async fn build(args: SearchArgs, file: SearchFile) -> anyhow::Result<SearchO
         tracing::info!("no --embedding-model: vectors come from clients only");
         return Ok(SearchOptions::default());
     };
-    let shown = dir.display().to_string();
     let embedder = tokio::task::spawn_blocking(move || EmbedderConfig::load(&dir, threads))
         .await
         .context("loading the embedding model")?
-        .with_context(|| format!("--embedding-model {shown}"))?;
+        .context("setting up the built-in embedder (--embedding-model)")?;
     Ok(SearchOptions {
         embedder: Some(embedder),
     })
