@@ -36,6 +36,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod snapshot;
+pub use snapshot::SnapshotOptions;
+
 /// Largest `top_k`.
 pub const MAX_TOP_K: usize = 1000;
 /// Largest embedding accepted, in dimensions.
@@ -54,6 +57,8 @@ pub struct SearchService {
     progress: tokio::sync::watch::Sender<u64>,
     /// The built-in embedder's pipeline, when enabled.
     embed: Option<Arc<Pipeline>>,
+    /// Snapshot settings and state; `None` when snapshots are off.
+    snapshots: Option<snapshot::Snapshots>,
 }
 
 /// Settings of the search service.
@@ -61,6 +66,8 @@ pub struct SearchService {
 pub struct SearchOptions {
     /// The built-in embedder: embeds documents without a client vector, and query texts.
     pub embedder: Option<EmbedderConfig>,
+    /// Index snapshots in the store's object store (default: off).
+    pub snapshots: SnapshotOptions,
 }
 
 /// Why the search service could not start.
@@ -239,7 +246,7 @@ pub fn memory_doc(tenant: &TenantId, key: &str, rec: &KvRecord) -> Option<Doc> {
 
 impl SearchService {
     /// Builds the index from the store (every tenant, every item and memory key), then
-    /// starts tailing the change log. Returns once the index reflects the store.
+    /// starts tailing the change log. Returns once the index reflects the store. No snapshots.
     pub async fn start(store: Arc<Store>) -> Result<Arc<Self>, StoreError> {
         match Self::start_with(store, SearchOptions::default()).await {
             Ok(svc) => Ok(svc),
@@ -248,9 +255,12 @@ impl SearchService {
         }
     }
 
-    /// [`SearchService::start`] with options. With an embedder, documents found without a
-    /// vector are offered for embedding during the rebuild and embedded in the background
-    /// (the service is ready before they are).
+    /// [`SearchService::start`] with options. With snapshots, restores the newest usable
+    /// snapshot from the store's object store and replays each tenant's change log from the
+    /// position it records (tenants without a usable position are rebuilt from the store),
+    /// then snapshots periodically. With an embedder, documents found without a vector are
+    /// offered for embedding and embedded in the background (the service is ready before
+    /// they are).
     pub async fn start_with(
         store: Arc<Store>,
         opts: SearchOptions,
@@ -260,7 +270,17 @@ impl SearchService {
             wait_timeout: WAIT,
             ..SearchConfig::default()
         };
-        let index = Arc::new(SearchIndex::new(cfg).map_err(internal)?);
+        let started = Instant::now();
+        let snapshots = snapshot::Snapshots::new(store.engine().location(), &opts.snapshots);
+        let loaded = match &snapshots {
+            Some(s) => s.load(&cfg).await,
+            None => None,
+        };
+        let (index, header) = match loaded {
+            Some(l) => (l.index, Some(l.header)),
+            None => (SearchIndex::new(cfg).map_err(internal)?, None),
+        };
+        let index = Arc::new(index);
         let embed = match opts.embedder {
             Some(cfg) => Some(Pipeline::start(cfg, store.clone(), index.clone())?),
             None => None,
@@ -271,18 +291,45 @@ impl SearchService {
             indexed: Mutex::new(HashMap::new()),
             progress: tokio::sync::watch::channel(0).0,
             embed,
+            snapshots,
         });
-        let started = Instant::now();
-        let docs = svc.rebuild().await?;
-        tracing::info!(
-            docs,
-            seconds = started.elapsed().as_secs_f64(),
-            "search index built from the store"
-        );
+        metrics::gauge!("mnemo_search_restored_docs").set(0.0);
+        let restored = header.is_some();
+        match header {
+            Some(h) => svc.resume(&h, started).await?,
+            None => {
+                let docs = svc.rebuild(svc.store.tenants().await?).await?;
+                tracing::info!(
+                    docs,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "search index built from the store"
+                );
+            }
+        }
         metrics::gauge!("mnemo_search_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let tail = svc.clone();
         tokio::spawn(async move { tail.tail().await });
         if let Some(p) = svc.embed.clone() {
+            if restored {
+                // A snapshot may hold documents whose embedding was still queued when it was
+                // taken: offer every tenant's documents that lack a vector.
+                let (svc2, p2) = (svc.clone(), p.clone());
+                tokio::spawn(async move {
+                    let tenants = match svc2.store.tenants().await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listing tenants for embedding failed");
+                            return;
+                        }
+                    };
+                    for t in tenants {
+                        let pos = svc2.indexed(&t);
+                        if let Err(e) = svc2.offer_tenant(&t, pos, &p2).await {
+                            tracing::warn!(tenant = %t, error = %e, "embedding scan failed");
+                        }
+                    }
+                });
+            }
             tokio::spawn(p.backfill_loop(svc.clone()));
         }
         Ok(svc)
@@ -321,9 +368,11 @@ impl SearchService {
         Ok(())
     }
 
-    async fn rebuild(&self) -> Result<usize, StoreError> {
+    /// Indexes every conversation item and memory key of `tenants` and marks the log
+    /// position read before each tenant's scan as indexed. Returns the documents indexed.
+    async fn rebuild(&self, tenants: Vec<TenantId>) -> Result<usize, StoreError> {
         let mut total = 0;
-        for tenant in self.store.tenants().await? {
+        for tenant in tenants {
             // Changes after this position are replayed by the tail, so none is missed.
             let head = self
                 .store
@@ -393,6 +442,8 @@ impl SearchService {
         let log = self.store.change_log();
         loop {
             let mut behind = false;
+            // A snapshot waits for this round, so its positions are all applied.
+            let round = self.tail_round().await;
             for (tenant, acked) in log.acknowledged_all() {
                 if acked <= self.indexed(&tenant) {
                     continue;
@@ -402,10 +453,15 @@ impl SearchService {
                     behind = true;
                 }
             }
+            drop(round);
+            self.snapshot_if_due().await;
             if behind {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             } else {
-                log.changed().await;
+                tokio::select! {
+                    _ = log.changed() => {}
+                    _ = self.snapshot_due() => {}
+                }
             }
         }
     }

@@ -64,6 +64,10 @@ struct CompareArgs {
     /// Only these workloads (ids such as W1,W3-1KiB).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these systems (mnemo, postgres, redis-always, redis-everysec); peers not listed
+    /// are not started. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
     /// The mnemo binary (default: `mnemo` next to this binary).
     #[arg(long)]
     mnemo_bin: Option<PathBuf>,
@@ -107,24 +111,34 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     eprintln!("starting systems…");
-    let pg = peers::start_postgres()?;
-    let redis_always = peers::start_redis("always")?;
-    let redis_everysec = peers::start_redis("everysec")?;
-    let mnemo = peers::start_mnemo(&mnemo_bin)?;
-    let systems: Vec<Arc<dyn System>> = vec![
-        Arc::new(systems::Mnemo::new(format!("127.0.0.1:{}", mnemo.port))),
-        Arc::new(systems::Postgres {
+    let wanted = |name: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == name);
+    let mut servers = Vec::new();
+    let mut systems: Vec<Arc<dyn System>> = Vec::new();
+    if wanted("mnemo") {
+        let m = peers::start_mnemo(&mnemo_bin)?;
+        systems.push(Arc::new(systems::Mnemo::new(format!(
+            "127.0.0.1:{}",
+            m.port
+        ))));
+        servers.push(m);
+    }
+    if wanted("postgres") {
+        let pg = peers::start_postgres()?;
+        systems.push(Arc::new(systems::Postgres {
             conn: format!("host=127.0.0.1 port={} user=bench dbname=postgres", pg.port),
-        }),
-        Arc::new(systems::Redis {
-            label: redis_always.name.clone(),
-            url: format!("redis://127.0.0.1:{}/", redis_always.port),
-        }),
-        Arc::new(systems::Redis {
-            label: redis_everysec.name.clone(),
-            url: format!("redis://127.0.0.1:{}/", redis_everysec.port),
-        }),
-    ];
+        }));
+        servers.push(pg);
+    }
+    for fsync in ["always", "everysec"] {
+        if wanted(&format!("redis-{fsync}")) {
+            let r = peers::start_redis(fsync)?;
+            systems.push(Arc::new(systems::Redis {
+                label: r.name.clone(),
+                url: format!("redis://127.0.0.1:{}/", r.port),
+            }));
+            servers.push(r);
+        }
+    }
     let style =
         ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({elapsed})")?
             .progress_chars("=> ");
@@ -197,7 +211,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         report::write_docs(&path, &section)?;
         eprintln!("wrote {}", path.display());
     }
-    drop((pg, redis_always, redis_everysec, mnemo));
+    drop(servers);
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 //! the f32 copy in the catalog, so quantisation only affects which candidates are found, not
 //! their scores or order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::RwLock;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
@@ -38,7 +40,70 @@ impl Ann {
         expansion_search: usize,
         capacity: usize,
     ) -> Result<Self, SearchError> {
-        let options = IndexOptions {
+        let index = Index::new(&Self::options(dim, quantization, expansion_search))
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
+        index
+            .reserve_capacity_and_threads(capacity.max(1024), THREADS)
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
+        Ok(Ann {
+            index,
+            lock: RwLock::new(()),
+        })
+    }
+
+    /// A graph saved by [`Ann::save`], checked against the expected dimension and quantisation.
+    pub fn load(
+        bytes: &[u8],
+        dim: usize,
+        quantization: Quantization,
+        expansion_search: usize,
+    ) -> Result<Self, SearchError> {
+        let bad = |e: String| SearchError::BadSnapshot(format!("ANN graph: {e}"));
+        let options = Self::options(dim, quantization, expansion_search);
+        let index = Index::new(&options).map_err(|e| SearchError::Internal(e.to_string()))?;
+        let meta = Index::metadata_from_buffer(bytes).map_err(|e| bad(e.to_string()))?;
+        if meta.dimensions != dim as u64 || meta.quantization != options.quantization {
+            return Err(bad(format!(
+                "dimension {} / quantisation differ from {dim} / {quantization:?}",
+                meta.dimensions
+            )));
+        }
+        index
+            .load_from_buffer(bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        index.change_expansion_search(expansion_search);
+        let size = index.size();
+        index
+            .reserve_capacity_and_threads((size + size / 4).max(1024), THREADS)
+            .map_err(|e| SearchError::Internal(e.to_string()))?;
+        Ok(Ann {
+            index,
+            lock: RwLock::new(()),
+        })
+    }
+
+    /// Appends the graph to `out` as a length (u64 LE) and usearch's bytes, without an
+    /// intermediate copy. Waits for an insert in progress, and blocks inserts and searches of
+    /// this graph while it copies.
+    pub fn save_into(&self, out: &mut Vec<u8>) -> Result<(), SearchError> {
+        let _w = self.lock.write();
+        let len = self.index.serialized_length();
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.index
+            .save_to_buffer(&mut out[start..])
+            .map_err(|e| SearchError::Internal(e.to_string()))
+    }
+
+    /// Whether the graph holds `handle`.
+    pub fn contains(&self, handle: Handle) -> bool {
+        let _r = self.lock.read();
+        self.index.contains(handle)
+    }
+
+    fn options(dim: usize, quantization: Quantization, expansion_search: usize) -> IndexOptions {
+        IndexOptions {
             dimensions: dim,
             metric: MetricKind::IP,
             quantization: match quantization {
@@ -50,15 +115,7 @@ impl Ann {
             expansion_add: 128,
             expansion_search,
             multi: false,
-        };
-        let index = Index::new(&options).map_err(|e| SearchError::Internal(e.to_string()))?;
-        index
-            .reserve_capacity_and_threads(capacity.max(1024), THREADS)
-            .map_err(|e| SearchError::Internal(e.to_string()))?;
-        Ok(Ann {
-            index,
-            lock: RwLock::new(()),
-        })
+        }
     }
 
     /// Vectors in the graph.
@@ -66,8 +123,13 @@ impl Ann {
         self.index.size()
     }
 
-    /// Adds vectors (normalised f32), growing the graph's capacity when needed.
-    pub fn add_all(&self, items: &[(Handle, Vec<f32>)]) -> Result<(), SearchError> {
+    /// Adds vectors (normalised f32) in order, growing the graph's capacity when needed.
+    /// Stops early once `stop` is set; returns how many items were processed (a prefix).
+    pub fn add_all(
+        &self,
+        items: &[(Handle, Vec<f32>)],
+        stop: &AtomicBool,
+    ) -> Result<usize, SearchError> {
         let need = self.index.size() + items.len();
         if need > self.index.capacity() {
             let _w = self.lock.write();
@@ -78,13 +140,19 @@ impl Ann {
                     .map_err(|e| SearchError::Internal(e.to_string()))?;
             }
         }
-        let _r = self.lock.read();
-        for (h, v) in items {
+        for (done, (h, v)) in items.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(done);
+            }
+            let _r = self.lock.read();
+            if self.index.contains(*h) {
+                continue;
+            }
             self.index
                 .add(*h, v)
                 .map_err(|e| SearchError::Internal(e.to_string()))?;
         }
-        Ok(())
+        Ok(items.len())
     }
 
     /// Changes the search breadth (`ef`).

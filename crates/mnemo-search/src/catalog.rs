@@ -76,7 +76,8 @@ pub(crate) struct TenantState {
 pub(crate) struct Catalog {
     pub docs: HashMap<Handle, DocEntry>,
     pub tenants: HashMap<Arc<str>, TenantState>,
-    next_handle: Handle,
+    /// Handle of the next document version.
+    pub next_handle: Handle,
 }
 
 /// What the full-text index must do after a catalog change.

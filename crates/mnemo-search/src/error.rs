@@ -28,6 +28,10 @@ pub enum SearchError {
     /// Earlier writes were not indexed within the configured wait timeout.
     #[error("index did not catch up with earlier writes in time")]
     Timeout,
+    /// A snapshot given to [`crate::SearchIndex::restore`] is corrupt, truncated, of an unknown
+    /// format version, or inconsistent with the configuration. Rebuild the index instead.
+    #[error("unusable search snapshot: {0}")]
+    BadSnapshot(String),
     /// A failure inside the index (full-text engine, ANN, indexer thread).
     #[error("search index failure: {0}")]
     Internal(String),

@@ -7,13 +7,19 @@
 //! * **Read-your-writes.** [`SearchIndex::enqueue`] hands operations to an indexer thread and
 //!   returns a ticket; the indexer applies everything pending as one group and advances an
 //!   `applied` watermark. [`SearchIndex::search`] first waits until every write enqueued
-//!   before it started is applied, so an acknowledged write is always visible.
+//!   before it started is applied, so an acknowledged write is always visible. The full-text
+//!   index is committed lazily: by the first text search that finds uncommitted changes (one
+//!   commit serves every search waiting on the writer lock), or in the background about once a
+//!   second, never once per batch.
 //! * **Vectors** are L2-normalised; the score is cosine similarity. Per-owner and
 //!   per-conversation scopes are searched exactly over a contiguous block of f32 vectors.
 //!   Tenant-wide scopes larger than [`SearchConfig::ann_threshold`] use a usearch HNSW graph
 //!   whose candidates are re-scored exactly.
 //! * **Text** is indexed by tantivy (in RAM) with Unicode word tokens, lowercased, and CJK
 //!   character bigrams.
+//! * **Snapshots.** [`SearchIndex::snapshot`] serialises the whole index (documents, vectors,
+//!   ANN graphs, tantivy files) into one checksummed byte string; [`SearchIndex::restore`]
+//!   turns it back into an index without re-indexing anything.
 //!
 //! ```
 //! use mnemo_search::{Doc, IndexOp, Mode, SearchConfig, SearchIndex, SearchQuery, Source};
@@ -47,6 +53,7 @@ mod ann;
 mod catalog;
 mod error;
 mod simd;
+mod snapshot;
 mod text;
 mod tokenizer;
 mod types;
@@ -56,7 +63,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -76,6 +83,10 @@ const HYBRID_DEPTH: usize = 100;
 
 /// Vectors copied per step when the ANN builder catches up.
 const ANN_CHUNK: usize = 1024;
+
+/// Uncommitted full-text changes are committed in the background at most this often (a text
+/// search commits them at once).
+const BACKGROUND_COMMIT: Duration = Duration::from_secs(1);
 
 /// The search index of one node, for all tenants. `Send + Sync`; share it by reference or
 /// `Arc`. Dropping it stops its background threads.
@@ -101,6 +112,15 @@ struct Shared {
     applied_cv: Condvar,
     catalog: RwLock<Catalog>,
     text: TextIndex,
+    /// The full-text writer. The indexer holds it for a whole batch (catalog and text change
+    /// together); a text search takes it only to commit.
+    writer: Mutex<TextWriter>,
+    /// Batches whose text changes are in the writer. Incremented under the writer lock.
+    text_added: AtomicU64,
+    /// The value of `text_added` that the reader shows (stored after commit + reload).
+    text_visible: AtomicU64,
+    /// When the text index was last committed.
+    last_commit: Mutex<Instant>,
     /// Vector dimension per tenant, fixed by configuration or by the first vector validated.
     dims: RwLock<HashMap<String, usize>>,
     failure: Mutex<Option<String>>,
@@ -108,21 +128,51 @@ struct Shared {
     ann_ef: AtomicUsize,
     ann_queue: Mutex<VecDeque<(Arc<str>, Source)>>,
     ann_cv: Condvar,
+    /// Held by the ANN builder while a chunk goes from `pending` into a graph, and by a
+    /// snapshot (so a saved graph never holds a vector still marked pending, or a deleted one
+    /// the builder has not removed yet).
+    ann_gate: Mutex<()>,
+    /// Asks the builder to stop its chunk early (a snapshot waits for the gate).
+    ann_yield: AtomicBool,
 }
 
 impl SearchIndex {
     /// Creates an empty index and starts its indexer and ANN builder threads.
     pub fn new(cfg: SearchConfig) -> Result<Self, SearchError> {
-        if cfg.max_top_k == 0 {
-            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
-        }
-        let text = TextIndex::new()?;
-        let writer = text.writer(cfg.text_writer_memory)?;
         let dims = cfg
             .dimension_overrides
             .iter()
             .map(|(t, d)| (t.clone(), *d))
             .collect();
+        Self::start(cfg, TextIndex::new()?, Catalog::default(), dims, Vec::new())
+    }
+
+    /// Rebuilds an index from a [`SearchIndex::snapshot`], then starts its threads. Vector
+    /// blocks, ANN graphs and the text index are loaded as they were, not rebuilt (a graph saved
+    /// with another quantisation than `cfg`'s is rebuilt in the background; searches scan the
+    /// scope exactly meanwhile). A corrupt, truncated or unknown-version snapshot, or one whose
+    /// tenant dimensions contradict `cfg.dimension_overrides`, is
+    /// [`SearchError::BadSnapshot`]: rebuild from the source of truth instead.
+    pub fn restore(cfg: SearchConfig, bytes: &[u8]) -> Result<Self, SearchError> {
+        if cfg.max_top_k == 0 {
+            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
+        }
+        let r = snapshot::decode(bytes, &cfg)?;
+        Self::start(cfg, r.text, r.catalog, r.dims, r.ann_todo)
+    }
+
+    fn start(
+        cfg: SearchConfig,
+        text: TextIndex,
+        catalog: Catalog,
+        dims: HashMap<String, usize>,
+        ann_todo: Vec<(Arc<str>, Source)>,
+    ) -> Result<Self, SearchError> {
+        if cfg.max_top_k == 0 {
+            return Err(SearchError::Internal("max_top_k must be at least 1".into()));
+        }
+        let writer = text.writer(cfg.text_writer_memory)?;
+        let writer = Mutex::new(writer);
         let shared = Arc::new(Shared {
             ann_ef: AtomicUsize::new(cfg.ann_expansion_search),
             cfg,
@@ -135,18 +185,24 @@ impl SearchIndex {
             applied: AtomicU64::new(0),
             applied_lock: Mutex::new(()),
             applied_cv: Condvar::new(),
-            catalog: RwLock::new(Catalog::default()),
+            catalog: RwLock::new(catalog),
             text,
+            writer,
+            text_added: AtomicU64::new(0),
+            text_visible: AtomicU64::new(0),
+            last_commit: Mutex::new(Instant::now()),
             dims: RwLock::new(dims),
             failure: Mutex::new(None),
             shutdown: AtomicBool::new(false),
-            ann_queue: Mutex::new(VecDeque::new()),
+            ann_queue: Mutex::new(ann_todo.into_iter().collect()),
             ann_cv: Condvar::new(),
+            ann_gate: Mutex::new(()),
+            ann_yield: AtomicBool::new(false),
         });
         let s1 = shared.clone();
         let indexer = std::thread::Builder::new()
             .name("mnemo-search-indexer".into())
-            .spawn(move || indexer_loop(&s1, writer))
+            .spawn(move || indexer_loop(&s1))
             .map_err(|e| SearchError::Internal(e.to_string()))?;
         let s2 = shared.clone();
         let builder = std::thread::Builder::new()
@@ -157,6 +213,47 @@ impl SearchIndex {
             shared,
             threads: vec![indexer, builder],
         })
+    }
+
+    /// Serialises the whole index as of the last applied batch: documents and their
+    /// attributes, f32 vector blocks, ANN graphs and pending sets, tenant dimensions, and the
+    /// committed tantivy files, behind a header with a magic, a format version and a CRC-32 of
+    /// the body. Batches still queued are not included (call it when the caller's own
+    /// [`SearchIndex::apply`] calls have returned, to know what it reflects).
+    ///
+    /// The indexer pauses while the index is copied (a text commit if one is pending, then a
+    /// memory copy of every part); searches keep running, except on an ANN graph while it is
+    /// being copied.
+    pub fn snapshot(&self) -> Result<Vec<u8>, SearchError> {
+        let s = &self.shared;
+        if let Some(e) = s.failure.lock().as_ref() {
+            return Err(SearchError::Internal(e.clone()));
+        }
+        let mut e = snapshot::Enc::new();
+        {
+            // The builder stops after its current insert and hands over the gate.
+            s.ann_yield.store(true, Ordering::SeqCst);
+            let _gate = s.ann_gate.lock();
+            s.ann_yield.store(false, Ordering::SeqCst);
+            // The indexer holds the writer for a whole batch: catalog and text agree here.
+            let mut w = s.writer.lock();
+            commit_text(s, &mut w)?;
+            let files = s.text.committed_files()?;
+            let dims = s.dims.read().clone();
+            let cat = s.catalog.read();
+            snapshot::encode(&mut e, &cat, &dims, s.cfg.ann_quantization, &files)?;
+        }
+        Ok(e.finish())
+    }
+
+    /// Tenants that have documents in the index.
+    pub fn tenants(&self) -> Vec<String> {
+        let cat = self.shared.catalog.read();
+        cat.tenants
+            .iter()
+            .filter(|(_, t)| t.docs > 0)
+            .map(|(k, _)| k.to_string())
+            .collect()
     }
 
     /// Validates `vector` for `tenant` (finite, non-zero, right dimension). The first vector
@@ -349,8 +446,12 @@ impl SearchIndex {
         };
         let parsed = text.filter(|_| use_text).map(text::parse_text);
 
-        // Read-your-writes: everything enqueued before this point must be applied.
+        // Read-your-writes: everything enqueued before this point must be applied, and for
+        // text, committed.
         self.wait_for(s.enqueued.load(Ordering::SeqCst))?;
+        if parsed.is_some() {
+            make_text_visible(s)?;
+        }
 
         let k = q.top_k;
         let depth = if use_text && use_vector {
@@ -571,19 +672,87 @@ impl Drop for SearchIndex {
     }
 }
 
-fn indexer_loop(s: &Shared, mut writer: tantivy::IndexWriter<tantivy::TantivyDocument>) {
+type TextWriter = tantivy::IndexWriter<tantivy::TantivyDocument>;
+
+/// Makes every batch applied so far visible to text searches: commits and reloads unless that
+/// already happened. Concurrent callers share one commit (the second finds it done under the
+/// writer lock).
+fn make_text_visible(s: &Shared) -> Result<(), SearchError> {
+    let need = s.text_added.load(Ordering::SeqCst);
+    if s.text_visible.load(Ordering::SeqCst) >= need {
+        return Ok(());
+    }
+    let mut w = s.writer.lock();
+    commit_text(s, &mut w)
+}
+
+/// Commits the writer and reloads the reader if some batch is not visible yet. Call with the
+/// writer lock held. A failure marks the index failed.
+fn commit_text(s: &Shared, w: &mut TextWriter) -> Result<(), SearchError> {
+    let target = s.text_added.load(Ordering::SeqCst);
+    if s.text_visible.load(Ordering::SeqCst) >= target {
+        return Ok(());
+    }
+    let res = w
+        .commit()
+        .map_err(SearchError::from)
+        .and_then(|_| s.text.reload());
+    *s.last_commit.lock() = Instant::now();
+    match res {
+        Ok(()) => {
+            s.text_visible.store(target, Ordering::SeqCst);
+            Ok(())
+        }
+        Err(e) => {
+            s.failure.lock().get_or_insert(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn text_dirty(s: &Shared) -> bool {
+    s.text_visible.load(Ordering::SeqCst) < s.text_added.load(Ordering::SeqCst)
+}
+
+/// Background commit, at most every [`BACKGROUND_COMMIT`], so uncommitted text (memory in the
+/// writer) stays bounded when nobody searches text.
+fn maybe_commit(s: &Shared) {
+    if !text_dirty(s) || s.last_commit.lock().elapsed() < BACKGROUND_COMMIT {
+        return;
+    }
+    let mut w = s.writer.lock();
+    let _ = commit_text(s, &mut w);
+}
+
+fn indexer_loop(s: &Shared) {
     loop {
         let (ops, ticket) = {
             let mut q = s.queue.lock();
-            while q.ops.is_empty() && !s.shutdown.load(Ordering::SeqCst) {
-                s.queue_cv.wait(&mut q);
+            loop {
+                if !q.ops.is_empty() || s.shutdown.load(Ordering::SeqCst) {
+                    break;
+                }
+                if text_dirty(s) {
+                    let due = *s.last_commit.lock() + BACKGROUND_COMMIT;
+                    if Instant::now() >= due {
+                        break;
+                    }
+                    s.queue_cv.wait_until(&mut q, due);
+                } else {
+                    s.queue_cv.wait(&mut q);
+                }
             }
-            if q.ops.is_empty() {
+            if q.ops.is_empty() && s.shutdown.load(Ordering::SeqCst) {
                 return;
             }
             (std::mem::take(&mut q.ops), q.next_ticket)
         };
-        let res = catch_unwind(AssertUnwindSafe(|| apply_batch(s, &mut writer, ops)));
+        if ops.is_empty() {
+            // Woken for the background commit.
+            maybe_commit(s);
+            continue;
+        }
+        let res = catch_unwind(AssertUnwindSafe(|| apply_batch(s, ops)));
         let err = match res {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -593,16 +762,19 @@ fn indexer_loop(s: &Shared, mut writer: tantivy::IndexWriter<tantivy::TantivyDoc
             s.failure.lock().get_or_insert(e);
         }
         s.applied.store(ticket, Ordering::SeqCst);
-        let _g = s.applied_lock.lock();
-        s.applied_cv.notify_all();
+        {
+            let _g = s.applied_lock.lock();
+            s.applied_cv.notify_all();
+        }
+        maybe_commit(s);
     }
 }
 
-fn apply_batch(
-    s: &Shared,
-    writer: &mut tantivy::IndexWriter<tantivy::TantivyDocument>,
-    ops: Vec<IndexOp>,
-) -> Result<(), SearchError> {
+/// Applies a batch to the catalog and the text writer (not committed: see
+/// [`make_text_visible`]). Holds the writer lock throughout, so whoever else takes it (a commit,
+/// a snapshot) sees catalog and text writer at the same batch boundary.
+fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
+    let writer = s.writer.lock();
     let mut text = TextChanges::default();
     let mut dirty: Vec<(Arc<str>, Source)> = Vec::new();
     {
@@ -656,6 +828,14 @@ fn apply_batch(
                     let hs = cat.handles_of(&tenant, |t| members(&t.by_owner, &owner));
                     cat.remove_all(hs, &mut text);
                 }
+                IndexOp::DeleteTenant { tenant } => {
+                    let hs = cat.handles_of(&tenant, |t| {
+                        t.by_id.iter().flat_map(|m| m.values().copied()).collect()
+                    });
+                    cat.remove_all(hs, &mut text);
+                    // Forget its graphs too: a rebuild starts from scratch (its dimension stays).
+                    cat.tenants.remove(tenant.as_str());
+                }
             }
         }
         // Scopes that just grew past the threshold get an ANN graph, filled in the background.
@@ -695,14 +875,17 @@ fn apply_batch(
     }
     if !text.deletes.is_empty() || !text.adds.is_empty() {
         for h in &text.deletes {
-            s.text.delete(writer, *h);
+            s.text.delete(&writer, *h);
         }
-        for (h, doc) in &text.adds {
-            s.text.add(writer, *h, doc)?;
-        }
-        writer.commit()?;
-        s.text.reload()?;
+        let added = text
+            .adds
+            .iter()
+            .try_for_each(|(h, doc)| s.text.add(&writer, *h, doc));
+        // Even after a failed add, earlier changes of the batch are in the writer.
+        s.text_added.fetch_add(1, Ordering::SeqCst);
+        added?;
     }
+    drop(writer);
     if !dirty.is_empty() {
         let mut q = s.ann_queue.lock();
         for d in dirty {
@@ -742,35 +925,42 @@ fn ann_loop(s: &Shared) {
             if s.shutdown.load(Ordering::SeqCst) {
                 return;
             }
-            let (ann, taken, chunk) = {
+            let _gate = s.ann_gate.lock();
+            let (ann, chunk) = {
                 let cat = s.catalog.read();
                 let Some(sv) = cat.tenant(&tenant).map(|t| &t.sources[source.index()]) else {
                     break;
                 };
                 let Some(ann) = sv.ann.clone() else { break };
-                let taken: Vec<Handle> = sv.pending.iter().take(ANN_CHUNK).copied().collect();
-                let chunk: Vec<(Handle, Vec<f32>)> = taken
+                // Pending handles are live and have a vector (deletes leave `pending`).
+                let chunk: Vec<(Handle, Vec<f32>)> = sv
+                    .pending
                     .iter()
+                    .take(ANN_CHUNK)
                     .filter_map(|&h| cat.vector(h).map(|v| (h, v.to_vec())))
                     .collect();
-                (ann, taken, chunk)
+                (ann, chunk)
             };
-            if taken.is_empty() {
+            if chunk.is_empty() {
                 break;
             }
-            if let Err(e) = ann.add_all(&chunk) {
-                s.failure.lock().get_or_insert(e.to_string());
-                break;
-            }
+            let done = match ann.add_all(&chunk, &s.ann_yield) {
+                Ok(n) => n,
+                Err(e) => {
+                    s.failure.lock().get_or_insert(e.to_string());
+                    break;
+                }
+            };
             let mut cat = s.catalog.write();
-            let dead: Vec<Handle> = chunk
+            let added = &chunk[..done];
+            let dead: Vec<Handle> = added
                 .iter()
                 .map(|(h, _)| *h)
                 .filter(|h| !cat.docs.contains_key(h))
                 .collect();
             if let Some(t) = cat.tenants.get_mut(&*tenant) {
                 let sv = &mut t.sources[source.index()];
-                for h in &taken {
+                for (h, _) in added {
                     sv.pending.remove(h);
                 }
             }

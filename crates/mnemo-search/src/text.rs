@@ -3,6 +3,7 @@
 use std::ops::Bound;
 
 use tantivy::collector::TopDocs;
+use tantivy::directory::{Directory, RamDirectory};
 use tantivy::query::{
     BooleanQuery, ConstScoreQuery, InvertedIndexRangeQuery, Occur, PhraseQuery, Query, RangeQuery,
     TermQuery,
@@ -34,9 +35,14 @@ pub(crate) struct Fields {
 /// The tantivy index (in RAM) and its reader; the writer belongs to the indexer thread.
 pub(crate) struct TextIndex {
     index: Index,
+    /// The directory holding the index files (shared with `index`).
+    dir: RamDirectory,
     reader: IndexReader,
     fields: Fields,
 }
+
+/// Files of the index that are always copied besides the segment files.
+const META_FILES: [&str; 2] = ["meta.json", ".managed.json"];
 
 /// Metadata pair as one term: the key's length makes the encoding unambiguous.
 fn meta_term(k: &str, v: &str) -> String {
@@ -93,26 +99,56 @@ pub(crate) fn parse_text(q: &str) -> ParsedText {
 }
 
 impl TextIndex {
-    pub fn new() -> Result<Self, SearchError> {
+    fn schema() -> Schema {
         let mut sb = Schema::builder();
         let text_opts = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer(tokenizer::NAME)
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         );
-        let fields = Fields {
-            handle: sb.add_u64_field("handle", INDEXED | FAST),
-            tenant: sb.add_text_field("tenant", STRING),
-            source: sb.add_text_field("source", STRING),
-            owner: sb.add_text_field("owner", STRING),
-            conversation: sb.add_text_field("conversation", STRING),
-            role: sb.add_text_field("role", STRING),
-            created: sb.add_i64_field("created", INDEXED | FAST),
-            meta: sb.add_text_field("meta", STRING),
-            id: sb.add_text_field("id", STRING),
-            text: sb.add_text_field("text", text_opts),
+        sb.add_u64_field("handle", INDEXED | FAST);
+        sb.add_text_field("tenant", STRING);
+        sb.add_text_field("source", STRING);
+        sb.add_text_field("owner", STRING);
+        sb.add_text_field("conversation", STRING);
+        sb.add_text_field("role", STRING);
+        sb.add_i64_field("created", INDEXED | FAST);
+        sb.add_text_field("meta", STRING);
+        sb.add_text_field("id", STRING);
+        sb.add_text_field("text", text_opts);
+        sb.build()
+    }
+
+    pub fn new() -> Result<Self, SearchError> {
+        let dir = RamDirectory::create();
+        let index = Index::create(dir.clone(), Self::schema(), Default::default())?;
+        Self::with_index(index, dir)
+    }
+
+    fn with_index(index: Index, dir: RamDirectory) -> Result<Self, SearchError> {
+        let schema = index.schema();
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .map_err(|_| SearchError::BadSnapshot(format!("text index lacks field {name}")))
         };
-        let index = Index::create_in_ram(sb.build());
+        let fields = Fields {
+            handle: field("handle")?,
+            tenant: field("tenant")?,
+            source: field("source")?,
+            owner: field("owner")?,
+            conversation: field("conversation")?,
+            role: field("role")?,
+            created: field("created")?,
+            meta: field("meta")?,
+            id: field("id")?,
+            text: field("text")?,
+        };
+        if schema != Self::schema() {
+            return Err(SearchError::BadSnapshot(
+                "text index schema differs from this build's".into(),
+            ));
+        }
         index.tokenizers().register(tokenizer::NAME, MnemoTokenizer);
         let reader = index
             .reader_builder()
@@ -120,9 +156,56 @@ impl TextIndex {
             .try_into()?;
         Ok(TextIndex {
             index,
+            dir,
             reader,
             fields,
         })
+    }
+
+    /// The files of the last commit: `meta.json`, `.managed.json` and every segment file the
+    /// commit uses, as (path, bytes). Taken from a point-in-time copy of the directory, so a
+    /// merge finishing meanwhile cannot remove a file half-way.
+    pub fn committed_files(&self) -> Result<Vec<(String, Vec<u8>)>, SearchError> {
+        let copy = RamDirectory::create();
+        self.dir.persist(&copy)?;
+        let metas = Index::open(copy.clone())?.load_metas()?;
+        let mut paths: Vec<std::path::PathBuf> = metas.list_segment_files().into_iter().collect();
+        paths.extend(META_FILES.iter().map(std::path::PathBuf::from));
+        paths.sort();
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            if !copy
+                .exists(&p)
+                .map_err(|e| SearchError::Internal(e.to_string()))?
+            {
+                continue; // e.g. the delete file of a segment without deletes
+            }
+            let bytes = copy
+                .atomic_read(&p)
+                .map_err(|e| SearchError::Internal(e.to_string()))?;
+            out.push((p.to_string_lossy().into_owned(), bytes));
+        }
+        Ok(out)
+    }
+
+    /// An index holding `files` (from [`TextIndex::committed_files`]).
+    pub fn from_files<'a>(
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, SearchError> {
+        let dir = RamDirectory::create();
+        for (path, bytes) in files {
+            let p = std::path::Path::new(path);
+            if p.components().count() != 1 {
+                return Err(SearchError::BadSnapshot(format!(
+                    "bad text file name {path:?}"
+                )));
+            }
+            dir.atomic_write(p, bytes)
+                .map_err(|e| SearchError::Internal(e.to_string()))?;
+        }
+        let index = Index::open(dir.clone())
+            .map_err(|e| SearchError::BadSnapshot(format!("text index: {e}")))?;
+        Self::with_index(index, dir)
     }
 
     pub fn writer(&self, memory: usize) -> Result<IndexWriter<TantivyDocument>, SearchError> {

@@ -106,6 +106,11 @@ pub enum IndexOp {
         /// The owner (end user).
         owner: String,
     },
+    /// Remove every document of a tenant (before rebuilding it from the source of truth).
+    DeleteTenant {
+        /// The tenant.
+        tenant: String,
+    },
 }
 
 /// How a query is answered.

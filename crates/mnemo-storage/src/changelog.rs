@@ -204,6 +204,18 @@ impl ChangeLog {
         })
     }
 
+    /// How long entries are kept.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Whether the log still holds the entry at `seq`. Entries expire in commit order (each
+    /// lives `retention` from its commit), so if it does, every later entry is there too and
+    /// replaying from `seq` misses nothing.
+    pub async fn retains(&self, engine: &Engine, tenant: &TenantId, seq: u64) -> Result<bool> {
+        Ok(engine.get(&keys::log(tenant, seq)).await?.is_some())
+    }
+
     /// Reads up to `limit` entries with `seq > after`, oldest first (durable entries only).
     pub async fn read(
         &self,

@@ -10,6 +10,7 @@ use crate::changelog::{now_ms, ChangeEntry};
 use crate::engine::{prefix_range, KeyRange};
 use crate::ids::{self, Scope};
 use crate::records::{ConversationRecord, StoredItem};
+use crate::tail_cache::TailChange;
 use crate::{keys, Result, Store, StoreError};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -71,12 +72,17 @@ impl Store {
         if !ids::is_valid_id(id) {
             return Err(not_found("conversation"));
         }
-        let v = self
-            .engine
-            .get(&keys::conversation(&scope.tenant, id))
-            .await?
-            .ok_or_else(|| not_found("conversation"))?;
-        let rec: ConversationRecord = serde_json::from_slice(&v)?;
+        let rec = match self.tails.record(scope.tenant.as_str(), id) {
+            Ok(rec) => rec,
+            Err(_) => {
+                let v = self
+                    .engine
+                    .get(&keys::conversation(&scope.tenant, id))
+                    .await?
+                    .ok_or_else(|| not_found("conversation"))?;
+                serde_json::from_slice(&v)?
+            }
+        };
         if !scope.can_see(rec.owner.as_deref()) {
             return Err(not_found("conversation"));
         }
@@ -88,12 +94,18 @@ impl Store {
         if !ids::is_valid_id(id) {
             return Err(not_found("conversation"));
         }
-        let kv = self
-            .engine
-            .get_latest(&keys::conversation(&scope.tenant, id))
-            .await?
-            .ok_or_else(|| not_found("conversation"))?;
-        let rec: ConversationRecord = serde_json::from_slice(&kv.value)?;
+        // A cached record has no write in flight, so it is also the newest one.
+        let rec = match self.tails.record(scope.tenant.as_str(), id) {
+            Ok(rec) => rec,
+            Err(_) => {
+                let kv = self
+                    .engine
+                    .get_latest(&keys::conversation(&scope.tenant, id))
+                    .await?
+                    .ok_or_else(|| not_found("conversation"))?;
+                serde_json::from_slice(&kv.value)?
+            }
+        };
         if !scope.can_see(rec.owner.as_deref()) {
             return Err(not_found("conversation"));
         }
@@ -128,11 +140,13 @@ impl Store {
         created.owner = rec.owner.clone();
         let mut entries = vec![created];
         entries.extend(items_added(&rec, &stored));
+        let tail = self.tails.begin(t.as_str(), &rec.id);
         self.log
             .write(&self.engine, t, batch, entries)
             .await?
             .durable()
             .await?;
+        tail.finish(TailChange::Created(rec.clone(), stored.clone()));
         Ok((rec, stored))
     }
 
@@ -143,7 +157,7 @@ impl Store {
         id: &str,
         metadata: Map<String, Value>,
     ) -> Result<ConversationRecord> {
-        let (rec, pending) = {
+        let (rec, pending, tail) = {
             let _g = self.conv_locks.lock(id).await;
             let mut rec = self.latest_conversation(scope, id).await?;
             rec.metadata = metadata;
@@ -155,14 +169,15 @@ impl Store {
             let mut e = ChangeEntry::new("conversation.updated");
             e.conversation_id = Some(rec.id.clone());
             e.owner = rec.owner.clone();
-            (
-                rec,
-                self.log
-                    .write(&self.engine, &scope.tenant, batch, vec![e])
-                    .await?,
-            )
+            let tail = self.tails.begin(scope.tenant.as_str(), id);
+            let pending = self
+                .log
+                .write(&self.engine, &scope.tenant, batch, vec![e])
+                .await?;
+            (rec, pending, tail)
         };
         pending.durable().await?;
+        tail.finish(TailChange::Updated(rec.clone()));
         Ok(rec)
     }
 
@@ -173,7 +188,7 @@ impl Store {
     /// between is finished by [`Store::resume_purges`] at the next start.
     pub async fn delete_conversation(&self, scope: &Scope, id: &str) -> Result<()> {
         let t = &scope.tenant;
-        let pending = {
+        let (tail, pending) = {
             let _g = self.conv_locks.lock(id).await;
             let rec = self.latest_conversation(scope, id).await?;
             let mut batch = WriteBatch::new();
@@ -185,9 +200,11 @@ impl Store {
             let mut e = ChangeEntry::new("conversation.deleted");
             e.conversation_id = Some(rec.id.clone());
             e.owner = rec.owner.clone();
-            self.log.write(&self.engine, t, batch, vec![e]).await?
+            let tail = self.tails.begin(t.as_str(), id);
+            (tail, self.log.write(&self.engine, t, batch, vec![e]).await?)
         };
         pending.durable().await?;
+        tail.finish(TailChange::Deleted);
         self.purge_items(scope, id).await
     }
 
@@ -240,7 +257,7 @@ impl Store {
     ) -> Result<Vec<StoredItem>> {
         check_unique_in_request(&items)?;
         let t = &scope.tenant;
-        let (stored, pending) = {
+        let (stored, rec, pending, tail) = {
             let _g = self.conv_locks.lock(id).await;
             let mut rec = self.latest_conversation(scope, id).await?;
             for it in items.iter().filter(|i| i.client_id) {
@@ -260,10 +277,12 @@ impl Store {
             let stored = stage_items(&mut batch, scope, &mut rec, items);
             batch.put(keys::conversation(t, id), serde_json::to_vec(&rec)?);
             let entries = items_added(&rec, &stored).into_iter().collect();
+            let tail = self.tails.begin(t.as_str(), id);
             let pending = self.log.write(&self.engine, t, batch, entries).await?;
-            (stored, pending)
+            (stored, rec, pending, tail)
         };
         pending.durable().await?;
+        tail.finish(TailChange::Appended(rec, stored.clone()));
         Ok(stored)
     }
 
@@ -288,8 +307,22 @@ impl Store {
         limit: usize,
         order: Order,
     ) -> Result<ItemPage> {
-        let rec = self.get_conversation(scope, id).await?;
         let t = &scope.tenant;
+        // The first page (either order) may come from the tail cache.
+        let miss = match after {
+            None => match self.tails.page(t.as_str(), id, limit, order == Order::Desc) {
+                Ok(p) if scope.can_see(p.rec.owner.as_deref()) => {
+                    return Ok(ItemPage {
+                        items: p.items,
+                        has_more: p.has_more,
+                    })
+                }
+                Ok(_) => return Err(not_found("conversation")),
+                Err(miss) => Some(miss),
+            },
+            Some(_) => None,
+        };
+        let rec = self.get_conversation(scope, id).await?;
         let (start, end) = prefix_range(keys::items_prefix(t, id));
         let cursor = match after {
             None => None,
@@ -297,6 +330,7 @@ impl Store {
                 StoreError::Invalid(format!("after: {a:?} is not an item of this conversation"))
             })?),
         };
+        let mut rows = None;
         if order == Order::Desc {
             // Newest first: items below `below` (exclusive). Sequence numbers are dense unless
             // items were deleted, so the page is usually the ascending range
@@ -308,23 +342,41 @@ impl Store {
                 Bound::Included(keys::item(t, id, from)),
                 Bound::Excluded(keys::item(t, id, below)),
             );
-            let mut rows = self.engine.scan(range, false, limit + 1).await?;
-            if rows.len() == limit + 1 || from == 1 {
-                rows.reverse();
-                return page(rows, limit);
+            let mut asc = self.engine.scan(range, false, limit + 1).await?;
+            if asc.len() == limit + 1 || from == 1 {
+                asc.reverse();
+                rows = Some(asc);
             }
         }
-        let range: KeyRange = match (cursor, order) {
-            (None, _) => (start, end),
-            (Some(seq), Order::Asc) => (Bound::Excluded(keys::item(t, id, seq)), end),
-            (Some(seq), Order::Desc) => (start, Bound::Excluded(keys::item(t, id, seq))),
+        let rows = match rows {
+            Some(r) => r,
+            None => {
+                let range: KeyRange = match (cursor, order) {
+                    (None, _) => (start, end),
+                    (Some(seq), Order::Asc) => (Bound::Excluded(keys::item(t, id, seq)), end),
+                    (Some(seq), Order::Desc) => (start, Bound::Excluded(keys::item(t, id, seq))),
+                };
+                self.engine
+                    .scan(range, order == Order::Desc, limit + 1)
+                    .await?
+            }
         };
-        let rows = self
-            .engine
-            .scan(range, order == Order::Desc, limit + 1)
-            .await?;
-        page(rows, limit)
+        let mut items = decode_items(rows)?;
+        let has_more = items.len() > limit;
+        if let Some(miss) = miss {
+            // The newest `limit + 1` items, or all of them: a tail of the conversation.
+            if order == Order::Desc || !has_more {
+                let mut asc = items.clone();
+                if order == Order::Desc {
+                    asc.reverse();
+                }
+                self.tails.fill(miss, t.as_str(), &rec, asc, !has_more);
+            }
+        }
+        items.truncate(limit);
+        Ok(ItemPage { items, has_more })
     }
+
     /// Conversation records of a tenant in id order, after `after`, at most `limit` (for
     /// index rebuilds and exports; tenant-wide, no user filter).
     pub async fn scan_conversations(
@@ -463,7 +515,7 @@ impl Store {
         item_id: &str,
     ) -> Result<ConversationRecord> {
         let t = &scope.tenant;
-        let (rec, pending) = {
+        let (rec, pending, tail, seq) = {
             let _g = self.conv_locks.lock(id).await;
             let rec = self.latest_conversation(scope, id).await?;
             if !ids::is_valid_id(item_id) {
@@ -488,27 +540,25 @@ impl Store {
             e.conversation_id = Some(id.to_string());
             e.item_ids = vec![item_id.to_string()];
             e.owner = rec.owner.clone();
+            let tail = self.tails.begin(t.as_str(), id);
             let pending = self.log.write(&self.engine, t, batch, vec![e]).await?;
-            (rec, pending)
+            (rec, pending, tail, seq)
         };
         pending.durable().await?;
+        tail.finish(TailChange::ItemDeleted(seq));
         Ok(rec)
     }
 }
 
-/// Decodes up to `limit` rows (in the order given) into a page; one extra row means more follow.
-fn page(mut rows: Vec<slatedb::KeyValue>, limit: usize) -> Result<ItemPage> {
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    let items = rows
-        .into_iter()
+/// Decodes item rows (in the order given).
+fn decode_items(rows: Vec<slatedb::KeyValue>) -> Result<Vec<StoredItem>> {
+    rows.into_iter()
         .map(|kv| {
             let seq =
                 keys::item_seq(&kv.key).ok_or_else(|| StoreError::Corrupt("bad key".into()))?;
             StoredItem::decode(seq, kv.value)
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(ItemPage { items, has_more })
+        .collect()
 }
 
 fn check_unique_in_request(items: &[NewItem]) -> Result<()> {

@@ -63,6 +63,9 @@ pub struct EngineConfig {
     pub cache_size_bytes: usize,
     /// Capacity of the in-memory block cache (SST data blocks), bytes.
     pub block_cache_bytes: u64,
+    /// Capacity of the store's cache of conversation tails (records and newest items), bytes;
+    /// 0 disables it.
+    pub tail_cache_bytes: usize,
     /// WAL upload policy.
     pub flush: FlushPolicy,
     /// A write not durable within this time, or a read not complete within it, fails with 503.
@@ -80,6 +83,7 @@ impl EngineConfig {
             cache_dir: None,
             cache_size_bytes: 4 << 30,
             block_cache_bytes: slatedb::db_cache::DEFAULT_BLOCK_CACHE_CAPACITY,
+            tail_cache_bytes: 1 << 30,
             flush: FlushPolicy::OnDemand,
             write_timeout: Duration::from_secs(10),
             max_store_retries: 3,
@@ -103,6 +107,9 @@ impl EngineConfig {
         s
     }
 }
+
+/// Bytes a scan fetches per read of an SST (whole blocks, never past the range's last block).
+const SCAN_READ_AHEAD_BYTES: usize = 256 * 1024;
 
 const OPEN: u8 = 0;
 const REOPENING: u8 = 1;
@@ -320,6 +327,12 @@ impl Engine {
         &self.config.location.description
     }
 
+    /// The object store holding the database and the database's path in it. Derived data
+    /// (search index snapshots) is kept beside the database under this path.
+    pub fn location(&self) -> &StoreLocation {
+        &self.config.location
+    }
+
     /// Reads the durable value of a key.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
         Ok(self.get_entry(key).await?.map(|kv| kv.value))
@@ -399,6 +412,12 @@ impl Engine {
             } else {
                 IterationOrder::Ascending
             },
+            // Keep scanned blocks in the block cache (SlateDB's scan default is not to), so a
+            // conversation read twice is served from memory like a point read.
+            cache_blocks: true,
+            // Fetch the blocks of a bounded range in one read per SST rather than one read per
+            // block: fetches never go past the blocks that cover the range.
+            read_ahead_bytes: SCAN_READ_AHEAD_BYTES,
             ..ScanOptions::default()
         };
         let db = self.db()?;

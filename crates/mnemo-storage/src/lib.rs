@@ -38,6 +38,7 @@ pub mod kv;
 pub mod location;
 mod locks;
 pub mod records;
+mod tail_cache;
 
 pub use audit::AuditEntry;
 pub use changelog::{ChangeEntry, ChangeLog};
@@ -62,6 +63,7 @@ pub struct Store {
     engine: Arc<Engine>,
     log: ChangeLog,
     conv_locks: StripedLocks,
+    tails: tail_cache::TailCache,
     kv_locks: StripedLocks,
     audit_seq: tokio::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
 }
@@ -69,11 +71,13 @@ pub struct Store {
 impl Store {
     /// Opens the engine, then finishes any conversation purge a crash interrupted.
     pub async fn open(config: EngineConfig) -> Result<Store> {
+        let tails = tail_cache::TailCache::new(config.tail_cache_bytes);
         let engine = Engine::open(config).await?;
         let store = Store {
             engine,
             log: ChangeLog::new(DEFAULT_LOG_RETENTION),
             conv_locks: StripedLocks::new(4096),
+            tails,
             kv_locks: StripedLocks::new(4096),
             audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };

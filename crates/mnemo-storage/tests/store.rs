@@ -631,6 +631,171 @@ async fn audit_log_appends_in_order_and_survives_reopen() {
     store.close().await.unwrap();
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Life {
+    Live,
+    Deleting,
+    Deleted,
+}
+
+/// Readers racing appenders and deleters on one conversation (served from the tail cache when
+/// it can) always see a state the store could show: newest first, no item missing between two
+/// it shows, every item acknowledged before the read began, no deleted item; and the cached
+/// pages equal a cache-less store's pages on the same data once writes stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_cache_reads_match_the_store_under_concurrent_writes() {
+    let b = backend();
+    let store = Arc::new(open(&b).await);
+    let scope = tenant();
+    let (conv, _) = store
+        .create_conversation(&scope, Default::default(), vec![item("first")])
+        .await
+        .expect("create");
+    let acked = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u64, Life>::new(),
+    ));
+    acked.lock().expect("lock").insert(1, Life::Live);
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (store, scope, acked, id) =
+            (store.clone(), scope.clone(), acked.clone(), conv.id.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0..40 {
+                let stored = store
+                    .append_items(&scope, &id, vec![item(&format!("w{w} n{n}"))])
+                    .await
+                    .expect("append");
+                let seq = stored[0].seq;
+                acked.lock().expect("lock").insert(seq, Life::Live);
+                if n % 7 == 3 {
+                    // While the delete is in flight either answer is right.
+                    acked.lock().expect("lock").insert(seq, Life::Deleting);
+                    store
+                        .delete_item(&scope, &id, &stored[0].id)
+                        .await
+                        .expect("delete");
+                    acked.lock().expect("lock").insert(seq, Life::Deleted);
+                }
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (store, scope, acked, id) =
+            (store.clone(), scope.clone(), acked.clone(), conv.id.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            loop {
+                let before: std::collections::BTreeMap<u64, Life> =
+                    acked.lock().expect("lock").clone();
+                let page = store
+                    .list_items(&scope, &id, None, 30, Order::Desc)
+                    .await
+                    .expect("list");
+                let seqs: Vec<u64> = page.items.iter().map(|i| i.seq).collect();
+                assert!(
+                    seqs.windows(2).all(|w| w[0] > w[1]),
+                    "newest first: {seqs:?}"
+                );
+                let newest = seqs.first().copied().unwrap_or(0);
+                let oldest = seqs.last().copied().unwrap_or(0);
+                for (seq, life) in &before {
+                    if *seq >= oldest && *seq <= newest && *life != Life::Deleting {
+                        let live = *life == Life::Live;
+                        assert_eq!(seqs.contains(seq), live, "item {seq} in {seqs:?}");
+                    }
+                }
+                let newest_live_acked = before
+                    .iter()
+                    .rev()
+                    .find(|(_, l)| **l == Life::Live)
+                    .map(|(s, _)| *s);
+                if let Some(s) = newest_live_acked {
+                    assert!(
+                        newest >= s,
+                        "acknowledged item {s} missing, newest {newest}"
+                    );
+                }
+                reads += 1;
+                if before.len() >= 161 {
+                    return reads;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for r in readers {
+        assert!(r.await.expect("reader") > 0);
+    }
+    // Quiet now: every write below is applied to the cached tail and every read is served by it.
+    let newest = store
+        .list_items(&scope, &conv.id, None, 5, Order::Desc)
+        .await
+        .expect("list");
+    store
+        .delete_item(&scope, &conv.id, &newest.items[1].id)
+        .await
+        .expect("delete cached item");
+    let more = store
+        .append_items(&scope, &conv.id, vec![item("a"), item("b")])
+        .await
+        .expect("append");
+    store
+        .delete_item(&scope, &conv.id, &more[0].id)
+        .await
+        .expect("delete appended item");
+    let mut meta = serde_json::Map::new();
+    meta.insert("topic".into(), "cache".into());
+    store
+        .update_conversation(&scope, &conv.id, meta)
+        .await
+        .expect("update");
+    let cached_desc = store
+        .list_items(&scope, &conv.id, None, 50, Order::Desc)
+        .await
+        .expect("desc");
+    let cached_asc = store
+        .list_items(&scope, &conv.id, None, 100, Order::Asc)
+        .await
+        .expect("asc");
+    let rec = store.get_conversation(&scope, &conv.id).await.expect("get");
+    drop(store);
+    let mut cfg = EngineConfig::new(b.location.clone());
+    cfg.tail_cache_bytes = 0;
+    let plain = Store::open(cfg).await.expect("reopen without cache");
+    let desc = plain
+        .list_items(&scope, &conv.id, None, 50, Order::Desc)
+        .await
+        .expect("desc");
+    let asc = plain
+        .list_items(&scope, &conv.id, None, 100, Order::Asc)
+        .await
+        .expect("asc");
+    assert_eq!(cached_desc.items, desc.items);
+    assert_eq!(cached_desc.has_more, desc.has_more);
+    assert_eq!(cached_asc.items, asc.items);
+    assert_eq!(cached_asc.has_more, asc.has_more);
+    assert_eq!(
+        rec.last_seq,
+        plain
+            .get_conversation(&scope, &conv.id)
+            .await
+            .expect("get")
+            .last_seq
+    );
+    assert_eq!(rec.last_seq, 163);
+    assert_eq!(
+        rec.metadata,
+        plain
+            .get_conversation(&scope, &conv.id)
+            .await
+            .expect("get")
+            .metadata
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
     let b = backend();

@@ -52,5 +52,6 @@ pub async fn build(args: SearchArgs, file: SearchFile) -> anyhow::Result<SearchO
         .context("setting up the built-in embedder (--embedding-model)")?;
     Ok(SearchOptions {
         embedder: Some(embedder),
+        ..SearchOptions::default()
     })
 }

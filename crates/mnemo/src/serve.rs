@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// In-memory block cache for SST data blocks, in MiB.
     #[arg(long, default_value_t = 512, env = "MNEMO_BLOCK_CACHE_MB")]
     block_cache_mb: u64,
+    /// In-memory cache of conversation tails (record and newest items of recently written or
+    /// read conversations), in MiB; 0 turns it off.
+    #[arg(long, default_value_t = 1024, env = "MNEMO_TAIL_CACHE_MB")]
+    tail_cache_mb: usize,
     /// WAL upload interval in ms. 0 uploads on demand (group commit: lowest latency);
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
@@ -38,6 +42,16 @@ pub struct ServeArgs {
     /// A write not durable (or a read not complete) within this many ms fails with 503.
     #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
     write_timeout_ms: u64,
+    /// Seconds between search index snapshots written to the store (one is written only if
+    /// the index changed, and one at clean shutdown). A restart restores the newest snapshot
+    /// and replays the change log from it instead of re-indexing everything. 0 turns
+    /// snapshots off (none is loaded either: the index is rebuilt from the store).
+    #[arg(
+        long,
+        default_value_t = 300,
+        env = "MNEMO_SEARCH_SNAPSHOT_INTERVAL_SECS"
+    )]
+    search_snapshot_interval_secs: u64,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
     /// environment variables override it.
@@ -68,6 +82,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| config.location.remote.then(|| args.data_dir.join("cache")));
     config.cache_size_bytes = args.cache_size_mb << 20;
     config.block_cache_bytes = args.block_cache_mb << 20;
+    config.tail_cache_bytes = args.tail_cache_mb << 20;
     config.flush = match args.flush_interval_ms {
         0 => FlushPolicy::OnDemand,
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
@@ -82,13 +97,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
+    let mut search_options = search_options;
+    search_options.snapshots = mnemo_api::search::SnapshotOptions {
+        interval: Duration::from_secs(args.search_snapshot_interval_secs),
+    };
     let search = mnemo_api::search::SearchService::start_with(store.clone(), search_options)
         .await
         .context("starting search")?;
     let app = mnemo_api::router(
         mnemo_api::AppState::new(store.clone())
             .with_auth(auth.config)
-            .with_search(search),
+            .with_search(search.clone()),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -97,7 +116,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-    tracing::info!("shutting down: flushing the store");
+    tracing::info!("shutting down: search snapshot, then flushing the store");
+    search.shutdown().await;
     store.close().await.context("closing the store")?;
     Ok(())
 }
