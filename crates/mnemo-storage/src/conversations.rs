@@ -501,9 +501,13 @@ impl Store {
         item.vector_builtin = true;
         let mut batch = WriteBatch::new();
         batch.put(key, item.encode());
+        let tail = self.tails.begin(tenant.as_str(), conversation_id);
         let pending = self.engine.write(batch).await?;
-        // Not awaited on purpose (see above): the next WAL upload carries it.
+        // Not awaited on purpose (see above): the next WAL upload carries it. The cached tail
+        // takes the vector now; readers see the same vector from the engine once it is durable,
+        // and a lost write is recomputed to the same value.
         drop(pending);
+        tail.finish(TailChange::ItemReplaced(item));
         Ok(VectorWriteBack::Written)
     }
 

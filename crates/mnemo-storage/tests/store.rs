@@ -883,6 +883,14 @@ async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 2);
+    // Newest first, first page: the conversation's cached tail, which took the vector too.
+    let newest = store
+        .list_items(&s, &conv.id, None, 10, Order::Desc)
+        .await
+        .unwrap();
+    let first = newest.items.iter().find(|i| i.id == items[0].id).unwrap();
+    assert_eq!(first.vector.as_deref(), Some(&v[..]));
+    assert!(first.vector_builtin);
     // Nothing of the deleted conversation came back.
     for prefix in [
         keys::items_prefix(&t, &gone_conv.id),
