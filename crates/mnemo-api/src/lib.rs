@@ -16,6 +16,11 @@
 mod admin;
 pub mod auth;
 mod conversations;
+#[cfg(feature = "embedder")]
+pub mod embed;
+#[cfg(not(feature = "embedder"))]
+#[path = "embed_off.rs"]
+pub mod embed;
 mod error;
 mod extract;
 mod items;

@@ -9,8 +9,13 @@
 //! equals the store for everything changed up to it. A search first waits until the tail has
 //! passed the tenant's newest acknowledged position, so every acknowledged write is visible
 //! (read-your-writes) and deleted data never comes back.
+//!
+//! With the built-in embedder ([`crate::embed`]), documents without a client vector are
+//! offered to the embedding pipeline once their text is indexed; their vectors arrive in the
+//! background. A search with `"consistency": "strong"` also waits for those.
 
 use crate::auth::{kv_owner, need, Caller};
+use crate::embed::{EmbedSetupError, EmbedderConfig, Pipeline};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::json_body;
 use crate::AppState;
@@ -50,8 +55,53 @@ pub struct SearchService {
     /// Per tenant, the log position up to which the index reflects the store.
     indexed: Mutex<HashMap<TenantId, u64>>,
     progress: tokio::sync::watch::Sender<u64>,
+    /// The built-in embedder's pipeline, when enabled.
+    embed: Option<Arc<Pipeline>>,
     /// Snapshot settings and state; `None` when snapshots are off.
     snapshots: Option<snapshot::Snapshots>,
+}
+
+/// Settings of the search service.
+#[derive(Default)]
+pub struct SearchOptions {
+    /// The built-in embedder: embeds documents without a client vector, and query texts.
+    pub embedder: Option<EmbedderConfig>,
+    /// Index snapshots in the store's object store (default: off).
+    pub snapshots: SnapshotOptions,
+}
+
+/// Why the search service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Reading the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The built-in embedder could not be set up.
+    #[error(transparent)]
+    Embedder(#[from] EmbedSetupError),
+}
+
+/// How long a search waits, and for what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Every write acknowledged before the search is visible by its text and client vectors;
+    /// built-in embeddings may lag (the default).
+    Eventual,
+    /// Like `Eventual`, and every document acknowledged before the search also has its
+    /// built-in embedding (when the server has an embedder).
+    Strong,
+}
+
+/// A document of a rebuild or log batch that may need a built-in vector.
+fn embed_candidate(op: &IndexOp) -> Option<&Doc> {
+    match op {
+        IndexOp::Upsert(d) | IndexOp::UpsertKeepDerived(d)
+            if d.vector.is_none() && !d.text.trim().is_empty() =>
+        {
+            Some(d)
+        }
+        _ => None,
+    }
 }
 
 fn search_error(e: SearchError) -> ApiError {
@@ -198,24 +248,30 @@ impl SearchService {
     /// Builds the index from the store (every tenant, every item and memory key), then
     /// starts tailing the change log. Returns once the index reflects the store. No snapshots.
     pub async fn start(store: Arc<Store>) -> Result<Arc<Self>, StoreError> {
-        Self::start_with(store, SnapshotOptions::default()).await
+        match Self::start_with(store, SearchOptions::default()).await {
+            Ok(svc) => Ok(svc),
+            Err(StartError::Store(e)) => Err(e),
+            Err(e) => Err(internal(e)),
+        }
     }
 
-    /// Like [`SearchService::start`], with index snapshots: restores the newest usable
+    /// [`SearchService::start`] with options. With snapshots, restores the newest usable
     /// snapshot from the store's object store and replays each tenant's change log from the
     /// position it records (tenants without a usable position are rebuilt from the store),
-    /// then snapshots periodically. Without a usable snapshot, builds from the store.
+    /// then snapshots periodically. With an embedder, documents found without a vector are
+    /// offered for embedding and embedded in the background (the service is ready before
+    /// they are).
     pub async fn start_with(
         store: Arc<Store>,
-        options: SnapshotOptions,
-    ) -> Result<Arc<Self>, StoreError> {
+        opts: SearchOptions,
+    ) -> Result<Arc<Self>, StartError> {
         let cfg = SearchConfig {
             max_top_k: MAX_TOP_K,
             wait_timeout: WAIT,
             ..SearchConfig::default()
         };
         let started = Instant::now();
-        let snapshots = snapshot::Snapshots::new(store.engine().location(), &options);
+        let snapshots = snapshot::Snapshots::new(store.engine().location(), &opts.snapshots);
         let loaded = match &snapshots {
             Some(s) => s.load(&cfg).await,
             None => None,
@@ -224,14 +280,21 @@ impl SearchService {
             Some(l) => (l.index, Some(l.header)),
             None => (SearchIndex::new(cfg).map_err(internal)?, None),
         };
+        let index = Arc::new(index);
+        let embed = match opts.embedder {
+            Some(cfg) => Some(Pipeline::start(cfg, store.clone(), index.clone())?),
+            None => None,
+        };
         let svc = Arc::new(SearchService {
             store,
-            index: Arc::new(index),
+            index,
             indexed: Mutex::new(HashMap::new()),
             progress: tokio::sync::watch::channel(0).0,
+            embed,
             snapshots,
         });
         metrics::gauge!("mnemo_search_restored_docs").set(0.0);
+        let restored = header.is_some();
         match header {
             Some(h) => svc.resume(&h, started).await?,
             None => {
@@ -246,7 +309,35 @@ impl SearchService {
         metrics::gauge!("mnemo_search_rebuild_seconds").set(started.elapsed().as_secs_f64());
         let tail = svc.clone();
         tokio::spawn(async move { tail.tail().await });
+        if let Some(p) = svc.embed.clone() {
+            if restored {
+                // A snapshot may hold documents whose embedding was still queued when it was
+                // taken: offer every tenant's documents that lack a vector.
+                let (svc2, p2) = (svc.clone(), p.clone());
+                tokio::spawn(async move {
+                    let tenants = match svc2.store.tenants().await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listing tenants for embedding failed");
+                            return;
+                        }
+                    };
+                    for t in tenants {
+                        let pos = svc2.indexed(&t);
+                        if let Err(e) = svc2.offer_tenant(&t, pos, &p2).await {
+                            tracing::warn!(tenant = %t, error = %e, "embedding scan failed");
+                        }
+                    }
+                });
+            }
+            tokio::spawn(p.backfill_loop(svc.clone()));
+        }
         Ok(svc)
+    }
+
+    /// Whether the built-in embedder is enabled.
+    pub fn has_embedder(&self) -> bool {
+        self.embed.is_some()
     }
 
     /// The index (for vector validation).
@@ -254,15 +345,27 @@ impl SearchService {
         &self.index
     }
 
-    async fn apply(&self, ops: Vec<IndexOp>) -> Result<(), StoreError> {
+    /// Applies `ops` to the index, then offers the documents among them that need a
+    /// built-in vector to the embedder (as changes from log position `pos`; 0 at start-up).
+    async fn apply(&self, ops: Vec<IndexOp>, pos: u64) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
+        let candidates: Vec<Doc> = match &self.embed {
+            Some(_) => ops.iter().filter_map(embed_candidate).cloned().collect(),
+            None => Vec::new(),
+        };
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || index.apply(ops))
             .await
             .map_err(internal)?
-            .map_err(internal)
+            .map_err(internal)?;
+        if let Some(p) = &self.embed {
+            for doc in &candidates {
+                p.offer(doc, pos);
+            }
+        }
+        Ok(())
     }
 
     /// Indexes every conversation item and memory key of `tenants` and marks the log
@@ -290,7 +393,7 @@ impl SearchService {
                     self.push_conversation_items(&scope, rec, &mut ops).await?;
                     if ops.len() >= APPLY_CHUNK {
                         total += ops.len();
-                        self.apply(std::mem::take(&mut ops)).await?;
+                        self.apply(std::mem::take(&mut ops), 0).await?;
                     }
                 }
             }
@@ -302,20 +405,20 @@ impl SearchService {
                     .await?;
                 for e in &page.entries {
                     if let Some(doc) = memory_doc(&tenant, &e.key, &e.record) {
-                        ops.push(IndexOp::Upsert(doc));
+                        ops.push(IndexOp::UpsertKeepDerived(doc));
                     }
                 }
                 after = page.entries.last().map(|e| e.key.clone());
                 if ops.len() >= APPLY_CHUNK {
                     total += ops.len();
-                    self.apply(std::mem::take(&mut ops)).await?;
+                    self.apply(std::mem::take(&mut ops), 0).await?;
                 }
                 if !page.has_more {
                     break;
                 }
             }
             total += ops.len();
-            self.apply(ops).await?;
+            self.apply(ops, 0).await?;
             self.set_indexed(&tenant, head);
         }
         Ok(total)
@@ -371,11 +474,15 @@ impl SearchService {
             let entries = log
                 .read(self.store.engine(), tenant, from, LOG_BATCH)
                 .await?;
-            let Some(last) = entries.last().map(|e| e.seq) else {
+            let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
                 break;
             };
+            let (first, last) = (first.seq, last.seq);
             let ops = self.resolve(tenant, &entries).await?;
-            self.apply(ops).await?;
+            // Documents needing a built-in vector are offered before the position counts as
+            // indexed, so a strong search that sees it indexed also waits for them. They are
+            // tagged with the batch's first position: conservative for strong searches.
+            self.apply(ops, first).await?;
             self.set_indexed(tenant, last);
             from = last;
         }
@@ -403,7 +510,11 @@ impl SearchService {
                 Err(e) => return Err(e),
             };
             for item in &page.items {
-                ops.push(IndexOp::Upsert(item_doc(&scope.tenant, rec, item)));
+                ops.push(IndexOp::UpsertKeepDerived(item_doc(
+                    &scope.tenant,
+                    rec,
+                    item,
+                )));
             }
             cursor = page.items.last().map(|i| i.id.clone());
             if !page.has_more {
@@ -448,7 +559,9 @@ impl SearchService {
                     }
                     for item_id in &e.item_ids {
                         match self.store.get_item(&scope, &conv_id, item_id).await {
-                            Ok(item) => ops.push(IndexOp::Upsert(item_doc(tenant, &rec, &item))),
+                            Ok(item) => {
+                                ops.push(IndexOp::UpsertKeepDerived(item_doc(tenant, &rec, &item)))
+                            }
                             Err(StoreError::NotFound(_)) => ops.push(IndexOp::Delete {
                                 tenant: t.clone(),
                                 source: Source::Items,
@@ -488,7 +601,7 @@ impl SearchService {
                         Err(err) => return Err(err),
                     };
                     ops.push(match current {
-                        Some(doc) => IndexOp::Upsert(doc),
+                        Some(doc) => IndexOp::UpsertKeepDerived(doc),
                         None => IndexOp::Delete {
                             tenant: t.clone(),
                             source: Source::Memory,
@@ -502,8 +615,55 @@ impl SearchService {
         Ok(ops)
     }
 
-    /// Waits until every write acknowledged so far for `tenant` is in the index.
-    pub async fn wait_current(&self, tenant: &TenantId) -> ApiResult<()> {
+    /// Offers every item and memory value of `tenant` that still needs a built-in vector
+    /// (as changes from log position `pos`), waiting for queue space: the backfill scan of
+    /// the embedding pipeline.
+    #[cfg_attr(not(feature = "embedder"), allow(dead_code))]
+    pub(crate) async fn offer_tenant(
+        &self,
+        tenant: &TenantId,
+        pos: u64,
+        p: &Pipeline,
+    ) -> Result<(), StoreError> {
+        let scope = Scope::tenant(tenant.clone());
+        let mut after: Option<String> = None;
+        loop {
+            let recs = self
+                .store
+                .scan_conversations(tenant, after.as_deref(), 256)
+                .await?;
+            let Some(last) = recs.last() else { break };
+            after = Some(last.id.clone());
+            for rec in &recs {
+                let mut ops = Vec::new();
+                self.push_conversation_items(&scope, rec, &mut ops).await?;
+                for doc in ops.iter().filter_map(embed_candidate) {
+                    p.offer_wait(doc, pos).await;
+                }
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .kv_list(&scope, "", after.as_deref(), 1000)
+                .await?;
+            for e in &page.entries {
+                if let Some(doc) = memory_doc(tenant, &e.key, &e.record) {
+                    p.offer_wait(&doc, pos).await;
+                }
+            }
+            after = page.entries.last().map(|e| e.key.clone());
+            if !page.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until every write acknowledged so far for `tenant` is in the index; with
+    /// [`Consistency::Strong`] (and an embedder) also until each such document has its
+    /// built-in vector. Fails with 503 `index_behind` after 10 s in all.
+    pub async fn wait_current(&self, tenant: &TenantId, consistency: Consistency) -> ApiResult<()> {
         let target = self.store.change_log().acknowledged(tenant);
         let mut rx = self.progress.subscribe();
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -515,7 +675,56 @@ impl SearchService {
                 return Err(search_error(SearchError::Timeout));
             }
         }
+        if consistency == Consistency::Strong {
+            if let Some(p) = &self.embed {
+                let mut rx = p.subscribe();
+                while !p.ready(tenant.as_str(), target) {
+                    if tokio::time::timeout_at(deadline, rx.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(search_error(SearchError::Timeout));
+                    }
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether text queries of `tenant` can be embedded: `Ok(false)` without an embedder,
+    /// 400 when the tenant's vectors have another dimension than the model's.
+    fn text_vectors(&self, tenant: &TenantId) -> ApiResult<bool> {
+        let Some(p) = &self.embed else {
+            return Ok(false);
+        };
+        match self.index.dimension(tenant.as_str()) {
+            Some(d) if d != p.dimension() => Err(ApiError::invalid_param(
+                "query",
+                format!(
+                    "this tenant's vectors have {d} dimensions but the server's built-in \
+                     embedder makes {}-dimensional vectors, so text cannot be searched by \
+                     vector here: pass a `vector` of {d} numbers, or use mode text",
+                    p.dimension()
+                ),
+            )),
+            _ => Ok(true),
+        }
+    }
+
+    /// The built-in embedding of a query text (see [`SearchService::text_vectors`]).
+    async fn query_vector(&self, text: &str) -> ApiResult<Option<Vec<f32>>> {
+        let Some(p) = self.embed.clone() else {
+            return Ok(None);
+        };
+        let text = text.to_owned();
+        let v = tokio::task::spawn_blocking(move || p.query_vector(&text))
+            .await
+            .map_err(|e| ApiError::from(internal(e)))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "embedding a query failed");
+                ApiError::from(internal(e))
+            })?;
+        Ok(Some(v.as_ref().clone()))
     }
 
     /// Refuses (400) an embedding whose dimension differs from the tenant's.
@@ -574,13 +783,26 @@ pub async fn search(
     };
     let b: SearchBody = json_body(&headers, body).await?;
     let tenant = caller.scope.tenant.clone();
-    let vector = b
+    let mut vector = b
         .vector
         .as_ref()
         .map(|v| parse_embedding(v, "vector"))
         .transpose()?;
     if let Some(v) = &vector {
-        svc.check_vector(&tenant, v, "vector")?;
+        if v.iter().all(|x| *x == 0.0) {
+            return Err(ApiError::invalid_param("vector", "vector must not be zero"));
+        }
+    }
+    if let (Some(v), Some(d)) = (&vector, svc.index.dimension(tenant.as_str())) {
+        // A query vector is checked against the tenant's dimension but never fixes it: only
+        // stored vectors do (a query must not decide what the built-in embedder may store).
+        if v.len() != d {
+            return Err(search_error(SearchError::DimensionMismatch {
+                expected: d,
+                got: v.len(),
+            })
+            .with_param("vector"));
+        }
     }
     let mode = match b.mode.as_deref() {
         Some("vector") => Mode::Vector,
@@ -606,15 +828,16 @@ pub async fn search(
             ))
         }
     };
-    match b.consistency.as_deref() {
-        None | Some("strong") | Some("default") => {}
+    let consistency = match b.consistency.as_deref() {
+        None | Some("eventual") | Some("default") => Consistency::Eventual,
+        Some("strong") => Consistency::Strong,
         Some(_) => {
             return Err(ApiError::invalid_param(
                 "consistency",
-                "consistency must be default or strong",
+                "consistency must be eventual or strong",
             ))
         }
-    }
+    };
     let top_k = b.top_k.unwrap_or(10);
     if top_k == 0 || top_k > MAX_TOP_K as u64 {
         return Err(ApiError::invalid_param(
@@ -626,6 +849,27 @@ pub async fn search(
         if q.trim().is_empty() {
             return Err(ApiError::invalid_param("query", "query must not be empty"));
         }
+    }
+    // Text-only vector and hybrid queries: the built-in embedder turns the text into the
+    // query vector. A tenant whose vectors have another dimension gets 400 in vector mode;
+    // hybrid mode then ranks by text alone, as without an embedder.
+    if let (None, Some(text), Mode::Vector | Mode::Hybrid) = (&vector, &b.query, mode) {
+        match svc.text_vectors(&tenant) {
+            Ok(true) => vector = svc.query_vector(text).await?,
+            Ok(false) => {}
+            Err(e) if mode == Mode::Vector => return Err(e),
+            Err(_) => {}
+        }
+    }
+    if mode == Mode::Vector && vector.is_none() {
+        return Err(ApiError::invalid_param(
+            "vector",
+            if svc.has_embedder() {
+                "mode vector needs `vector` or `query`"
+            } else {
+                "mode vector needs `vector` (this server has no built-in embedder to embed `query`)"
+            },
+        ));
     }
     let q = SearchQuery {
         tenant: tenant.as_str().to_owned(),
@@ -644,7 +888,7 @@ pub async fn search(
         vector,
         top_k: top_k as usize,
     };
-    svc.wait_current(&tenant).await?;
+    svc.wait_current(&tenant, consistency).await?;
     let index = svc.index.clone();
     let hits = tokio::task::spawn_blocking(move || index.search(&q))
         .await

@@ -5,7 +5,7 @@ use crate::run::percentile;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 /// Write workload of `load`.
@@ -19,6 +19,70 @@ pub enum Workload {
     /// latency reported is the search's (write-to-searchable delay plus the query), and
     /// every search that misses its write counts as an error.
     AppendSearch,
+}
+
+/// Text of the appended messages.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Text {
+    /// One word of 200 random letters (cheap to index and to embed: a handful of tokens).
+    Letters,
+    /// Random lowercase words, log-normal length with a median of 200 bytes (the user
+    /// messages of the `compare` data set). Random letters split into many word pieces, so
+    /// for an embedding model this is long text (about 100–250 tokens per message).
+    Words,
+    /// English chat messages: an opener and 1–4 clauses from a fixed list (about 10–60
+    /// tokens, 40–300 bytes), like the messages of `mnemo-embed`'s `embed_bench`.
+    Chat,
+}
+
+const OPENERS: &[&str] = &[
+    "hey,",
+    "ok so",
+    "quick question:",
+    "thanks!",
+    "hmm,",
+    "actually,",
+    "one more thing:",
+    "sorry to bother you, but",
+    "",
+    "so yesterday",
+];
+
+const CLAUSES: &[&str] = &[
+    "can you remind me what we decided about the database migration",
+    "I tried restarting the server and it still returns a 503 after a few minutes",
+    "my flight to Berlin got moved to Thursday morning",
+    "please summarise the last conversation with the support team",
+    "the invoice for March is missing two line items",
+    "what is a good recipe for a vegetarian lasagna",
+    "I prefer short answers with code examples",
+    "the meeting with Anna is at 3pm in the small room",
+    "could you write a haiku about autumn rain",
+    "we should cache the embeddings instead of recomputing them every time",
+    "my daughter's birthday is on the 14th and she likes dinosaurs",
+    "the tests pass locally but fail in CI with a timeout",
+    "translate this into French for the newsletter",
+    "how many tokens does the model accept",
+    "remember that I am allergic to peanuts",
+    "the quarterly report needs a chart of revenue by region",
+    "why does the query planner ignore the index on created_at",
+    "book a table for four people on Friday evening",
+    "it worked, thank you so much",
+    "the API returns the items in reverse order when I pass a cursor",
+];
+
+fn chat_message(rng: &mut impl Rng) -> String {
+    let mut text = OPENERS[rng.random_range(0..OPENERS.len())].to_string();
+    for i in 0..rng.random_range(1..=4) {
+        if i > 0 {
+            text.push_str(if rng.random() { "." } else { ", and" });
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(CLAUSES[rng.random_range(0..CLAUSES.len())]);
+    }
+    text
 }
 
 /// Options of `mnemo-bench load`.
@@ -39,14 +103,27 @@ pub struct LoadArgs {
     /// Conversations (append) or keys (kv-put) to spread writes over.
     #[arg(long, default_value_t = 1000)]
     targets: usize,
+    /// Text of appended messages.
+    #[arg(long, value_enum, default_value = "letters")]
+    text: Text,
 }
 
-fn message(rng: &mut impl Rng, word: &str) -> Bytes {
-    let mut text: String = (0..200)
-        .map(|_| char::from(rng.random_range(b'a'..=b'z')))
-        .collect();
-    text.push(' ');
-    text.push_str(word);
+/// An append body; `word` (unique, for `append-search`), if any, is added at the end.
+fn message(rng: &mut impl Rng, kind: Text, word: Option<&str>) -> Bytes {
+    let mut text: String = match kind {
+        Text::Letters => (0..200)
+            .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+            .collect(),
+        Text::Words => {
+            let mut seeded = rand::rngs::StdRng::seed_from_u64(rng.random());
+            crate::data::DataSpec::append_message(&mut seeded).text
+        }
+        Text::Chat => chat_message(rng),
+    };
+    if let Some(word) = word {
+        text.push(' ');
+        text.push_str(word);
+    }
     Bytes::from(
         serde_json::json!({"items": [{"type": "message", "role": "user", "content": text}]})
             .to_string(),
@@ -98,6 +175,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             let targets = targets.clone();
             let authority = authority.clone();
             let workload = args.workload;
+            let text = args.text;
             tasks.push(tokio::spawn(async move {
                 let mut client = Client::connect(&authority).await?;
                 let mut lat = Vec::new();
@@ -110,7 +188,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                         let path = targets[rng.random_range(0..targets.len())].clone();
                         match workload {
                             Workload::Append | Workload::AppendSearch => {
-                                (path, message(&mut rng, &word), "POST")
+                                // Chat messages stay natural text unless the
+                                // search needs its unique word.
+                                let plain =
+                                    matches!((workload, text), (Workload::Append, Text::Chat));
+                                let word = (!plain).then_some(word.as_str());
+                                (path, message(&mut rng, text, word), "POST")
                             }
                             Workload::KvPut => (path, value.clone(), "PUT"),
                         }

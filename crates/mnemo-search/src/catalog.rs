@@ -26,6 +26,12 @@ pub(crate) struct DocEntry {
     pub metadata: BTreeMap<String, String>,
     /// Slot in the owner's block when the document has a vector.
     pub slot: Option<u32>,
+    /// [`crate::text_hash`] of the indexed text: identifies the version a derived vector was
+    /// computed from.
+    pub text_hash: u64,
+    /// The vector was attached by [`crate::IndexOp::SetVector`] (derived from the text), not
+    /// given with the document.
+    pub derived: bool,
 }
 
 /// One owner's vectors in one source: `data[slot*dim..(slot+1)*dim]` belongs to
@@ -215,15 +221,37 @@ impl Catalog {
         block.data.get(slot * dim..(slot + 1) * dim)
     }
 
+    /// The live document `id` of a tenant and source.
+    pub fn live(&self, tenant: &str, source: Source, id: &str) -> Option<Handle> {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.by_id[source.index()].get(id).copied())
+    }
+
     /// Inserts or replaces `doc` (its vector already validated and normalised).
+    /// With `keep_derived`, a document without a vector keeps the derived vector of the
+    /// version it replaces when both have the same text.
     /// Returns the sources whose ANN index got new pending vectors.
-    pub fn upsert(&mut self, doc: Doc, text: &mut TextChanges) -> Option<(Arc<str>, Source)> {
+    pub fn upsert(
+        &mut self,
+        mut doc: Doc,
+        keep_derived: bool,
+        text: &mut TextChanges,
+    ) -> Option<(Arc<str>, Source)> {
         let src = doc.source;
-        if let Some(old) = self
-            .tenants
-            .get(doc.tenant.as_str())
-            .and_then(|t| t.by_id[src.index()].get(doc.id.as_str()).copied())
-        {
+        let text_hash = crate::text_hash(&doc.text);
+        let mut derived = false;
+        if let Some(old) = self.live(&doc.tenant, src, &doc.id) {
+            if keep_derived && doc.vector.is_none() {
+                let same = self
+                    .docs
+                    .get(&old)
+                    .is_some_and(|d| d.derived && d.text_hash == text_hash);
+                if same {
+                    doc.vector = self.vector(old).map(<[f32]>::to_vec);
+                    derived = doc.vector.is_some();
+                }
+            }
             self.remove(old, text);
         }
         let handle = self.next_handle;
@@ -290,10 +318,58 @@ impl Catalog {
                 created_at: doc.created_at,
                 metadata: doc.metadata.clone(),
                 slot,
+                text_hash,
+                derived: derived && slot.is_some(),
             },
         );
         text.adds.push((handle, doc));
         ann_dirty
+    }
+
+    /// Whether the live document `id` has no vector and its text hashes to `text_hash`.
+    pub fn needs_vector(&self, tenant: &str, source: Source, id: &str, text_hash: u64) -> bool {
+        self.live(tenant, source, id)
+            .and_then(|h| self.docs.get(&h))
+            .is_some_and(|d| d.slot.is_none() && d.text_hash == text_hash)
+    }
+
+    /// Attaches a derived vector (validated and normalised) to the live document `id` if it
+    /// [needs one](Catalog::needs_vector) for that text; otherwise does nothing. The text
+    /// index is not touched. Returns the source whose ANN index got a new pending vector.
+    pub fn set_vector(
+        &mut self,
+        tenant: &str,
+        source: Source,
+        id: &str,
+        text_hash: u64,
+        v: &[f32],
+    ) -> Option<(Arc<str>, Source)> {
+        if !self.needs_vector(tenant, source, id, text_hash) {
+            return None;
+        }
+        let handle = self.live(tenant, source, id)?;
+        let tenant_key = self.tenants.get_key_value(tenant)?.0.clone();
+        let ts = self.tenants.get_mut(&tenant_key)?;
+        let dim = *ts.dim.get_or_insert(v.len());
+        if v.len() != dim {
+            return None;
+        }
+        let d = self.docs.get_mut(&handle)?;
+        let sv = &mut ts.sources[source.index()];
+        let block = sv.blocks.entry(d.owner.clone()).or_default();
+        d.slot = Some(block.handles.len() as u32);
+        d.derived = true;
+        block.handles.push(handle);
+        block.data.extend_from_slice(v);
+        if simd::has_f16() {
+            simd::push_f16(v, &mut block.half);
+        }
+        sv.count += 1;
+        if sv.ann.is_some() {
+            sv.pending.insert(handle);
+            return Some((tenant_key, source));
+        }
+        None
     }
 
     /// Removes one live document everywhere (blocks, maps, ANN).

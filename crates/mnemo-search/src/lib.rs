@@ -283,19 +283,22 @@ impl SearchIndex {
     /// enqueued so far.
     pub fn enqueue(&self, mut ops: Vec<IndexOp>) -> Result<u64, SearchError> {
         for op in &ops {
-            if let IndexOp::Upsert(Doc {
-                vector: Some(v), ..
-            }) = op
-            {
+            if let Some((_, v)) = op_vector(op) {
                 simd::check_finite_nonzero(v)?;
             }
         }
         for op in &mut ops {
-            if let IndexOp::Upsert(d) = op {
-                if let Some(v) = &d.vector {
-                    self.check_vector(&d.tenant, v)?;
-                    d.vector = Some(simd::normalized(v)?);
+            if let Some((tenant, v)) = op_vector(op) {
+                self.check_vector(tenant, v)?;
+            }
+            match op {
+                IndexOp::Upsert(d) | IndexOp::UpsertKeepDerived(d) => {
+                    if let Some(v) = &d.vector {
+                        d.vector = Some(simd::normalized(v)?);
+                    }
                 }
+                IndexOp::SetVector { vector, .. } => *vector = simd::normalized(vector)?,
+                _ => {}
             }
         }
         let s = &self.shared;
@@ -353,6 +356,16 @@ impl SearchIndex {
                 }
             }
         }
+    }
+
+    /// Whether the live document `id` has no vector and its text hashes to `text_hash`
+    /// ([`text_hash`]): whether an [`IndexOp::SetVector`] for that text would land. Sees
+    /// operations applied so far, not those still queued.
+    pub fn needs_vector(&self, tenant: &str, source: Source, id: &str, text_hash: u64) -> bool {
+        self.shared
+            .catalog
+            .read()
+            .needs_vector(tenant, source, id, text_hash)
     }
 
     /// Live documents of `tenant` (all sources).
@@ -599,6 +612,26 @@ impl SearchIndex {
     }
 }
 
+/// A 64-bit hash of a document's text, identifying the version a derived vector was computed
+/// from (see [`IndexOp::SetVector`]). Stable within a process.
+pub fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// The tenant and vector an operation would store, if any.
+fn op_vector(op: &IndexOp) -> Option<(&str, &[f32])> {
+    match op {
+        IndexOp::Upsert(d) | IndexOp::UpsertKeepDerived(d) => {
+            d.vector.as_deref().map(|v| (d.tenant.as_str(), v))
+        }
+        IndexOp::SetVector { tenant, vector, .. } => Some((tenant.as_str(), vector.as_slice())),
+        _ => None,
+    }
+}
+
 fn dim_matches(expected: usize, got: usize) -> Result<(), SearchError> {
     if expected == got {
         Ok(())
@@ -751,9 +784,27 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
             match op {
                 IndexOp::Upsert(doc) => {
                     touched.insert(doc.tenant.clone());
-                    if let Some(d) = cat.upsert(doc, &mut text) {
+                    if let Some(d) = cat.upsert(doc, false, &mut text) {
                         dirty.push(d);
                     }
+                }
+                IndexOp::UpsertKeepDerived(doc) => {
+                    touched.insert(doc.tenant.clone());
+                    if let Some(d) = cat.upsert(doc, true, &mut text) {
+                        dirty.push(d);
+                    }
+                }
+                IndexOp::SetVector {
+                    tenant,
+                    source,
+                    id,
+                    text_hash,
+                    vector,
+                } => {
+                    if let Some(d) = cat.set_vector(&tenant, source, &id, text_hash, &vector) {
+                        dirty.push(d);
+                    }
+                    touched.insert(tenant);
                 }
                 IndexOp::Delete { tenant, source, id } => {
                     let hs = cat.handles_of(&tenant, |t| {

@@ -24,7 +24,7 @@ use crate::SearchError;
 /// First bytes of every snapshot.
 pub(crate) const MAGIC: &[u8; 8] = b"MNEMOIDX";
 /// Format version written; [`open`] refuses any other.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 pub(crate) fn bad(msg: impl Into<String>) -> SearchError {
@@ -308,6 +308,8 @@ pub(crate) fn encode(
                 e.str(v);
             }
             e.u64(d.slot.map_or(NO_SLOT, u64::from));
+            e.u64(d.text_hash);
+            e.u8(u8::from(d.derived));
         }
         for sv in &ts.sources {
             e.len(sv.blocks.len());
@@ -415,6 +417,12 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                 NO_SLOT => None,
                 s => Some(u32::try_from(s).map_err(|_| bad("slot out of range"))?),
             };
+            let text_hash = d.u64()?;
+            let derived = match d.u8()? {
+                0 => false,
+                1 => true,
+                b => return Err(bad(format!("bad derived flag {b}"))),
+            };
             with_slot += usize::from(slot.is_some());
             if ts.by_id[source.index()].insert(id.clone(), h).is_some() {
                 return Err(bad(format!("id {id} appears twice in tenant {name}")));
@@ -430,6 +438,8 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                 created_at,
                 metadata,
                 slot,
+                text_hash,
+                derived,
             };
             if cat.docs.insert(h, entry).is_some() {
                 return Err(bad(format!("handle {h} appears twice")));

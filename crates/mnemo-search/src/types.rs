@@ -61,6 +61,28 @@ pub struct Doc {
 pub enum IndexOp {
     /// Insert or replace a document.
     Upsert(Doc),
+    /// Like [`IndexOp::Upsert`], except that a document without a vector keeps the derived
+    /// vector (one attached by [`IndexOp::SetVector`]) of the version it replaces when both
+    /// versions have the same text. For re-indexing a document whose vector is computed
+    /// from its text, e.g. after a change of its metadata.
+    UpsertKeepDerived(Doc),
+    /// Attaches a vector derived from a document's text (a built-in embedding) to the live
+    /// document, without re-indexing its text. Applied only if the document still exists,
+    /// has no vector and its text still hashes to `text_hash` ([`crate::text_hash`]);
+    /// otherwise it is a no-op, so a vector computed for a version that has since been
+    /// replaced or deleted never lands. Validated like an upserted vector.
+    SetVector {
+        /// Tenant of the document.
+        tenant: String,
+        /// Source of the document.
+        source: Source,
+        /// Item id or KV key.
+        id: String,
+        /// [`crate::text_hash`] of the text the vector was computed from.
+        text_hash: u64,
+        /// The vector.
+        vector: Vec<f32>,
+    },
     /// Remove one document (no-op if absent).
     Delete {
         /// Tenant of the document.

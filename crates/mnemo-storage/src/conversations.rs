@@ -42,6 +42,17 @@ pub struct ItemPage {
     pub has_more: bool,
 }
 
+/// What [`Store::set_item_vector`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VectorWriteBack {
+    /// The vector was written into the item's record.
+    Written,
+    /// The item already has a vector; nothing was written.
+    HasVector,
+    /// The item or its conversation no longer exists; nothing was written.
+    Gone,
+}
+
 /// Sort order of an item listing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
@@ -427,6 +438,74 @@ impl Store {
         StoredItem::decode(seq, v)
     }
 
+    /// Stores a vector the server computed from an item's text (built-in embedder) in the
+    /// item's record, if the item still exists and has no vector yet; the record is marked
+    /// so the vector reads back with [`StoredItem::vector_builtin`] set.
+    ///
+    /// The vector is derived data, so this write is narrower than a mutation: it writes no
+    /// change-log entry (nothing observable changed) and does not wait for durability (it
+    /// becomes durable with the next WAL upload; a crash before that only loses work that is
+    /// done again). It runs under the conversation's lock and re-reads the newest state, as
+    /// deletes do, so it never brings back a deleted item or conversation.
+    pub async fn set_item_vector(
+        &self,
+        tenant: &crate::TenantId,
+        conversation_id: &str,
+        item_id: &str,
+        vector: Vec<f32>,
+    ) -> Result<VectorWriteBack> {
+        if vector.is_empty() || vector.len() > usize::from(u16::MAX) {
+            return Err(StoreError::Invalid(format!(
+                "an item vector has 1-{} dimensions, not {}",
+                u16::MAX,
+                vector.len()
+            )));
+        }
+        let scope = Scope::tenant(tenant.clone());
+        let _g = self.conv_locks.lock(conversation_id).await;
+        match self.latest_conversation(&scope, conversation_id).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound(_)) => return Ok(VectorWriteBack::Gone),
+            Err(e) => return Err(e),
+        }
+        if !ids::is_valid_id(item_id) {
+            return Ok(VectorWriteBack::Gone);
+        }
+        let Some(idx) = self
+            .engine
+            .get_latest(&keys::item_id(tenant, conversation_id, item_id))
+            .await?
+        else {
+            return Ok(VectorWriteBack::Gone);
+        };
+        let seq = u64::from_be_bytes(
+            idx.value
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("bad item index".into()))?,
+        );
+        let key = keys::item(tenant, conversation_id, seq);
+        let Some(kv) = self.engine.get_latest(&key).await? else {
+            return Ok(VectorWriteBack::Gone);
+        };
+        let mut item = StoredItem::decode(seq, kv.value)?;
+        if item.vector.is_some() {
+            return Ok(VectorWriteBack::HasVector);
+        }
+        item.vector = Some(vector);
+        item.vector_builtin = true;
+        let mut batch = WriteBatch::new();
+        batch.put(key, item.encode());
+        let tail = self.tails.begin(tenant.as_str(), conversation_id);
+        let pending = self.engine.write(batch).await?;
+        // Not awaited on purpose (see above): the next WAL upload carries it. The cached tail
+        // takes the vector now; readers see the same vector from the engine once it is durable,
+        // and a lost write is recomputed to the same value.
+        drop(pending);
+        tail.finish(TailChange::ItemReplaced(item));
+        Ok(VectorWriteBack::Written)
+    }
+
     /// Deletes one item; returns the conversation.
     pub async fn delete_item(
         &self,
@@ -513,6 +592,7 @@ fn stage_items(
             parent: rec.last_item.take(),
             json: it.json,
             vector: it.vector,
+            vector_builtin: false,
         };
         batch.put(
             keys::item(&scope.tenant, &rec.id, stored.seq),

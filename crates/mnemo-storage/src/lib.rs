@@ -42,7 +42,7 @@ mod tail_cache;
 
 pub use audit::AuditEntry;
 pub use changelog::{ChangeEntry, ChangeLog};
-pub use conversations::{ItemPage, NewItem, Order};
+pub use conversations::{ItemPage, NewItem, Order, VectorWriteBack};
 pub use engine::{Engine, EngineConfig, FlushPolicy};
 pub use erase::Erased;
 pub use error::{Result, StoreError};

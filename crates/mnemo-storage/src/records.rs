@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 const ITEM_V1: u8 = 1;
 /// Like v1, plus an optional embedding after the parent.
 const ITEM_V2: u8 = 2;
+/// Like v2, plus one byte after the embedding saying where it came from (written only for
+/// items whose embedding the server computed; every other item is still written as v2).
+const ITEM_V3: u8 = 3;
+/// `ITEM_V3` origin byte: the server's built-in embedder computed the vector.
+const ORIGIN_BUILTIN: u8 = 1;
 const KV_V1: u8 = 1;
 
 /// A conversation record (stored as JSON).
@@ -42,8 +47,12 @@ pub struct StoredItem {
     pub parent: Option<String>,
     /// The item as a JSON object, encoded once at write time.
     pub json: Bytes,
-    /// The embedding the client attached, if any (not part of `json`).
+    /// The item's embedding, if any (not part of `json`): the one the client attached, or
+    /// one the server's built-in embedder computed from the item's text (`vector_builtin`).
     pub vector: Option<Vec<f32>>,
+    /// True when `vector` was computed by the server (built-in embedder), not given by the
+    /// client.
+    pub vector_builtin: bool,
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
@@ -70,13 +79,17 @@ impl StoredItem {
         let dims = self.vector.as_ref().map_or(0, Vec::len);
         let mut b =
             BytesMut::with_capacity(15 + self.id.len() + parent.len() + 4 * dims + self.json.len());
-        b.put_u8(ITEM_V2);
+        let builtin = self.vector_builtin && dims > 0;
+        b.put_u8(if builtin { ITEM_V3 } else { ITEM_V2 });
         b.put_i64(self.created_at_ms);
         put_str(&mut b, &self.id);
         put_str(&mut b, parent);
         b.put_u16(dims as u16);
         for x in self.vector.iter().flatten() {
             b.put_f32_le(*x);
+        }
+        if builtin {
+            b.put_u8(ORIGIN_BUILTIN);
         }
         b.put_slice(&self.json);
         b.freeze()
@@ -85,14 +98,15 @@ impl StoredItem {
     /// Decodes a stored item value; `seq` comes from the key.
     pub fn decode(seq: u64, mut v: Bytes) -> Result<Self> {
         let version = if v.remaining() >= 9 { v.get_u8() } else { 0 };
-        if version != ITEM_V1 && version != ITEM_V2 {
+        if !matches!(version, ITEM_V1 | ITEM_V2 | ITEM_V3) {
             return Err(StoreError::Corrupt("unknown item record version".into()));
         }
         let created_at_ms = v.get_i64();
         let id = get_str(&mut v)?;
         let parent = get_str(&mut v)?;
         let mut vector = None;
-        if version == ITEM_V2 {
+        let mut vector_builtin = false;
+        if version >= ITEM_V2 {
             if v.remaining() < 2 {
                 return Err(StoreError::Corrupt("truncated item vector".into()));
             }
@@ -104,6 +118,12 @@ impl StoredItem {
                 vector = Some((0..dims).map(|_| v.get_f32_le()).collect());
             }
         }
+        if version == ITEM_V3 {
+            if v.remaining() < 1 {
+                return Err(StoreError::Corrupt("truncated item vector origin".into()));
+            }
+            vector_builtin = v.get_u8() == ORIGIN_BUILTIN && vector.is_some();
+        }
         Ok(StoredItem {
             id,
             seq,
@@ -111,6 +131,7 @@ impl StoredItem {
             parent: (!parent.is_empty()).then_some(parent),
             json: v,
             vector,
+            vector_builtin,
         })
     }
 }
@@ -175,6 +196,7 @@ mod tests {
             parent: Some("msg_0".into()),
             json: Bytes::from_static(br#"{"id":"msg_1"}"#),
             vector: None,
+            vector_builtin: false,
         };
         assert_eq!(StoredItem::decode(7, it.encode()).unwrap(), it);
         let with_vector = StoredItem {
@@ -185,6 +207,21 @@ mod tests {
             StoredItem::decode(7, with_vector.encode()).unwrap(),
             with_vector
         );
+        assert_eq!(with_vector.encode()[0], ITEM_V2);
+        // A server-computed vector is written as v3 and keeps its origin.
+        let builtin = StoredItem {
+            vector_builtin: true,
+            ..with_vector.clone()
+        };
+        assert_eq!(builtin.encode()[0], ITEM_V3);
+        assert_eq!(StoredItem::decode(7, builtin.encode()).unwrap(), builtin);
+        // Without a vector the flag means nothing and the record stays v2.
+        let no_vector = StoredItem {
+            vector_builtin: true,
+            ..it.clone()
+        };
+        assert_eq!(no_vector.encode()[0], ITEM_V2);
+        assert_eq!(StoredItem::decode(7, no_vector.encode()).unwrap(), it);
         // Version-1 records (no vector) still decode.
         let mut v1 = BytesMut::new();
         v1.put_u8(ITEM_V1);

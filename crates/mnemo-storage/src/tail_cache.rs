@@ -52,6 +52,10 @@ pub(crate) enum TailChange {
     Updated(ConversationRecord),
     /// One item was deleted.
     ItemDeleted(u64),
+    /// One existing item's record was rewritten (same sequence number) with derived data
+    /// only (a built-in vector). Applied without waiting for durability, so finishing it does
+    /// not settle earlier failed writes (rule 4).
+    ItemReplaced(StoredItem),
     /// The conversation was deleted.
     Deleted,
 }
@@ -313,6 +317,8 @@ impl TailCache {
                 let now = self.writes.load(Ordering::SeqCst);
                 let _ = self.unsettled_at.fetch_max(now, Ordering::SeqCst);
             }
+            // A change applied before it is durable proves nothing about earlier writes.
+            Some(TailChange::ItemReplaced(_)) => {}
             Some(_) => {
                 let at = self.unsettled_at.load(Ordering::SeqCst);
                 if at != 0 && order > at {
@@ -422,6 +428,14 @@ fn apply(slot: &mut Slot, change: TailChange) {
                 }
             }
         }
+        TailChange::ItemReplaced(item) => {
+            if let Some(t) = &mut slot.tail {
+                if let Some(old) = t.items.iter_mut().find(|i| i.seq == item.seq) {
+                    t.bytes = t.bytes - item_bytes(old) + item_bytes(&item);
+                    *old = item;
+                }
+            }
+        }
         TailChange::Deleted => slot.tail = None,
     }
 }
@@ -479,6 +493,7 @@ mod tests {
                 parent: None,
                 json: Bytes::from(format!("{{\"id\":\"msg_{s}\"}}")),
                 vector: None,
+                vector_builtin: false,
             })
             .collect()
     }
@@ -555,6 +570,30 @@ mod tests {
             c.record("t", "c").is_ok(),
             "settled by a later durable write"
         );
+    }
+
+    #[test]
+    fn replaced_items_update_the_tail_but_settle_nothing() {
+        let c = TailCache::new(1 << 30);
+        c.begin("t", "c")
+            .finish(TailChange::Created(rec("c", 2), items(1, 2)));
+        let mut with_vector = items(2, 2).remove(0);
+        with_vector.vector = Some(vec![1.0, 2.0]);
+        with_vector.vector_builtin = true;
+        c.begin("t", "c")
+            .finish(TailChange::ItemReplaced(with_vector.clone()));
+        let p = c.page("t", "c", 2, true).ok().unwrap();
+        assert_eq!(seqs(&p), vec![2, 1]);
+        assert_eq!(p.items[0].vector, with_vector.vector);
+        assert!(p.items[0].vector_builtin);
+        assert_eq!(p.items[1].vector, None);
+        // After a failed write, a replacement (not durable when applied) does not settle.
+        drop(c.begin("t", "a"));
+        c.begin("t", "c")
+            .finish(TailChange::ItemReplaced(with_vector));
+        let m = c.record("t", "d").err().unwrap();
+        c.fill(m, "t", &rec("d", 1), items(1, 1), true);
+        assert!(c.record("t", "d").is_err(), "still unsettled");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use mnemo_storage::{
     engine::prefix_range, keys, Condition, EngineConfig, KvOp, NewItem, Order, RemotePolicy, Scope,
-    Store, StoreError, StoreLocation, TenantId,
+    Store, StoreError, StoreLocation, TenantId, VectorWriteBack,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -794,4 +794,120 @@ async fn tail_cache_reads_match_the_store_under_concurrent_writes() {
             .expect("get")
             .metadata
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
+    let b = backend();
+    let store = open(&b).await;
+    let s = tenant();
+    let t = s.tenant.clone();
+    let mut with_client_vector = item("c");
+    with_client_vector.vector = Some(vec![0.5, 0.5]);
+    let (conv, items) = store
+        .create_conversation(
+            &s,
+            Default::default(),
+            vec![item("a"), item("b"), with_client_vector],
+        )
+        .await
+        .unwrap();
+    let (gone_conv, gone_items) = store
+        .create_conversation(&s, Default::default(), vec![item("d")])
+        .await
+        .unwrap();
+    store.delete_item(&s, &conv.id, &items[1].id).await.unwrap();
+    store.delete_conversation(&s, &gone_conv.id).await.unwrap();
+    let log_before = store.change_log().newest(store.engine(), &t).await.unwrap();
+    let v = vec![0.25, -0.5, 1.0];
+
+    let r = store
+        .set_item_vector(&t, &conv.id, &items[0].id, v.clone())
+        .await;
+    assert_eq!(r.unwrap(), VectorWriteBack::Written);
+    // A second write-back (a duplicate embedding) leaves the first vector.
+    let r = store
+        .set_item_vector(&t, &conv.id, &items[0].id, vec![9.0, 9.0, 9.0])
+        .await;
+    assert_eq!(r.unwrap(), VectorWriteBack::HasVector);
+    // The client's vector is never replaced.
+    let r = store
+        .set_item_vector(&t, &conv.id, &items[2].id, v.clone())
+        .await;
+    assert_eq!(r.unwrap(), VectorWriteBack::HasVector);
+    // Deleted item, deleted conversation, unknown ids: nothing is written.
+    for (c, i) in [
+        (&conv.id, &items[1].id),
+        (&gone_conv.id, &gone_items[0].id),
+        (&conv.id, &"msg_nope".to_string()),
+        (&"conv_nope".to_string(), &items[0].id),
+    ] {
+        let r = store.set_item_vector(&t, c, i, v.clone()).await;
+        assert_eq!(r.unwrap(), VectorWriteBack::Gone, "{c} {i}");
+    }
+    assert!(matches!(
+        store
+            .set_item_vector(&t, &conv.id, &items[0].id, Vec::new())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // The write-backs are not mutations: the change log did not move.
+    let log_after = store.change_log().newest(store.engine(), &t).await.unwrap();
+    assert_eq!(log_before, log_after);
+    // They become durable with the next WAL upload (here: the next durable write).
+    store
+        .kv_put(
+            &s,
+            "flush",
+            Bytes::from_static(b"x"),
+            "text/plain".into(),
+            None,
+            Condition::default(),
+        )
+        .await
+        .unwrap();
+    let got = store.get_item(&s, &conv.id, &items[0].id).await.unwrap();
+    assert_eq!(got.vector.as_deref(), Some(&v[..]));
+    assert!(got.vector_builtin);
+    assert_eq!(got.json, items[0].json, "the item itself is unchanged");
+    let client = store.get_item(&s, &conv.id, &items[2].id).await.unwrap();
+    assert_eq!(client.vector.as_deref(), Some(&[0.5, 0.5][..]));
+    assert!(!client.vector_builtin);
+    assert!(matches!(
+        store.get_item(&s, &conv.id, &items[1].id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let listed = store
+        .list_items(&s, &conv.id, None, 10, Order::Asc)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    // Newest first, first page: the conversation's cached tail, which took the vector too.
+    let newest = store
+        .list_items(&s, &conv.id, None, 10, Order::Desc)
+        .await
+        .unwrap();
+    let first = newest.items.iter().find(|i| i.id == items[0].id).unwrap();
+    assert_eq!(first.vector.as_deref(), Some(&v[..]));
+    assert!(first.vector_builtin);
+    // Nothing of the deleted conversation came back.
+    for prefix in [
+        keys::items_prefix(&t, &gone_conv.id),
+        keys::item_ids_prefix(&t, &gone_conv.id),
+    ] {
+        let left = store
+            .engine()
+            .scan(prefix_range(prefix), false, 10)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "keys of a deleted conversation came back");
+    }
+    // The stored vector survives a reopen (the record carries it, marked as built-in).
+    store.close().await.unwrap();
+    let store = open(&b).await;
+    let got = store.get_item(&s, &conv.id, &items[0].id).await.unwrap();
+    assert_eq!(got.vector.as_deref(), Some(&v[..]));
+    assert!(got.vector_builtin);
+    store.close().await.unwrap();
 }

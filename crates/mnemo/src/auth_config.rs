@@ -73,7 +73,7 @@ pub struct AuthArgs {
 /// claim-to-permission map.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuthFile {
+pub struct AuthFile {
     mode: Option<AuthMode>,
     #[serde(default)]
     jwt_issuer: Vec<String>,
@@ -91,21 +91,25 @@ struct AuthFile {
     permissions: Option<HashMap<String, Vec<String>>>,
 }
 
+/// The config file (`--config`): an `[auth]` and a `[search]` section.
 #[derive(Debug, Default, Deserialize)]
-struct ConfigFile {
+pub struct ConfigFile {
+    /// Authentication settings.
     #[serde(default)]
-    auth: AuthFile,
+    pub auth: AuthFile,
+    /// Search settings.
+    #[serde(default)]
+    pub search: crate::search_config::SearchFile,
 }
 
-fn read_config(path: Option<&Path>) -> anyhow::Result<AuthFile> {
+/// Reads and parses the config file (all defaults without one).
+pub fn read_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
     let Some(path) = path else {
-        return Ok(AuthFile::default());
+        return Ok(ConfigFile::default());
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    let file: ConfigFile =
-        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
-    Ok(file.auth)
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -131,11 +135,10 @@ pub struct Auth {
 /// Resolves flags over the config file over defaults, and builds the authenticator.
 pub async fn build(
     args: AuthArgs,
-    config_file: Option<&Path>,
+    file: AuthFile,
     data_dir: &Path,
     listen: SocketAddr,
 ) -> anyhow::Result<Auth> {
-    let file = read_config(config_file)?;
     let permissions = match &file.permissions {
         None => PermissionMap::default(),
         Some(map) => PermissionMap::from_names(map).map_err(anyhow::Error::msg)?,

@@ -53,11 +53,14 @@ pub struct ServeArgs {
     )]
     search_snapshot_interval_secs: u64,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
-    /// claim-to-permission map. Flags and environment variables override it.
+    /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
+    /// environment variables override it.
     #[arg(long, env = "MNEMO_CONFIG")]
     config: Option<PathBuf>,
     #[command(flatten)]
     auth: crate::auth_config::AuthArgs,
+    #[command(flatten)]
+    search: crate::search_config::SearchArgs,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then flushes and closes the store.
@@ -65,13 +68,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Install the metrics recorder before anything registers its series.
     mnemo_api::metrics::install();
     mnemo_auth::describe_metrics();
-    let auth = crate::auth_config::build(
-        args.auth,
-        args.config.as_deref(),
-        &args.data_dir,
-        args.listen,
-    )
-    .await?;
+    let file = crate::auth_config::read_config(args.config.as_deref())?;
+    let auth = crate::auth_config::build(args.auth, file.auth, &args.data_dir, args.listen).await?;
+    let search_options = crate::search_config::build(args.search, file.search).await?;
     let location = match &args.store {
         None => StoreLocation::local(&args.data_dir.join("store"))?,
         Some(url) => StoreLocation::from_url(url, RemotePolicy::default())?,
@@ -98,12 +97,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
-    let snapshots = mnemo_api::search::SnapshotOptions {
+    let mut search_options = search_options;
+    search_options.snapshots = mnemo_api::search::SnapshotOptions {
         interval: Duration::from_secs(args.search_snapshot_interval_secs),
     };
-    let search = mnemo_api::search::SearchService::start_with(store.clone(), snapshots)
+    let search = mnemo_api::search::SearchService::start_with(store.clone(), search_options)
         .await
-        .context("building the search index")?;
+        .context("starting search")?;
     let app = mnemo_api::router(
         mnemo_api::AppState::new(store.clone())
             .with_auth(auth.config)

@@ -364,7 +364,7 @@ impl SearchService {
         let mut dropped = 0usize;
         for t in self.index.tenants() {
             if !in_store.contains(t.as_str()) {
-                self.apply(vec![IndexOp::DeleteTenant { tenant: t }])
+                self.apply(vec![IndexOp::DeleteTenant { tenant: t }], 0)
                     .await?;
                 dropped += 1;
             }
@@ -386,9 +386,12 @@ impl SearchService {
                 }
                 _ => {
                     tracing::info!(%tenant, ?position, "search snapshot has no usable position for the tenant; rebuilding it");
-                    self.apply(vec![IndexOp::DeleteTenant {
-                        tenant: tenant.as_str().to_owned(),
-                    }])
+                    self.apply(
+                        vec![IndexOp::DeleteTenant {
+                            tenant: tenant.as_str().to_owned(),
+                        }],
+                        0,
+                    )
                     .await?;
                     rebuild.push(tenant);
                 }
@@ -592,6 +595,13 @@ mod tests {
         interval: Duration::from_secs(3600),
     };
 
+    fn hourly() -> crate::search::SearchOptions {
+        crate::search::SearchOptions {
+            snapshots: HOUR,
+            ..Default::default()
+        }
+    }
+
     /// A user erased after the snapshot stays erased after a restore: `erase_user` writes
     /// `conversation.deleted` / `kv.deleted` log entries, which the restart replays. The
     /// snapshot itself still holds the user's documents (checked), so the test fails if
@@ -604,7 +614,7 @@ mod tests {
         let alice = Scope::user(tenant.clone(), "alice").unwrap();
         let bob = Scope::user(tenant.clone(), "bob").unwrap();
         let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc = SearchService::start_with(store.clone(), HOUR)
+        let svc = SearchService::start_with(store.clone(), hourly())
             .await
             .unwrap();
         store
@@ -626,7 +636,9 @@ mod tests {
             )
             .await
             .unwrap();
-        svc.wait_current(&tenant).await.unwrap();
+        svc.wait_current(&tenant, crate::search::Consistency::Eventual)
+            .await
+            .unwrap();
         assert_eq!(ids(svc.index(), Source::Items, "zebra").len(), 2);
         // Snapshot now (the shutdown path writes one whenever the index changed).
         svc.shutdown().await;
@@ -640,7 +652,9 @@ mod tests {
             .append_items(&bob, &bob_conv.id, vec![item("zebra bob two")])
             .await
             .unwrap();
-        svc.wait_current(&tenant).await.unwrap();
+        svc.wait_current(&tenant, crate::search::Consistency::Eventual)
+            .await
+            .unwrap();
         let want_items = ids(svc.index(), Source::Items, "zebra");
         assert_eq!(want_items.len(), 2);
         assert!(want_items.contains(&bob_items[0].id));
@@ -659,7 +673,7 @@ mod tests {
 
         // ...but the restarted service, restored from it, does not.
         let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc2 = SearchService::start_with(store.clone(), HOUR)
+        let svc2 = SearchService::start_with(store.clone(), hourly())
             .await
             .unwrap();
         let resumed = svc2
@@ -687,14 +701,16 @@ mod tests {
         let tenant = TenantId::default_tenant();
         let bob = Scope::user(tenant.clone(), "bob").unwrap();
         let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc = SearchService::start_with(store.clone(), HOUR)
+        let svc = SearchService::start_with(store.clone(), hourly())
             .await
             .unwrap();
         store
             .create_conversation(&bob, Default::default(), vec![item("zebra first")])
             .await
             .unwrap();
-        svc.wait_current(&tenant).await.unwrap();
+        svc.wait_current(&tenant, crate::search::Consistency::Eventual)
+            .await
+            .unwrap();
         svc.shutdown().await;
         // Rewrite the snapshot with a position that is not in the log, as a newer generation.
         let snaps = SnapshotStore::new(&loc);
@@ -716,7 +732,7 @@ mod tests {
         store.close().await.unwrap();
 
         let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc2 = SearchService::start_with(store.clone(), HOUR)
+        let svc2 = SearchService::start_with(store.clone(), hourly())
             .await
             .unwrap();
         let resumed = svc2
