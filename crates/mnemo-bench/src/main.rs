@@ -17,6 +17,7 @@ mod data;
 mod http;
 mod load;
 mod peers;
+mod quiet;
 mod report;
 mod run;
 mod systems;
@@ -27,6 +28,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use systems::System;
+
+/// CPU use (fraction of all cores) below which the machine counts as quiet after the load.
+const QUIET_CPU: f64 = 0.10;
 
 /// Benchmarks for mnemo.
 #[derive(Parser)]
@@ -52,9 +56,14 @@ struct CompareArgs {
     /// Seconds per (workload, system, concurrency) run (default 8, quick 1).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Seconds to wait after loading, before the first workload (default 30, quick 3).
+    /// Seconds to rest after loading, before the first workload (default 30, quick 3); the
+    /// rest then goes on until the machine's CPU is at most 10 % busy over 2 s.
     #[arg(long)]
     settle: Option<u64>,
+    /// Longest rest after loading, in seconds, if the machine does not go quiet (default 900,
+    /// quick 30).
+    #[arg(long)]
+    settle_max: Option<u64>,
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     clients: Vec<usize>,
@@ -105,6 +114,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     };
     let seconds = args.seconds.unwrap_or(if args.quick { 1 } else { 8 });
     let settle = args.settle.unwrap_or(if args.quick { 3 } else { 30 });
+    let settle_max = args
+        .settle_max
+        .unwrap_or(if args.quick { 30 } else { 900 })
+        .max(settle);
     let mnemo_bin = match args.mnemo_bin {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("mnemo"),
@@ -152,10 +165,20 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     // Let every system finish the background work of the load (checkpoints, AOF writes,
     // memtable flushes, compaction) and the kernel write back dirty pages, so the first
     // workload does not pay for it: on ext4 a small fsync waits for other files' dirty data.
-    eprintln!("settling for {settle} s after the load…");
+    eprintln!("settling for {settle}–{settle_max} s after the load, until the CPU is idle…");
     let _ = std::process::Command::new("sync").status();
-    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let rested = quiet::rest(
+        Duration::from_secs(settle),
+        Duration::from_secs(settle_max),
+        QUIET_CPU,
+    )
+    .await;
     let _ = std::process::Command::new("sync").status();
+    eprintln!(
+        "rested {:.0} s ({})",
+        rested.waited.as_secs_f64(),
+        if rested.quiet { "quiet" } else { "still busy" }
+    );
     let workloads: Vec<&run::Workload> = run::WORKLOADS
         .iter()
         .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.id))
@@ -189,8 +212,8 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
          Machine: {}. Versions: {}; {}; mnemo {}.\n\n\
          Data set: {} conversations of 20–200 items (user messages log-normal, median {} B; \
          assistant messages median {} B; σ = 0.6), {} KV keys of 1 KiB and {} of 64 KiB, \
-         loaded into every system, then `sync` and {} s of rest. {} s per run, one connection per \
-         client.\n",
+         loaded into every system, then `sync` and {:.0} s of rest ({}). {} s per run, one \
+         connection per client.\n",
         started.elapsed().as_secs_f64(),
         machine(),
         peers::postgres_version(),
@@ -201,7 +224,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         data::ASSISTANT_MEDIAN,
         spec.kv_keys_1k,
         spec.kv_keys_64k,
-        settle,
+        rested.waited.as_secs_f64(),
+        if rested.quiet {
+            format!(
+                "at least {settle} s, then until the machine's CPU was at most {:.0} % busy over 2 s",
+                QUIET_CPU * 100.0
+            )
+        } else {
+            format!(
+                "the machine was still more than {:.0} % busy when the {settle_max} s limit ended it",
+                QUIET_CPU * 100.0
+            )
+        },
         seconds,
     );
     section.push_str(&report::goals(&samples));
