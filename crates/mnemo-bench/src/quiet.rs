@@ -15,6 +15,8 @@ fn cpu_times() -> Option<(u64, u64)> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
+        // user nice system idle iowait irq softirq steal; guest time is already in user/nice.
+        .take(8)
         .filter_map(|x| x.parse().ok())
         .collect();
     if v.len() < 5 {
