@@ -602,6 +602,15 @@ mod tests {
         }
     }
 
+    /// A store at `loc` and its search service, snapshotting hourly (not during a test).
+    async fn open(loc: &StoreLocation) -> (Arc<Store>, Arc<SearchService>) {
+        let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
+        let svc = SearchService::start_with(store.clone(), hourly())
+            .await
+            .unwrap();
+        (store, svc)
+    }
+
     /// A user erased after the snapshot stays erased after a restore: `erase_user` writes
     /// `conversation.deleted` / `kv.deleted` log entries, which the restart replays. The
     /// snapshot itself still holds the user's documents (checked), so the test fails if
@@ -613,10 +622,7 @@ mod tests {
         let tenant = TenantId::default_tenant();
         let alice = Scope::user(tenant.clone(), "alice").unwrap();
         let bob = Scope::user(tenant.clone(), "bob").unwrap();
-        let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc = SearchService::start_with(store.clone(), hourly())
-            .await
-            .unwrap();
+        let (store, svc) = open(&loc).await;
         store
             .create_conversation(&alice, Default::default(), vec![item("zebra alice one")])
             .await
@@ -672,10 +678,7 @@ mod tests {
         drop(old);
 
         // ...but the restarted service, restored from it, does not.
-        let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc2 = SearchService::start_with(store.clone(), hourly())
-            .await
-            .unwrap();
+        let (store, svc2) = open(&loc).await;
         let resumed = svc2
             .snapshots
             .as_ref()
@@ -700,10 +703,7 @@ mod tests {
         let loc = StoreLocation::local(&dir).unwrap();
         let tenant = TenantId::default_tenant();
         let bob = Scope::user(tenant.clone(), "bob").unwrap();
-        let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc = SearchService::start_with(store.clone(), hourly())
-            .await
-            .unwrap();
+        let (store, svc) = open(&loc).await;
         store
             .create_conversation(&bob, Default::default(), vec![item("zebra first")])
             .await
@@ -731,10 +731,7 @@ mod tests {
             .unwrap();
         store.close().await.unwrap();
 
-        let store = Arc::new(Store::open(EngineConfig::new(loc.clone())).await.unwrap());
-        let svc2 = SearchService::start_with(store.clone(), hourly())
-            .await
-            .unwrap();
+        let (store, svc2) = open(&loc).await;
         let resumed = svc2
             .snapshots
             .as_ref()
