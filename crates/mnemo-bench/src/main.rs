@@ -22,6 +22,7 @@ mod report;
 mod run;
 mod systems;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -118,17 +119,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         .settle_max
         .unwrap_or(if args.quick { 30 } else { 900 })
         .max(settle);
-    let mnemo_bin = match args.mnemo_bin {
+    let mnemo_bin = match args.mnemo_bin.clone() {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("mnemo"),
     };
     let started = Instant::now();
     eprintln!("starting systems…");
     let wanted = |name: &str| args.systems.is_empty() || args.systems.iter().any(|s| s == name);
+    let logs = peers::LogDir::create()?;
     let mut servers = Vec::new();
     let mut systems: Vec<Arc<dyn System>> = Vec::new();
     if wanted("mnemo") {
-        let m = peers::start_mnemo(&mnemo_bin)?;
+        let m = peers::start_mnemo(&mnemo_bin, &logs)?;
         systems.push(Arc::new(systems::Mnemo::new(format!(
             "127.0.0.1:{}",
             m.port
@@ -136,7 +138,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         servers.push(m);
     }
     if wanted("postgres") {
-        let pg = peers::start_postgres()?;
+        let pg = peers::start_postgres(&logs)?;
         systems.push(Arc::new(systems::Postgres {
             conn: format!("host=127.0.0.1 port={} user=bench dbname=postgres", pg.port),
         }));
@@ -144,7 +146,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     for fsync in ["always", "everysec"] {
         if wanted(&format!("redis-{fsync}")) {
-            let r = peers::start_redis(fsync)?;
+            let r = peers::start_redis(fsync, &logs)?;
             systems.push(Arc::new(systems::Redis {
                 label: r.name.clone(),
                 url: format!("redis://127.0.0.1:{}/", r.port),
@@ -152,59 +154,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             servers.push(r);
         }
     }
-    let style =
-        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({elapsed})")?
-            .progress_chars("=> ");
-    for s in &systems {
-        let pb = ProgressBar::new(spec.conversations as u64)
-            .with_style(style.clone())
-            .with_prefix(format!("load {}", s.name()));
-        s.load(&spec, &pb).await?;
-        pb.finish_with_message("loaded");
-    }
-    // Let every system finish the background work of the load (checkpoints, AOF writes,
-    // memtable flushes, compaction) and the kernel write back dirty pages, so the first
-    // workload does not pay for it: on ext4 a small fsync waits for other files' dirty data.
-    eprintln!("settling for {settle}–{settle_max} s after the load, until the CPU is idle…");
-    let _ = std::process::Command::new("sync").status();
-    let rested = quiet::rest(
-        Duration::from_secs(settle),
-        Duration::from_secs(settle_max),
-        QUIET_CPU,
-    )
-    .await;
-    let _ = std::process::Command::new("sync").status();
-    eprintln!(
-        "rested {:.0} s ({})",
-        rested.waited.as_secs_f64(),
-        if rested.quiet { "quiet" } else { "still busy" }
-    );
-    let workloads: Vec<&run::Workload> = run::WORKLOADS
-        .iter()
-        .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.id))
-        .collect();
-    let total: usize = workloads
-        .iter()
-        .map(|w| (1 + w.peers.len()) * args.clients.len())
-        .sum();
-    let pb = ProgressBar::new(total as u64)
-        .with_style(style)
-        .with_prefix("workloads");
-    let mut samples = Vec::new();
-    for w in &workloads {
-        for name in std::iter::once("mnemo").chain(w.peers.iter().copied()) {
-            let Some(sys) = systems.iter().find(|s| s.name() == name) else {
-                continue;
-            };
-            for &c in &args.clients {
-                pb.set_message(format!("{} {} ×{}", w.id, name, c));
-                let s = run::run(sys.as_ref(), w, &spec, c, Duration::from_secs(seconds)).await?;
-                samples.push(s);
-                pb.inc(1);
-            }
+    let measured = measure(&args, &spec, &systems, seconds, settle, settle_max).await;
+    let (samples, rested) = match measured {
+        Ok(m) => m,
+        Err(e) => {
+            let states: Vec<String> = servers.iter_mut().map(|s| s.diagnose()).collect();
+            return Err(e.context(format!(
+                "server states:\n  {}\nlogs kept in {}",
+                states.join("\n  "),
+                logs.path.display()
+            )));
         }
-    }
-    pb.finish_with_message("done");
+    };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut section = format!(
         "## Side by side with PostgreSQL and Redis\n\n\
@@ -246,7 +207,75 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     drop(servers);
+    logs.remove();
     Ok(())
+}
+
+/// Loads every system, rests until the machine is idle, then runs the workloads.
+async fn measure(
+    args: &CompareArgs,
+    spec: &data::DataSpec,
+    systems: &[Arc<dyn System>],
+    seconds: u64,
+    settle: u64,
+    settle_max: u64,
+) -> anyhow::Result<(Vec<run::Sample>, quiet::Rested)> {
+    let style =
+        ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg} ({elapsed})")?
+            .progress_chars("=> ");
+    for s in systems {
+        let pb = ProgressBar::new(spec.conversations as u64)
+            .with_style(style.clone())
+            .with_prefix(format!("load {}", s.name()));
+        s.load(spec, &pb)
+            .await
+            .with_context(|| format!("loading {}", s.name()))?;
+        pb.finish_with_message("loaded");
+    }
+    // Let every system finish the background work of the load (checkpoints, AOF writes,
+    // memtable flushes, compaction) and the kernel write back dirty pages, so the first
+    // workload does not pay for it: on ext4 a small fsync waits for other files' dirty data.
+    eprintln!("settling for {settle}–{settle_max} s after the load, until the CPU is idle…");
+    let _ = std::process::Command::new("sync").status();
+    let rested = quiet::rest(
+        Duration::from_secs(settle),
+        Duration::from_secs(settle_max),
+        QUIET_CPU,
+    )
+    .await;
+    let _ = std::process::Command::new("sync").status();
+    eprintln!(
+        "rested {:.0} s ({})",
+        rested.waited.as_secs_f64(),
+        if rested.quiet { "quiet" } else { "still busy" }
+    );
+    let workloads: Vec<&run::Workload> = run::WORKLOADS
+        .iter()
+        .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.id))
+        .collect();
+    let total: usize = workloads
+        .iter()
+        .map(|w| (1 + w.peers.len()) * args.clients.len())
+        .sum();
+    let pb = ProgressBar::new(total as u64)
+        .with_style(style)
+        .with_prefix("workloads");
+    let mut samples = Vec::new();
+    for w in &workloads {
+        for name in std::iter::once("mnemo").chain(w.peers.iter().copied()) {
+            let Some(sys) = systems.iter().find(|s| s.name() == name) else {
+                continue;
+            };
+            for &c in &args.clients {
+                pb.set_message(format!("{} {} ×{}", w.id, name, c));
+                let s = run::run(sys.as_ref(), w, spec, c, Duration::from_secs(seconds)).await?;
+                samples.push(s);
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_with_message("done");
+    Ok((samples, rested))
 }
 
 #[tokio::main]

@@ -9,14 +9,43 @@ use std::time::{Duration, Instant};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// A server process, killed and its data directory removed on drop.
+/// A server process, killed and its data directory removed on drop. Its log file lives in the
+/// run's log directory (see [`LogDir`]), not in the data directory, so it outlives the server.
 pub struct Server {
     /// Display name.
     pub name: String,
     /// TCP port on 127.0.0.1.
     pub port: u16,
+    /// The server's stdout and stderr.
+    pub log: PathBuf,
     child: Child,
     dir: PathBuf,
+}
+
+impl Server {
+    /// `None` while the process runs, else how it ended.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// One line on the server's state and the end of its log, for error reports.
+    pub fn diagnose(&mut self) -> String {
+        let state = match self.exit_status() {
+            None => format!("{} (pid {}) is running", self.name, self.child.id()),
+            Some(st) => format!("{} (pid {}) has exited: {st}", self.name, self.child.id()),
+        };
+        let tail = std::fs::read_to_string(&self.log)
+            .map(|t| {
+                let lines: Vec<&str> = t.lines().collect();
+                lines[lines.len().saturating_sub(5)..].join("\n    ")
+            })
+            .unwrap_or_default();
+        if tail.is_empty() {
+            format!("{state}; log {} is empty", self.log.display())
+        } else {
+            format!("{state}; end of {}:\n    {tail}", self.log.display())
+        }
+    }
 }
 
 impl Drop for Server {
@@ -24,6 +53,34 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The directory holding every server's log for one run. Removed when the run succeeds
+/// ([`LogDir::remove`]); kept, and named in the error, when it fails.
+pub struct LogDir {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl LogDir {
+    /// A fresh `mnemo-bench-logs-PID` directory under the temporary directory.
+    pub fn create() -> anyhow::Result<Self> {
+        Ok(LogDir {
+            path: temp_dir("logs")?,
+        })
+    }
+
+    fn file(&self, name: &str) -> anyhow::Result<(PathBuf, std::fs::File)> {
+        let path = self.path.join(format!("{name}.log"));
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok((path, f))
+    }
+
+    /// Deletes the logs (after a successful run).
+    pub fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -106,7 +163,7 @@ fn version_of(bin: &str, flag: &str) -> String {
 
 /// Starts PostgreSQL 15 with `synchronous_commit=on` and `fsync=on` (the defaults, set
 /// explicitly). Runs as the `postgres` user when started by root (initdb refuses root).
-pub fn start_postgres() -> anyhow::Result<Server> {
+pub fn start_postgres(logs: &LogDir) -> anyhow::Result<Server> {
     ensure_package(&format!("{PG_BIN}/postgres"), &["postgresql-15"])?;
     let dir = temp_dir("postgres")?;
     let data = dir.join("data");
@@ -137,7 +194,13 @@ pub fn start_postgres() -> anyhow::Result<Server> {
         bail!("initdb failed");
     }
     let port = free_port()?;
-    let log = std::fs::File::create(dir.join("postgres.log"))?;
+    let (log_path, log) = logs.file("postgres")?;
+    if is_root() {
+        Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&log_path)
+            .status()?;
+    }
     let mut child = as_postgres(&format!("{PG_BIN}/postgres"))
         .arg("-D")
         .arg(&data)
@@ -163,16 +226,19 @@ pub fn start_postgres() -> anyhow::Result<Server> {
     Ok(Server {
         name: "postgres".into(),
         port,
+        log: log_path,
         child,
         dir,
     })
 }
 
 /// Starts Redis 7 with the append-only file on and the given `appendfsync` policy.
-pub fn start_redis(appendfsync: &str) -> anyhow::Result<Server> {
+pub fn start_redis(appendfsync: &str, logs: &LogDir) -> anyhow::Result<Server> {
     ensure_package("/usr/bin/redis-server", &["redis-server"])?;
     let dir = temp_dir(&format!("redis-{appendfsync}"))?;
     let port = free_port()?;
+    let name = format!("redis-{appendfsync}");
+    let (log_path, log) = logs.file(&name)?;
     let mut child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
@@ -187,24 +253,25 @@ pub fn start_redis(appendfsync: &str) -> anyhow::Result<Server> {
             "--protected-mode",
             "no",
         ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .spawn()
         .context("starting redis-server")?;
     wait_port(port, "redis", &mut child)?;
     Ok(Server {
-        name: format!("redis-{appendfsync}"),
+        name,
         port,
+        log: log_path,
         child,
         dir,
     })
 }
 
 /// Starts `mnemo serve` on its default local store.
-pub fn start_mnemo(bin: &Path) -> anyhow::Result<Server> {
+pub fn start_mnemo(bin: &Path, logs: &LogDir) -> anyhow::Result<Server> {
     let dir = temp_dir("mnemo")?;
     let port = free_port()?;
-    let log = std::fs::File::create(dir.join("mnemo.log"))?;
+    let (log_path, log) = logs.file("mnemo")?;
     let mut child = Command::new(bin)
         .arg("serve")
         .arg("--data-dir")
@@ -219,6 +286,7 @@ pub fn start_mnemo(bin: &Path) -> anyhow::Result<Server> {
     Ok(Server {
         name: "mnemo".into(),
         port,
+        log: log_path,
         child,
         dir,
     })

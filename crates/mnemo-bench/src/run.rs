@@ -3,6 +3,7 @@
 
 use crate::data::DataSpec;
 use crate::systems::{kv_key, Op, System};
+use anyhow::Context;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -139,15 +140,24 @@ pub async fn run(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Sample> {
+    let what = format!(
+        "{} on {} with {clients} clients",
+        workload.id,
+        system.name()
+    );
     let mut sessions = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        sessions.push(system.connect().await?);
+    for i in 0..clients {
+        let session = system
+            .connect()
+            .await
+            .with_context(|| format!("{what}: opening connection {}", i + 1))?;
+        sessions.push(session);
     }
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     for (i, mut session) in sessions.into_iter().enumerate() {
-        let (kind, spec) = (workload.kind, *spec);
+        let (kind, spec, what) = (workload.kind, *spec, what.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(0xbe0c ^ (i as u64) << 20);
             let size = match kind {
@@ -165,7 +175,7 @@ pub async fn run(
                     Err(e) => {
                         errors += 1;
                         if errors == 1 {
-                            eprintln!("error: {e:#}");
+                            eprintln!("{what}, client {i}: first error: {e:#}");
                         }
                     }
                 }

@@ -427,9 +427,14 @@ struct RedisSession {
     conn: redis::aio::MultiplexedConnection,
 }
 
+/// Opens a connection without the redis crate's default response time-out (500 ms): the other
+/// systems' clients wait for every answer, so Redis's do too (a stall shows in the latencies).
 async fn redis_connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(std::time::Duration::from_secs(30)));
     Ok(redis::Client::open(url)?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await?)
 }
 
