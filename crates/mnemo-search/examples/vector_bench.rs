@@ -12,7 +12,9 @@
 //!    single-thread QPS and recall@10 for a sweep of `ef`.
 //!
 //! With `--npy-dir`, writes `base.npy` and `queries.npy` (float32) of part 2 for
-//! `bench/ann_peers.py`.
+//! `bench/ann_peers.py`. With `--serve`, part 2 builds the graph, prints `ready`, then reads
+//! one `ef` per line from stdin and answers each with `QPS recall` for the query set: the mode
+//! `bench/ann_peers.py --mnemo BIN` uses to interleave mnemo with its peers in one run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -42,6 +44,7 @@ struct Args {
     queries: usize,
     npy_dir: Option<String>,
     quant: Quantization,
+    serve: bool,
 }
 
 fn args() -> Args {
@@ -52,10 +55,16 @@ fn args() -> Args {
         queries: 1000,
         npy_dir: None,
         quant: SearchConfig::default().ann_quantization,
+        serve: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
+        if v[i] == "--serve" {
+            a.serve = true;
+            i += 1;
+            continue;
+        }
         let val = v.get(i + 1).cloned().unwrap_or_default();
         match v[i].as_str() {
             "--owner-n" => a.owner_n = val.parse().expect("--owner-n"),
@@ -286,23 +295,23 @@ fn main() {
             queries.len() as f64 / gt_time.as_secs_f64() / 2.0
         );
 
+        if a.serve {
+            println!("ready");
+            std::io::stdout().flush().unwrap();
+            for line in std::io::stdin().lines() {
+                let line = line.unwrap();
+                let Ok(ef) = line.trim().parse::<usize>() else {
+                    break;
+                };
+                let (qps, recall) = sweep_point(&index, &queries, &truth, ef);
+                println!("{qps:.1} {recall:.4}");
+                std::io::stdout().flush().unwrap();
+            }
+            return;
+        }
         let mut best: Option<(f64, usize)> = None;
         for ef in EF_SWEEP {
-            index.set_ann_expansion_search(ef);
-            let mut found = 0;
-            let t = Instant::now();
-            for (q, want) in queries.iter().zip(&truth) {
-                let mut sq = SearchQuery::new("bench", Source::Items, Mode::Vector, 10);
-                sq.vector = Some(q.clone());
-                let hits = index.search(&sq).unwrap();
-                found += hits
-                    .iter()
-                    .filter(|h| want.contains(&h.id[1..].parse::<usize>().unwrap()))
-                    .count();
-            }
-            let el = t.elapsed();
-            let qps = queries.len() as f64 / el.as_secs_f64();
-            let recall = found as f64 / (queries.len() * 10) as f64;
+            let (qps, recall) = sweep_point(&index, &queries, &truth, ef);
             println!(
                 "usearch ANN ({:?} graph, exact re-score) ef={ef:>3}: {qps:>6.0} QPS single-thread, recall@10 {recall:.4}",
                 a.quant,
@@ -318,4 +327,30 @@ fn main() {
             None => println!("mnemo: no ef reached recall@10 >= {RECALL_TARGET}"),
         }
     }
+}
+
+/// Single-thread QPS and recall@10 of the whole query set at search breadth `ef`.
+fn sweep_point(
+    index: &SearchIndex,
+    queries: &[Vec<f32>],
+    truth: &[HashSet<usize>],
+    ef: usize,
+) -> (f64, f64) {
+    index.set_ann_expansion_search(ef);
+    let mut found = 0;
+    let t = Instant::now();
+    for (q, want) in queries.iter().zip(truth) {
+        let mut sq = SearchQuery::new("bench", Source::Items, Mode::Vector, 10);
+        sq.vector = Some(q.clone());
+        let hits = index.search(&sq).unwrap();
+        found += hits
+            .iter()
+            .filter(|h| want.contains(&h.id[1..].parse::<usize>().unwrap()))
+            .count();
+    }
+    let el = t.elapsed();
+    (
+        queries.len() as f64 / el.as_secs_f64(),
+        found as f64 / (queries.len() * 10) as f64,
+    )
 }

@@ -4,7 +4,7 @@
 //! the f32 copy in the catalog, so quantisation only affects which candidates are found, not
 //! their scores or order.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
@@ -14,6 +14,11 @@ use crate::SearchError;
 
 /// Thread contexts reserved in usearch: concurrent searches plus the builder.
 const THREADS: usize = 64;
+
+/// A graph is rebuilt once its removed nodes number at least this many...
+const REBUILD_MIN_TOMBSTONES: usize = 1024;
+/// ...and at least this fraction of its live vectors (one removed node per three live ones).
+const REBUILD_TOMBSTONE_RATIO: f64 = 1.0 / 3.0;
 
 /// Quantisation of the vectors inside the HNSW graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,10 @@ pub(crate) struct Ann {
     index: Index,
     /// Readers: add, remove, search (usearch makes these thread-safe). Writer: reserve.
     lock: RwLock<()>,
+    /// Removed nodes still in the graph: usearch keeps a removed vector's node (searches walk
+    /// through it but never return it) until an add reuses its slot. A loaded graph starts
+    /// from the count in its header.
+    tombstones: AtomicUsize,
 }
 
 impl Ann {
@@ -48,6 +57,7 @@ impl Ann {
         Ok(Ann {
             index,
             lock: RwLock::new(()),
+            tombstones: AtomicUsize::new(0),
         })
     }
 
@@ -79,6 +89,7 @@ impl Ann {
         Ok(Ann {
             index,
             lock: RwLock::new(()),
+            tombstones: AtomicUsize::new(meta.count_deleted as usize),
         })
     }
 
@@ -151,6 +162,10 @@ impl Ann {
             self.index
                 .add(*h, v)
                 .map_err(|e| SearchError::Internal(e.to_string()))?;
+            // An add fills a removed node's slot first.
+            let _ = self
+                .tombstones
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1));
         }
         Ok(items.len())
     }
@@ -164,7 +179,22 @@ impl Ann {
     /// Removes a vector (no-op if absent).
     pub fn remove(&self, handle: Handle) {
         let _r = self.lock.read();
-        let _ = self.index.remove(handle);
+        if self.index.remove(handle).is_ok_and(|n| n > 0) {
+            self.tombstones.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removed nodes still in the graph (see the field's doc).
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.load(Ordering::Relaxed)
+    }
+
+    /// Whether so many vectors were removed (and not replaced by adds) that a fresh graph of
+    /// the live vectors would search faster and find more: each removed node still costs
+    /// distance computations on every walk through it and holds edges live nodes lack.
+    pub fn needs_rebuild(&self) -> bool {
+        let dead = self.tombstones();
+        dead >= REBUILD_MIN_TOMBSTONES && dead as f64 >= self.len() as f64 * REBUILD_TOMBSTONE_RATIO
     }
 
     /// Up to `count` candidate handles near `query`, only those accepted by `keep` if given.

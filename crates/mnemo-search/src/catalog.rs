@@ -58,6 +58,49 @@ pub(crate) struct SourceVectors {
     pub ann: Option<Arc<Ann>>,
     /// Vectors not yet added to `ann` (searched exactly meanwhile).
     pub pending: HashSet<Handle>,
+    /// A fresh graph being filled in the background because `ann` holds too many removed
+    /// nodes ([`Ann::needs_rebuild`]); `ann` keeps serving searches until `next_pending` is
+    /// empty, then `next` replaces it.
+    pub next: Option<Arc<Ann>>,
+    /// Live vectors not yet added to `next`.
+    pub next_pending: HashSet<Handle>,
+}
+
+impl SourceVectors {
+    /// Every live vector's handle.
+    pub fn all_handles(&self) -> HashSet<Handle> {
+        self.blocks
+            .values()
+            .flat_map(|b| b.handles.iter().copied())
+            .collect()
+    }
+
+    /// Records a new live vector: pending for the graph and for its replacement, if any.
+    /// Returns whether a graph has new work.
+    fn add_pending(&mut self, handle: Handle) -> bool {
+        if self.next.is_some() {
+            self.next_pending.insert(handle);
+        }
+        if self.ann.is_some() {
+            self.pending.insert(handle);
+            return true;
+        }
+        false
+    }
+
+    /// Forgets a vector in the graph and its replacement.
+    fn remove_from_graphs(&mut self, handle: Handle) {
+        if !self.pending.remove(&handle) {
+            if let Some(ann) = &self.ann {
+                ann.remove(handle);
+            }
+        }
+        if !self.next_pending.remove(&handle) {
+            if let Some(next) = &self.next {
+                next.remove(handle);
+            }
+        }
+    }
 }
 
 /// Everything the catalog knows about one tenant.
@@ -289,8 +332,7 @@ impl Catalog {
                     simd::push_f16(v, &mut block.half);
                 }
                 sv.count += 1;
-                if sv.ann.is_some() {
-                    sv.pending.insert(handle);
+                if sv.add_pending(handle) {
                     ann_dirty = Some((tenant_key.clone(), src));
                 }
             }
@@ -365,8 +407,7 @@ impl Catalog {
             simd::push_f16(v, &mut block.half);
         }
         sv.count += 1;
-        if sv.ann.is_some() {
-            sv.pending.insert(handle);
+        if sv.add_pending(handle) {
             return Some((tenant_key, source));
         }
         None
@@ -404,11 +445,7 @@ impl Catalog {
         };
         let sv = &mut ts.sources[d.source.index()];
         sv.count -= 1;
-        if !sv.pending.remove(&handle) {
-            if let Some(ann) = &sv.ann {
-                ann.remove(handle);
-            }
-        }
+        sv.remove_from_graphs(handle);
         let Some(block) = sv.blocks.get_mut(&d.owner) else {
             return;
         };

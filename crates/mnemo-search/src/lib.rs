@@ -351,7 +351,7 @@ impl SearchIndex {
         let cat = s.catalog.read();
         for t in cat.tenants.values() {
             for sv in &t.sources {
-                if let Some(a) = &sv.ann {
+                for a in sv.ann.iter().chain(sv.next.iter()) {
                     a.set_expansion_search(ef);
                 }
             }
@@ -397,6 +397,10 @@ impl SearchIndex {
             st.ann_pending += sv.pending.len();
             if let Some(a) = &sv.ann {
                 st.ann_indexed += a.len();
+                st.ann_removed += a.tombstones();
+            }
+            if sv.next.is_some() {
+                st.ann_rebuilds += 1;
             }
         }
         st
@@ -807,6 +811,7 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
                     touched.insert(tenant);
                 }
                 IndexOp::Delete { tenant, source, id } => {
+                    touched.insert(tenant.clone());
                     let hs = cat.handles_of(&tenant, |t| {
                         t.by_id[source.index()]
                             .get(id.as_str())
@@ -820,11 +825,13 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
                     tenant,
                     conversation_id,
                 } => {
+                    touched.insert(tenant.clone());
                     let hs =
                         cat.handles_of(&tenant, |t| members(&t.by_conversation, &conversation_id));
                     cat.remove_all(hs, &mut text);
                 }
                 IndexOp::DeleteOwner { tenant, owner } => {
+                    touched.insert(tenant.clone());
                     let hs = cat.handles_of(&tenant, |t| members(&t.by_owner, &owner));
                     cat.remove_all(hs, &mut text);
                 }
@@ -838,7 +845,8 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
                 }
             }
         }
-        // Scopes that just grew past the threshold get an ANN graph, filled in the background.
+        // Scopes that just grew past the threshold get an ANN graph, filled in the background;
+        // graphs left with many removed nodes get a replacement, filled the same way.
         for tenant in touched {
             let Some(key) = cat
                 .tenants
@@ -861,11 +869,18 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
                         sv.count + sv.count / 4,
                     )?;
                     sv.ann = Some(Arc::new(ann));
-                    sv.pending = sv
-                        .blocks
-                        .values()
-                        .flat_map(|b| b.handles.iter().copied())
-                        .collect();
+                    sv.pending = sv.all_handles();
+                    dirty.push((key.clone(), src));
+                } else if sv.next.is_none() && sv.ann.as_ref().is_some_and(|a| a.needs_rebuild()) {
+                    // Many removed nodes: build a fresh graph beside the serving one.
+                    let next = ann::Ann::new(
+                        dim,
+                        s.cfg.ann_quantization,
+                        s.ann_ef.load(Ordering::SeqCst),
+                        sv.count + sv.count / 4,
+                    )?;
+                    sv.next = Some(Arc::new(next));
+                    sv.next_pending = sv.all_handles();
                     dirty.push((key.clone(), src));
                 }
             }
@@ -926,24 +941,25 @@ fn ann_loop(s: &Shared) {
                 return;
             }
             let _gate = s.ann_gate.lock();
-            let (ann, chunk) = {
+            // The serving graph's pending vectors first, then a replacement graph's.
+            let (ann, chunk, replacement) = {
                 let cat = s.catalog.read();
                 let Some(sv) = cat.tenant(&tenant).map(|t| &t.sources[source.index()]) else {
                     break;
                 };
-                let Some(ann) = sv.ann.clone() else { break };
+                let (ann, pending, replacement) = match (&sv.ann, &sv.next) {
+                    (Some(a), _) if !sv.pending.is_empty() => (a.clone(), &sv.pending, false),
+                    (_, Some(n)) => (n.clone(), &sv.next_pending, true),
+                    _ => break,
+                };
                 // Pending handles are live and have a vector (deletes leave `pending`).
-                let chunk: Vec<(Handle, Vec<f32>)> = sv
-                    .pending
+                let chunk: Vec<(Handle, Vec<f32>)> = pending
                     .iter()
                     .take(ANN_CHUNK)
                     .filter_map(|&h| cat.vector(h).map(|v| (h, v.to_vec())))
                     .collect();
-                (ann, chunk)
+                (ann, chunk, replacement)
             };
-            if chunk.is_empty() {
-                break;
-            }
             let done = match ann.add_all(&chunk, &s.ann_yield) {
                 Ok(n) => n,
                 Err(e) => {
@@ -960,13 +976,27 @@ fn ann_loop(s: &Shared) {
                 .collect();
             if let Some(t) = cat.tenants.get_mut(&*tenant) {
                 let sv = &mut t.sources[source.index()];
+                let pending = if replacement {
+                    &mut sv.next_pending
+                } else {
+                    &mut sv.pending
+                };
                 for (h, _) in added {
-                    sv.pending.remove(h);
+                    pending.remove(h);
+                }
+                // A complete replacement takes over from the graph it replaces.
+                if replacement && sv.next_pending.is_empty() && sv.pending.is_empty() {
+                    if let Some(next) = sv.next.take() {
+                        sv.ann = Some(next);
+                    }
                 }
             }
             // Deleted while being added: the catalog forgot them, the graph must too.
             for h in dead {
                 ann.remove(h);
+            }
+            if chunk.is_empty() {
+                break;
             }
         }
     }

@@ -252,4 +252,9 @@ pub struct TenantStats {
     pub ann_indexed: usize,
     /// Vectors of ANN-indexed scopes not yet in the ANN index (searched exactly meanwhile).
     pub ann_pending: usize,
+    /// Removed vectors whose nodes are still in a serving ANN graph (walked through, never
+    /// returned) until an add reuses them or the graph is rebuilt.
+    pub ann_removed: usize,
+    /// ANN graphs being rebuilt beside the serving one because of removed nodes.
+    pub ann_rebuilds: usize,
 }

@@ -1,5 +1,6 @@
 //! ANN (usearch HNSW, quantised, exact re-scoring) on 100k x 384 clustered, embedding-shaped
-//! vectors: recall@10 >= 0.99 against brute force, unfiltered, filtered and after deletes.
+//! vectors: recall@10 >= 0.99 against brute force, unfiltered, filtered, after deletes, while
+//! a graph with many removed nodes is rebuilt and after the rebuild.
 
 mod common;
 
@@ -152,6 +153,68 @@ fn ann_recall_at_10_on_clustered_100k_x_384() {
     );
     println!("recall@10 after deleting 10%: {r:.4}");
     assert!(r >= 0.99, "recall@10 after deletes {r}");
+    let st = index.stats("big");
+    assert_eq!(st.ann_removed, N / 10, "removed nodes are counted");
+    assert_eq!(
+        st.ann_rebuilds, 0,
+        "10 % removed does not warrant a rebuild"
+    );
+
+    // Deleting 30 % more leaves 40k removed nodes beside 60k live vectors: the graph is
+    // rebuilt in the background while the old one keeps serving.
+    let dels: Vec<IndexOp> = (0..N)
+        .filter(|i| [0, 1, 5].contains(&(i % 10)))
+        .map(|i| {
+            live[i] = false;
+            IndexOp::Delete {
+                tenant: "big".into(),
+                source: Source::Items,
+                id: format!("d{i}"),
+            }
+        })
+        .collect();
+    index.apply(dels).unwrap();
+    let st = index.stats("big");
+    assert_eq!(st.vectors, N * 6 / 10);
+    assert!(
+        st.ann_rebuilds == 1 || st.ann_removed == 0,
+        "a rebuild started (or already finished): {st:?}"
+    );
+    let r = recall(
+        &index,
+        &vectors,
+        &live,
+        &queries[..100],
+        &Filter::default(),
+        |_| true,
+    );
+    println!("recall@10 after deleting 40%, during the rebuild: {r:.4}");
+    assert!(r >= 0.99, "recall@10 during the rebuild {r}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let st = index.stats("big");
+        if st.ann_rebuilds == 0 {
+            assert_eq!(st.ann_removed, 0, "the new graph holds no removed node");
+            assert_eq!(
+                st.ann_indexed,
+                N * 6 / 10,
+                "every live vector is in the new graph"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "ANN rebuild did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = recall(
+        &index,
+        &vectors,
+        &live,
+        &queries[100..],
+        &Filter::default(),
+        |_| true,
+    );
+    println!("recall@10 after the rebuild: {r:.4}");
+    assert!(r >= 0.99, "recall@10 after the rebuild {r}");
     println!(
         "timings: load {:.1}s, ANN built at {:.1}s, total {:.1}s",
         loaded.as_secs_f64(),
