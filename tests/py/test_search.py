@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 import uuid
 
 import pytest
@@ -157,6 +158,22 @@ def test_memory_search_by_prefix_text_and_vector(server, uid):
     http.delete(f"/v1/kv/users/{user}/prefs/drink", headers=h)
     assert all(x["key"] != f"users/{user}/prefs/drink"
                for x in search(http, {"query": f"tea{uid}", "source": "memory"}, user=user)["data"])
+
+
+def test_expired_memory_is_neither_returned_nor_given_a_place(server, uid):
+    user = f"ttl-{uid}"
+    http = server.http
+    h = {"X-Mnemo-User": user}
+    # The value that matches best lives one second; two others stay.
+    r = http.put(f"/v1/kv/users/{user}/a?ttl_seconds=1", json={"text": f"ttl{uid} ttl{uid} ttl{uid}"}, headers=h)
+    assert r.status_code == 200, r.text
+    for k in ("b", "c"):
+        assert http.put(f"/v1/kv/users/{user}/{k}", json={"text": f"ttl{uid} note {k}"}, headers=h).status_code == 200
+    body = {"query": f"ttl{uid}", "source": "memory", "top_k": 2}
+    assert search(http, body, user=user)["data"][0]["key"] == f"users/{user}/a"
+    time.sleep(2.2)
+    keys = [x["key"] for x in search(http, body, user=user)["data"]]
+    assert sorted(keys) == [f"users/{user}/b", f"users/{user}/c"], keys
 
 
 def test_bad_search_input_is_400(server, uid):

@@ -27,8 +27,7 @@ use mnemo_search::{
     Doc, Filter, IndexOp, Mode, SearchConfig, SearchError, SearchIndex, SearchQuery, Source,
 };
 use mnemo_storage::{
-    ChangeEntry, ConversationRecord, KvRecord, Order, Scope, Store, StoreError, StoredItem,
-    TenantId,
+    ChangeEntry, ConversationRecord, KvEntry, Order, Scope, Store, StoreError, StoredItem, TenantId,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -194,6 +193,7 @@ pub fn item_doc(tenant: &TenantId, rec: &ConversationRecord, item: &StoredItem) 
         metadata: string_metadata(&rec.metadata),
         text,
         vector: item.vector.clone(),
+        expires_at_ms: None,
     }
 }
 
@@ -221,8 +221,9 @@ pub fn parse_embedding(v: &Value, param: &str) -> ApiResult<Vec<f32>> {
 }
 
 /// The search document of a memory value, if it is a JSON object (other values are not
-/// searchable). Its `embedding` field, if any, is the vector.
-pub fn memory_doc(tenant: &TenantId, key: &str, rec: &KvRecord) -> Option<Doc> {
+/// searchable). Its `embedding` field, if any, is the vector; it expires with the value.
+pub fn memory_doc(tenant: &TenantId, entry: &KvEntry) -> Option<Doc> {
+    let (key, rec) = (entry.key.as_str(), &entry.record);
     let v: Value = serde_json::from_slice(&rec.value).ok()?;
     let obj = v.as_object()?;
     let vector = obj
@@ -241,6 +242,7 @@ pub fn memory_doc(tenant: &TenantId, key: &str, rec: &KvRecord) -> Option<Doc> {
         metadata: BTreeMap::new(),
         text,
         vector,
+        expires_at_ms: entry.expires_at_ms,
     })
 }
 
@@ -404,7 +406,7 @@ impl SearchService {
                     .kv_list(&scope, "", after.as_deref(), 1000)
                     .await?;
                 for e in &page.entries {
-                    if let Some(doc) = memory_doc(&tenant, &e.key, &e.record) {
+                    if let Some(doc) = memory_doc(&tenant, &e) {
                         ops.push(IndexOp::UpsertKeepDerived(doc));
                     }
                 }
@@ -596,7 +598,7 @@ impl SearchService {
                         continue;
                     }
                     let current = match self.store.kv_get(&scope, key).await {
-                        Ok(entry) => memory_doc(tenant, key, &entry.record),
+                        Ok(entry) => memory_doc(tenant, &entry),
                         Err(StoreError::NotFound(_)) => None,
                         Err(err) => return Err(err),
                     };
@@ -649,7 +651,7 @@ impl SearchService {
                 .kv_list(&scope, "", after.as_deref(), 1000)
                 .await?;
             for e in &page.entries {
-                if let Some(doc) = memory_doc(tenant, &e.key, &e.record) {
+                if let Some(doc) = memory_doc(tenant, &e) {
                     p.offer_wait(&doc, pos).await;
                 }
             }

@@ -55,6 +55,7 @@ fn main() {
             metadata: Default::default(),
             text,
             vector: None,
+            expires_at_ms: None,
         };
         d.vector = Some(data.point());
         docs.push(d);

@@ -99,6 +99,7 @@ fn doc(i: usize, owner: &str, v: Vec<f32>) -> Doc {
         metadata: BTreeMap::new(),
         text: String::new(),
         vector: Some(v),
+        expires_at_ms: None,
     }
 }
 

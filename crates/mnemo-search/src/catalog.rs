@@ -32,6 +32,8 @@ pub(crate) struct DocEntry {
     /// The vector was attached by [`crate::IndexOp::SetVector`] (derived from the text), not
     /// given with the document.
     pub derived: bool,
+    /// [`Doc::expires_at_ms`].
+    pub expires_at_ms: Option<i64>,
 }
 
 /// One owner's vectors in one source: `data[slot*dim..(slot+1)*dim]` belongs to
@@ -121,6 +123,9 @@ pub(crate) struct Catalog {
     pub tenants: HashMap<Arc<str>, TenantState>,
     /// Handle of the next document version.
     pub next_handle: Handle,
+    /// Documents with an expiry, by expiry time (unix ms). Entries of documents removed or
+    /// replaced since are skipped when they come due.
+    pub expiries: BTreeMap<i64, Vec<Handle>>,
 }
 
 /// What the full-text index must do after a catalog change.
@@ -362,8 +367,12 @@ impl Catalog {
                 slot,
                 text_hash,
                 derived: derived && slot.is_some(),
+                expires_at_ms: doc.expires_at_ms,
             },
         );
+        if let Some(at) = doc.expires_at_ms {
+            self.expiries.entry(at).or_default().push(handle);
+        }
         text.adds.push((handle, doc));
         ann_dirty
     }
@@ -471,6 +480,25 @@ impl Catalog {
         block.half.truncate(last * dim);
         if block.handles.is_empty() {
             sv.blocks.remove(&d.owner);
+        }
+    }
+
+    /// Whether some document expires at or before `now_ms`.
+    pub fn expiry_due(&self, now_ms: i64) -> bool {
+        self.expiries
+            .first_key_value()
+            .is_some_and(|(&at, _)| at <= now_ms)
+    }
+
+    /// Removes every document whose expiry is at or before `now_ms`.
+    pub fn remove_expired(&mut self, now_ms: i64, text: &mut TextChanges) {
+        while self.expiry_due(now_ms) {
+            let Some((_, handles)) = self.expiries.pop_first() else {
+                break;
+            };
+            for h in handles {
+                self.remove(h, text);
+            }
         }
     }
 

@@ -36,6 +36,7 @@
 //!     metadata: Default::default(),
 //!     text: "I prefer green tea in the morning".into(),
 //!     vector: Some(vec![0.1, 0.9, 0.2]),
+//!     expires_at_ms: None,
 //! })])?;
 //!
 //! let mut q = SearchQuery::new("acme", Source::Items, Mode::Hybrid, 5);
@@ -453,6 +454,7 @@ impl SearchIndex {
         // Read-your-writes: everything enqueued before this point must be applied, and for
         // text, committed.
         self.wait_for(s.enqueued.load(Ordering::SeqCst))?;
+        expire_due(s)?;
         if parsed.is_some() {
             make_text_visible(s)?;
         }
@@ -678,6 +680,22 @@ impl Drop for SearchIndex {
 
 type TextWriter = tantivy::IndexWriter<tantivy::TantivyDocument>;
 
+/// The current time in unix milliseconds, the clock of [`Doc::expires_at_ms`].
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Drops the documents whose expiry has passed (an empty batch does that), so that no search
+/// returns one or spends a place of its `top_k` on it.
+fn expire_due(s: &Shared) -> Result<(), SearchError> {
+    if !s.catalog.read().expiry_due(now_ms()) {
+        return Ok(());
+    }
+    apply_batch(s, Vec::new())
+}
+
 /// Makes every batch applied so far visible to text searches: commits and reloads unless that
 /// already happened. Concurrent callers share one commit (the second finds it done under the
 /// writer lock).
@@ -885,6 +903,7 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
                 }
             }
         }
+        cat.remove_expired(now_ms(), &mut text);
         // A document added and removed within this batch never reaches the text index.
         text.adds.retain(|(h, _)| cat.docs.contains_key(h));
     }

@@ -23,8 +23,8 @@ use crate::SearchError;
 
 /// First bytes of every snapshot.
 pub(crate) const MAGIC: &[u8; 8] = b"MNEMOIDX";
-/// Format version written; [`open`] refuses any other.
-pub(crate) const VERSION: u32 = 2;
+/// Format version written; [`open`] refuses any other (3: documents carry their expiry).
+pub(crate) const VERSION: u32 = 3;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 pub(crate) fn bad(msg: impl Into<String>) -> SearchError {
@@ -310,6 +310,13 @@ pub(crate) fn encode(
             e.u64(d.slot.map_or(NO_SLOT, u64::from));
             e.u64(d.text_hash);
             e.u8(u8::from(d.derived));
+            match d.expires_at_ms {
+                Some(at) => {
+                    e.u8(1);
+                    e.i64(at);
+                }
+                None => e.u8(0),
+            }
         }
         for sv in &ts.sources {
             e.len(sv.blocks.len());
@@ -423,6 +430,14 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                 1 => true,
                 b => return Err(bad(format!("bad derived flag {b}"))),
             };
+            let expires_at_ms = match d.u8()? {
+                0 => None,
+                1 => Some(d.i64()?),
+                b => return Err(bad(format!("bad expiry flag {b}"))),
+            };
+            if let Some(at) = expires_at_ms {
+                cat.expiries.entry(at).or_default().push(h);
+            }
             with_slot += usize::from(slot.is_some());
             if ts.by_id[source.index()].insert(id.clone(), h).is_some() {
                 return Err(bad(format!("id {id} appears twice in tenant {name}")));
@@ -440,6 +455,7 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                 slot,
                 text_hash,
                 derived,
+                expires_at_ms,
             };
             if cat.docs.insert(h, entry).is_some() {
                 return Err(bad(format!("handle {h} appears twice")));

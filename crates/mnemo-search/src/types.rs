@@ -54,6 +54,9 @@ pub struct Doc {
     pub text: String,
     /// Embedding. Normalised to unit length on insert; must match the tenant's dimension.
     pub vector: Option<Vec<f32>>,
+    /// When the document stops existing, in unix milliseconds (a memory value's TTL). From
+    /// then on no search returns it or spends a `top_k` place on it, and the index drops it.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// A change to the index. Apply them through [`crate::SearchIndex::enqueue`].

@@ -85,6 +85,7 @@ fn owner_scope_equals_brute_force_with_filters_and_deletes() {
             metadata,
             text: String::new(),
             vector: Some(v),
+            expires_at_ms: None,
         });
     }
     index

@@ -353,8 +353,8 @@ fn damaged_snapshots_are_refused() {
     let mut b = bytes.clone();
     b[0] = b'X';
     assert!(refused(&b));
-    // An older format (version 1 had no derived-vector flags) and a future one.
-    for version in [1u32, 3, u32::MAX] {
+    // Older formats (version 1 had no derived-vector flags, 2 no expiries) and a future one.
+    for version in [1u32, 2, 4, u32::MAX] {
         let mut b = bytes.clone();
         b[8..12].copy_from_slice(&version.to_le_bytes());
         assert!(refused(&b), "version {version} accepted");

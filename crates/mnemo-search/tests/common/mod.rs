@@ -20,6 +20,7 @@ pub fn doc(tenant: &str, source: Source, id: &str, owner: Option<&str>, text: &s
         metadata: BTreeMap::new(),
         text: text.into(),
         vector: None,
+        expires_at_ms: None,
     }
 }
 
