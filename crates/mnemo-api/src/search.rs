@@ -406,7 +406,7 @@ impl SearchService {
                     .kv_list(&scope, "", after.as_deref(), 1000)
                     .await?;
                 for e in &page.entries {
-                    if let Some(doc) = memory_doc(&tenant, &e) {
+                    if let Some(doc) = memory_doc(&tenant, e) {
                         ops.push(IndexOp::UpsertKeepDerived(doc));
                     }
                 }
@@ -651,7 +651,7 @@ impl SearchService {
                 .kv_list(&scope, "", after.as_deref(), 1000)
                 .await?;
             for e in &page.entries {
-                if let Some(doc) = memory_doc(tenant, &e) {
+                if let Some(doc) = memory_doc(tenant, e) {
                     p.offer_wait(&doc, pos).await;
                 }
             }
