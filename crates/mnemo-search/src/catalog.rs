@@ -269,6 +269,22 @@ impl Catalog {
         block.data.get(slot * dim..(slot + 1) * dim)
     }
 
+    /// Like [`Catalog::vector`] for a document known to belong to `sv` (dimension `dim`): one
+    /// lookup fewer on the re-scoring path of ANN searches.
+    pub fn vector_in<'a>(
+        &self,
+        sv: &'a SourceVectors,
+        dim: usize,
+        handle: Handle,
+    ) -> Option<&'a [f32]> {
+        let d = self.docs.get(&handle)?;
+        let slot = d.slot? as usize;
+        sv.blocks
+            .get(&d.owner)?
+            .data
+            .get(slot * dim..(slot + 1) * dim)
+    }
+
     /// The live document `id` of a tenant and source.
     pub fn live(&self, tenant: &str, source: Source, id: &str) -> Option<Handle> {
         self.tenants

@@ -597,10 +597,26 @@ impl SearchIndex {
                         let pool = k.max(self.shared.ann_ef.load(Ordering::Relaxed));
                         match ann.candidates(qv, pool, filtered) {
                             Ok(cands) => {
-                                let mut seen: HashSet<Handle> = HashSet::with_capacity(pool * 2);
-                                for h in cands.into_iter().chain(sv.pending.iter().copied()) {
-                                    if seen.insert(h) && keep(h) {
-                                        push(&mut top, h);
+                                // A graph holds only this (tenant, source)'s documents, and
+                                // removals happen under the catalog lock this search holds for
+                                // reading, so unfiltered candidates need no check; a node the
+                                // builder added for a document deleted meanwhile has no vector
+                                // left and is skipped.
+                                for &h in &cands {
+                                    if filtered.is_none() || keep(h) {
+                                        if let Some(v) = cat.vector_in(sv, dim, h) {
+                                            top.push(dot(v, qv), h);
+                                        }
+                                    }
+                                }
+                                // Pending vectors may be in the graph already while the
+                                // builder moves them.
+                                if !sv.pending.is_empty() {
+                                    let seen: HashSet<Handle> = cands.into_iter().collect();
+                                    for &h in &sv.pending {
+                                        if !seen.contains(&h) && keep(h) {
+                                            push(&mut top, h);
+                                        }
                                     }
                                 }
                             }
