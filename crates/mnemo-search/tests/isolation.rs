@@ -41,11 +41,7 @@ fn tenants_owners_and_sources_never_leak() {
     index.apply(ops).unwrap();
     // Wait for the ANN graphs to catch up so the ANN path is used.
     for t in tenants {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while index.stats(t).ann_pending > 0 {
-            assert!(std::time::Instant::now() < deadline, "ANN build too slow");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        common::wait_ann_built(&index, t, std::time::Duration::from_secs(60));
         assert_eq!(index.stats(t).ann_indexed, 900);
     }
 

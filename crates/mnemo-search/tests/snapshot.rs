@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{doc, Clustered};
 use mnemo_search::{
@@ -96,11 +96,7 @@ fn populate(index: &SearchIndex, data: &mut Clustered) -> Vec<Vec<f32>> {
 }
 
 fn wait_ann_built(index: &SearchIndex, tenant: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while index.stats(tenant).ann_pending > 0 {
-        assert!(Instant::now() < deadline, "ANN graph never caught up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_ann_built(index, tenant, Duration::from_secs(120));
 }
 
 /// Every query shape the index answers.

@@ -2,8 +2,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use mnemo_search::{Doc, Source};
+use mnemo_search::{Doc, SearchIndex, Source, TenantStats};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -98,4 +99,34 @@ pub fn brute_force<'a>(
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     all.truncate(k);
     all
+}
+
+/// Polls `tenant`'s counters until `done` holds, failing the test after `timeout`; returns the
+/// counters that satisfied it. For background work: ANN graph fills and rebuilds.
+pub fn wait_for_stats(
+    index: &SearchIndex,
+    tenant: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&TenantStats) -> bool,
+) -> TenantStats {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = index.stats(tenant);
+        if done(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every vector of `tenant` is in its ANN graph (see [`wait_for_stats`]).
+pub fn wait_ann_built(index: &SearchIndex, tenant: &str, timeout: Duration) {
+    wait_for_stats(index, tenant, timeout, "ANN graph complete", |st| {
+        st.ann_pending == 0
+    });
 }
