@@ -895,25 +895,23 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
             let Some(dim) = ts.dim else { continue };
             for (i, src) in [Source::Items, Source::Memory].into_iter().enumerate() {
                 let sv = &mut ts.sources[i];
-                if sv.ann.is_none() && sv.count > s.cfg.ann_threshold {
-                    let ann = ann::Ann::new(
+                // An empty graph for the scope's live vectors, with room to grow.
+                let empty_graph = |count: usize| {
+                    ann::Ann::new(
                         dim,
                         s.cfg.ann_quantization,
                         s.ann_ef.load(Ordering::SeqCst),
-                        sv.count + sv.count / 4,
-                    )?;
-                    sv.ann = Some(Arc::new(ann));
+                        count + count / 4,
+                    )
+                    .map(Arc::new)
+                };
+                if sv.ann.is_none() && sv.count > s.cfg.ann_threshold {
+                    sv.ann = Some(empty_graph(sv.count)?);
                     sv.pending = sv.all_handles();
                     dirty.push((key.clone(), src));
                 } else if sv.next.is_none() && sv.ann.as_ref().is_some_and(|a| a.needs_rebuild()) {
                     // Many removed nodes: build a fresh graph beside the serving one.
-                    let next = ann::Ann::new(
-                        dim,
-                        s.cfg.ann_quantization,
-                        s.ann_ef.load(Ordering::SeqCst),
-                        sv.count + sv.count / 4,
-                    )?;
-                    sv.next = Some(Arc::new(next));
+                    sv.next = Some(empty_graph(sv.count)?);
                     sv.next_pending = sv.all_handles();
                     dirty.push((key.clone(), src));
                 }

@@ -69,6 +69,22 @@ fn recall(
     found as f64 / (queries.len() * K) as f64
 }
 
+/// Deletes, in one batch, every document `d{i}` with `pick(i)`, and marks it dead in `live`.
+fn delete_where(index: &SearchIndex, live: &mut [bool], pick: impl Fn(usize) -> bool) {
+    let dels: Vec<IndexOp> = (0..N)
+        .filter(|&i| pick(i))
+        .map(|i| {
+            live[i] = false;
+            IndexOp::Delete {
+                tenant: "big".into(),
+                source: Source::Items,
+                id: format!("d{i}"),
+            }
+        })
+        .collect();
+    index.apply(dels).unwrap();
+}
+
 #[test]
 fn ann_recall_at_10_on_clustered_100k_x_384() {
     let t0 = Instant::now();
@@ -131,18 +147,7 @@ fn ann_recall_at_10_on_clustered_100k_x_384() {
     assert!(r >= 0.99, "filtered recall@10 {r}");
 
     // Deletes are honoured at once.
-    let dels: Vec<IndexOp> = (0..N)
-        .filter(|i| i % 10 == 3)
-        .map(|i| {
-            live[i] = false;
-            IndexOp::Delete {
-                tenant: "big".into(),
-                source: Source::Items,
-                id: format!("d{i}"),
-            }
-        })
-        .collect();
-    index.apply(dels).unwrap();
+    delete_where(&index, &mut live, |i| i % 10 == 3);
     let r = recall(
         &index,
         &vectors,
@@ -162,18 +167,7 @@ fn ann_recall_at_10_on_clustered_100k_x_384() {
 
     // Deleting 30 % more leaves 40k removed nodes beside 60k live vectors: the graph is
     // rebuilt in the background while the old one keeps serving.
-    let dels: Vec<IndexOp> = (0..N)
-        .filter(|i| [0, 1, 5].contains(&(i % 10)))
-        .map(|i| {
-            live[i] = false;
-            IndexOp::Delete {
-                tenant: "big".into(),
-                source: Source::Items,
-                id: format!("d{i}"),
-            }
-        })
-        .collect();
-    index.apply(dels).unwrap();
+    delete_where(&index, &mut live, |i| [0, 1, 5].contains(&(i % 10)));
     let st = index.stats("big");
     assert_eq!(st.vectors, N * 6 / 10);
     assert!(
