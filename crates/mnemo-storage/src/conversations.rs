@@ -89,9 +89,14 @@ impl Store {
         if !ids::is_valid_id(id) {
             return Err(not_found("conversation"));
         }
-        let rec = match self.tails.record(scope.tenant.as_str(), id) {
-            Ok(rec) => rec,
-            Err(_) => {
+        // Only an open engine answers reads (from the cache too); otherwise it reports why not.
+        let cached = self
+            .engine
+            .is_ready()
+            .then(|| self.tails.record(scope.tenant.as_str(), id));
+        let rec = match cached {
+            Some(Ok(rec)) => rec,
+            _ => {
                 let key = keys::conversation(&scope.tenant, id);
                 let v = if latest {
                     self.engine.get_latest(&key).await?.map(|kv| kv.value)
@@ -305,6 +310,7 @@ impl Store {
         let t = &scope.tenant;
         // The first page (either order) may come from the tail cache.
         let miss = match after {
+            None if !self.engine.is_ready() => None,
             None => match self.tails.page(t.as_str(), id, limit, order == Order::Desc) {
                 Ok(p) if scope.can_see(p.rec.owner.as_deref()) => {
                     return Ok(ItemPage {

@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// Capacity of the store's cache of conversation tails (records and newest items), bytes;
     /// 0 disables it.
     pub tail_cache_bytes: usize,
+    /// Capacity of the store's cache of key-value memory (recently written or read values),
+    /// bytes; 0 disables it.
+    pub kv_cache_bytes: usize,
     /// WAL upload policy.
     pub flush: FlushPolicy,
     /// A write not durable within this time, or a read not complete within it, fails with 503.
@@ -84,6 +87,7 @@ impl EngineConfig {
             cache_size_bytes: 4 << 30,
             block_cache_bytes: slatedb::db_cache::DEFAULT_BLOCK_CACHE_CAPACITY,
             tail_cache_bytes: 1 << 30,
+            kv_cache_bytes: 256 << 20,
             flush: FlushPolicy::OnDemand,
             write_timeout: Duration::from_secs(10),
             max_store_retries: 3,

@@ -8,6 +8,7 @@
 use crate::changelog::{now_ms, ChangeEntry};
 use crate::engine::{prefix_range, KeyRange, KeyValue};
 use crate::ids::Scope;
+use crate::kv_cache::{CachedKv, KvChange};
 use crate::records::KvRecord;
 use crate::{keys, Result, Store, StoreError};
 use bytes::Bytes;
@@ -154,15 +155,39 @@ fn new_version() -> u64 {
 }
 
 impl Store {
-    /// Reads a key (durable data only; expired keys are absent).
+    /// Reads a key (durable data only; expired keys are absent). Recently written or read
+    /// keys are answered from the store's cache of values.
     pub async fn kv_get(&self, scope: &Scope, key: &str) -> Result<KvEntry> {
         check_key(key)?;
+        let not_found = || StoreError::NotFound("key".into());
+        let t = scope.tenant.as_str();
+        // Only an open engine answers reads; otherwise it reports why not.
+        let miss = if self.engine.is_ready() {
+            match self.kv_cache.get(t, key) {
+                Ok(v) if v.live() => {
+                    return Ok(KvEntry {
+                        key: key.to_string(),
+                        record: v.record,
+                        expires_at_ms: v.expires_at_ms,
+                    })
+                }
+                Ok(_) => return Err(not_found()),
+                Err(miss) => Some(miss),
+            }
+        } else {
+            None
+        };
         let kv = self
             .engine
             .get_entry(&keys::kv(&scope.tenant, key))
             .await?
-            .ok_or_else(|| StoreError::NotFound("key".into()))?;
-        decode_entry(scope, kv)
+            .ok_or_else(not_found)?;
+        let entry = decode_entry(scope, kv)?;
+        if let Some(miss) = miss {
+            let cached = CachedKv::new(key, entry.record.clone(), entry.expires_at_ms);
+            self.kv_cache.fill(miss, t, key, cached);
+        }
+        Ok(entry)
     }
 
     /// Writes one key, under a condition.
@@ -202,7 +227,7 @@ impl Store {
     pub async fn kv_delete(&self, scope: &Scope, key: &str, condition: Condition) -> Result<()> {
         check_key(key)?;
         let k = keys::kv(&scope.tenant, key);
-        let pending = {
+        let (pending, cached) = {
             let _g = self.kv_locks.lock(&k).await;
             let current = self.engine.get_latest(&k).await?;
             let Some(cur) = current else {
@@ -219,11 +244,16 @@ impl Store {
             batch.delete(&k);
             let mut e = ChangeEntry::new("kv.deleted");
             e.key = Some(key.to_string());
-            self.log
+            let cached = self.kv_cache.begin(scope.tenant.as_str(), key);
+            let pending = self
+                .log
                 .write(&self.engine, &scope.tenant, batch, vec![e])
-                .await?
+                .await?;
+            (pending, cached)
         };
-        pending.durable().await
+        pending.durable().await?;
+        cached.finish(KvChange::Dropped);
+        Ok(())
     }
 
     /// Applies operations atomically: every condition holds and all are written in one batch,
@@ -257,7 +287,7 @@ impl Store {
         }
         let t = &scope.tenant;
         let storage_keys: Vec<Vec<u8>> = ops.iter().map(|op| keys::kv(t, op.key())).collect();
-        let (written, pending) = {
+        let (written, pending, cached) = {
             let _g = self.kv_locks.lock_many(&storage_keys).await;
             for (i, (op, k)) in ops.iter().zip(&storage_keys).enumerate() {
                 let cond = op.condition();
@@ -277,6 +307,7 @@ impl Store {
             let mut batch = WriteBatch::new();
             let mut entries = Vec::with_capacity(ops.len());
             let mut written = Vec::with_capacity(ops.len());
+            let mut changes = Vec::with_capacity(ops.len());
             let now = now_ms();
             for (op, k) in ops.into_iter().zip(storage_keys) {
                 match op {
@@ -293,6 +324,10 @@ impl Store {
                             content_type,
                             value,
                         };
+                        changes.push(match ttl {
+                            None => KvChange::Put(CachedKv::new(&key, rec.clone(), None)),
+                            Some(_) => KvChange::Dropped,
+                        });
                         let opts = PutOptions {
                             ttl: match ttl {
                                 Some(d) => Ttl::ExpireAfterMillis(d.as_millis() as u64),
@@ -315,6 +350,7 @@ impl Store {
                         let mut e = ChangeEntry::new("kv.deleted");
                         e.key = Some(key.clone());
                         entries.push(e);
+                        changes.push(KvChange::Dropped);
                         written.push(KvWritten {
                             key,
                             etag: None,
@@ -323,10 +359,17 @@ impl Store {
                     }
                 }
             }
+            let cache_writes: Vec<_> = written
+                .iter()
+                .map(|w| self.kv_cache.begin(t.as_str(), &w.key))
+                .collect();
             let pending = self.log.write(&self.engine, t, batch, entries).await?;
-            (written, pending)
+            (written, pending, cache_writes.into_iter().zip(changes))
         };
         pending.durable().await?;
+        for (write, change) in cached {
+            write.finish(change);
+        }
         Ok(written)
     }
 

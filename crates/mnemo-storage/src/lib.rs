@@ -35,10 +35,12 @@ mod error;
 pub mod ids;
 pub mod keys;
 pub mod kv;
+mod kv_cache;
 pub mod location;
 mod locks;
 pub mod records;
 mod tail_cache;
+mod write_through;
 
 pub use audit::AuditEntry;
 pub use changelog::{ChangeEntry, ChangeLog};
@@ -65,6 +67,7 @@ pub struct Store {
     conv_locks: StripedLocks,
     tails: tail_cache::TailCache,
     kv_locks: StripedLocks,
+    kv_cache: kv_cache::KvCache,
     audit_seq: tokio::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
 }
 
@@ -72,6 +75,7 @@ impl Store {
     /// Opens the engine, then finishes any conversation purge a crash interrupted.
     pub async fn open(config: EngineConfig) -> Result<Store> {
         let tails = tail_cache::TailCache::new(config.tail_cache_bytes);
+        let kv_cache = kv_cache::KvCache::new(config.kv_cache_bytes);
         let engine = Engine::open(config).await?;
         let store = Store {
             engine,
@@ -79,6 +83,7 @@ impl Store {
             conv_locks: StripedLocks::new(4096),
             tails,
             kv_locks: StripedLocks::new(4096),
+            kv_cache,
             audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let resumed = store.resume_purges().await?;

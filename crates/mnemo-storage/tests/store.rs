@@ -796,6 +796,129 @@ async fn tail_cache_reads_match_the_store_under_concurrent_writes() {
     );
 }
 
+/// Readers racing writers of the same keys (served from the cache of values when they can)
+/// never see a value older than the last one acknowledged before the read began, nor a key
+/// missing that no delete could have removed; and once writes stop, every value read through
+/// the cache equals what a cache-less store reads from the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_cache_reads_match_the_store_under_concurrent_writes() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    const WRITERS: usize = 4;
+    const OPS: u64 = 60;
+    let b = backend();
+    let store = Arc::new(open(&b).await);
+    let s = tenant();
+    // Writer w alone writes keys a{w} and b{w}; op n writes value n to a{w} (in a batch with
+    // b{w} when n % 4 == 1, with a TTL when n % 3 == 0) or deletes it (n % 5 == 0).
+    let acked: Arc<Vec<[AtomicU64; 2]>> = Arc::new(
+        (0..WRITERS)
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+            .collect(),
+    );
+    let put = |key: String, n: u64| KvOp::Put {
+        key,
+        value: Bytes::from(n.to_string()),
+        content_type: "text/plain".into(),
+        ttl: n.is_multiple_of(3).then(|| Duration::from_secs(3600)),
+        condition: Condition::default(),
+    };
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (store, s, acked) = (store.clone(), s.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 1..=OPS {
+                let a = format!("a{w}");
+                if n % 5 == 0 {
+                    store
+                        .kv_delete(&s, &a, Condition::default())
+                        .await
+                        .expect("delete");
+                } else if n % 4 == 1 {
+                    let ops = vec![put(a, n), put(format!("b{w}"), n)];
+                    store.kv_batch(&s, ops).await.expect("batch");
+                    acked[w][1].store(n, SeqCst);
+                } else {
+                    store.kv_batch(&s, vec![put(a, n)]).await.expect("put");
+                }
+                acked[w][0].store(n, SeqCst);
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let (store, s, acked) = (store.clone(), s.clone(), acked.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            loop {
+                let w = (reads as usize + r) % WRITERS;
+                let (slot, key) = match reads % 2 {
+                    0 => (0, format!("a{w}")),
+                    _ => (1, format!("b{w}")),
+                };
+                let before = acked[w][slot].load(SeqCst);
+                let res = store.kv_get(&s, &key).await;
+                // Writes acknowledged during the read, and the writer's op in flight, may show.
+                let latest = acked[w][0].load(SeqCst) + 1;
+                match res {
+                    Ok(e) => {
+                        let n: u64 = std::str::from_utf8(&e.record.value)
+                            .expect("utf-8")
+                            .parse()
+                            .expect("number");
+                        assert!(
+                            n >= before,
+                            "{key}: read {n} after {before} was acknowledged"
+                        );
+                        assert!(n <= latest, "{key}: read {n} before it was written");
+                        assert_eq!(
+                            e.expires_at_ms.is_some(),
+                            n.is_multiple_of(3),
+                            "{key} = {n}"
+                        );
+                    }
+                    Err(StoreError::NotFound(_)) => {
+                        // Absent only before the first write, or by a delete done or in flight.
+                        let deleted = slot == 0 && (before..=latest).any(|m| m % 5 == 0);
+                        assert!(
+                            before == 0 || deleted,
+                            "{key} missing after {before} was acknowledged"
+                        );
+                    }
+                    Err(e) => panic!("{key}: {e}"),
+                }
+                reads += 1;
+                if (0..WRITERS).all(|w| acked[w][0].load(SeqCst) == OPS) {
+                    return reads;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    for r in readers {
+        assert!(r.await.expect("reader") > 0);
+    }
+    let keys: Vec<String> = (0..WRITERS)
+        .flat_map(|w| [format!("a{w}"), format!("b{w}")])
+        .collect();
+    let mut cached = Vec::new();
+    for k in &keys {
+        cached.push(store.kv_get(&s, k).await.ok());
+    }
+    drop(store);
+    let mut cfg = EngineConfig::new(b.location.clone());
+    cfg.kv_cache_bytes = 0;
+    let plain = Store::open(cfg).await.expect("reopen without cache");
+    for (k, c) in keys.iter().zip(cached) {
+        assert_eq!(c, plain.kv_get(&s, k).await.ok(), "{k}");
+    }
+    // OPS is a multiple of 5: every a{w} ends deleted; b{w} holds the last batched value.
+    assert!(plain.kv_get(&s, "a0").await.is_err());
+    assert_eq!(plain.kv_get(&s, "b0").await.expect("b0").record.value, "57");
+    plain.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
     let b = backend();

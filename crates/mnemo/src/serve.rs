@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// read conversations), in MiB; 0 turns it off.
     #[arg(long, default_value_t = 1024, env = "MNEMO_TAIL_CACHE_MB")]
     tail_cache_mb: usize,
+    /// In-memory cache of key-value memory (recently written or read values), in MiB; 0 turns
+    /// it off.
+    #[arg(long, default_value_t = 256, env = "MNEMO_KV_CACHE_MB")]
+    kv_cache_mb: usize,
     /// WAL upload interval in ms. 0 uploads on demand (group commit: lowest latency);
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
@@ -83,6 +87,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.cache_size_bytes = args.cache_size_mb << 20;
     config.block_cache_bytes = args.block_cache_mb << 20;
     config.tail_cache_bytes = args.tail_cache_mb << 20;
+    config.kv_cache_bytes = args.kv_cache_mb << 20;
     config.flush = match args.flush_interval_ms {
         0 => FlushPolicy::OnDemand,
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
