@@ -431,6 +431,14 @@ impl Store {
 
     /// Reads one item.
     pub async fn get_item(&self, scope: &Scope, id: &str, item_id: &str) -> Result<StoredItem> {
+        if self.engine.is_ready() {
+            if let Ok((owner, item)) = self.tails.item(scope.tenant.as_str(), id, item_id) {
+                if !scope.can_see(owner.as_deref()) {
+                    return Err(not_found("conversation"));
+                }
+                return Ok(item);
+            }
+        }
         self.get_conversation(scope, id).await?;
         let seq = self
             .item_seq(scope, id, item_id)

@@ -161,6 +161,20 @@ impl TailCache {
             .read(&write_through::key(tenant, id), |t| Some(t.rec.clone()))
     }
 
+    /// The item `item_id` and its conversation's owner, if the cached tail holds it and the
+    /// conversation is quiescent.
+    pub fn item(
+        &self,
+        tenant: &str,
+        id: &str,
+        item_id: &str,
+    ) -> Result<(Option<String>, StoredItem), Miss> {
+        self.0.read(&write_through::key(tenant, id), |t| {
+            let item = t.items.iter().find(|i| i.id == item_id)?;
+            Some((t.rec.owner.clone(), item.clone()))
+        })
+    }
+
     /// The first page of items (`newest_first` or oldest first), if the cache can answer it.
     pub fn page(
         &self,
@@ -351,6 +365,23 @@ mod tests {
         let m = c.record("t", "d").err().unwrap();
         c.fill(m, "t", &rec("d", 1), items(1, 1), true);
         assert!(c.record("t", "d").is_err(), "still unsettled");
+    }
+
+    #[test]
+    fn items_are_found_by_id_in_quiescent_tails() {
+        let c = TailCache::new(1 << 30);
+        let mut r = rec("c", 3);
+        r.owner = Some("u".into());
+        c.begin("t", "c")
+            .finish(TailChange::Created(r, items(1, 3)));
+        let (owner, item) = c.item("t", "c", "msg_2").ok().unwrap();
+        assert_eq!((owner.as_deref(), item.seq), (Some("u"), 2));
+        assert!(c.item("t", "c", "msg_9").is_err(), "not in the tail");
+        let w = c.begin("t", "c");
+        assert!(c.item("t", "c", "msg_2").is_err(), "write in flight");
+        w.finish(TailChange::ItemDeleted(2));
+        assert!(c.item("t", "c", "msg_2").is_err(), "deleted");
+        assert!(c.item("t", "c", "msg_3").is_ok());
     }
 
     #[test]

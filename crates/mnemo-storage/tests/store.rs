@@ -761,10 +761,38 @@ async fn tail_cache_reads_match_the_store_under_concurrent_writes() {
         .await
         .expect("asc");
     let rec = store.get_conversation(&scope, &conv.id).await.expect("get");
+    // Single items (the newest from the tail, deleted ones, the oldest from the store).
+    let item_ids = [
+        &newest.items[0].id,
+        &newest.items[1].id,
+        &more[0].id,
+        &more[1].id,
+        &cached_asc.items[0].id,
+    ];
+    let mut cached_items = Vec::new();
+    for i in item_ids {
+        cached_items.push(store.get_item(&scope, &conv.id, i).await.ok());
+    }
+    assert!(cached_items[0].is_some() && cached_items[1].is_none() && cached_items[2].is_none());
+    let stranger = Scope::user(scope.tenant.clone(), "stranger").expect("user scope");
+    assert!(
+        matches!(
+            store.get_item(&stranger, &conv.id, &more[1].id).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "another user's item, cached or not, is not found"
+    );
     drop(store);
     let mut cfg = EngineConfig::new(b.location.clone());
     cfg.tail_cache_bytes = 0;
     let plain = Store::open(cfg).await.expect("reopen without cache");
+    for (i, cached) in item_ids.into_iter().zip(cached_items) {
+        assert_eq!(
+            cached,
+            plain.get_item(&scope, &conv.id, i).await.ok(),
+            "{i}"
+        );
+    }
     let desc = plain
         .list_items(&scope, &conv.id, None, 50, Order::Desc)
         .await
