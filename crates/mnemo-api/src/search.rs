@@ -442,22 +442,25 @@ impl SearchService {
 
     async fn tail(self: Arc<Self>) {
         let log = self.store.change_log();
+        // Tenants whose indexing failed, retried next round.
+        let mut retry: Vec<(TenantId, u64)> = Vec::new();
         loop {
-            let mut behind = false;
             // A snapshot waits for this round, so its positions are all applied.
             let round = self.tail_round().await;
-            for (tenant, acked) in log.acknowledged_all() {
+            let mut todo = std::mem::take(&mut retry);
+            todo.extend(log.take_acknowledged());
+            for (tenant, acked) in todo {
                 if acked <= self.indexed(&tenant) {
                     continue;
                 }
                 if let Err(e) = self.catch_up(&tenant, acked).await {
                     tracing::warn!(%tenant, error = %e, "search indexing failed; retrying");
-                    behind = true;
+                    retry.push((tenant, acked));
                 }
             }
             drop(round);
             self.snapshot_if_due().await;
-            if behind {
+            if !retry.is_empty() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             } else {
                 tokio::select! {

@@ -12,7 +12,7 @@ use crate::{keys, Result};
 use serde::{Deserialize, Serialize};
 use slatedb::config::{PutOptions, Ttl};
 use slatedb::WriteBatch;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -99,9 +99,17 @@ pub(crate) async fn newest_seq(
 /// log with it and answer "has everything acknowledged so far been applied?".
 pub struct ChangeLog {
     last_seq: Mutex<HashMap<TenantId, u64>>,
-    acked: std::sync::Mutex<HashMap<TenantId, u64>>,
+    acked: std::sync::Mutex<Acknowledged>,
     changed: tokio::sync::Notify,
     retention: Duration,
+}
+
+/// Acknowledged positions, and the tenants whose position moved since the consumer last
+/// looked ([`ChangeLog::take_acknowledged`]), so it never walks every tenant per wake-up.
+#[derive(Default)]
+struct Acknowledged {
+    at: HashMap<TenantId, u64>,
+    moved: HashSet<TenantId>,
 }
 
 /// A logged write on its way to durability; [`LoggedWrite::durable`] waits for it and then
@@ -127,7 +135,7 @@ impl ChangeLog {
     pub fn new(retention: Duration) -> Self {
         ChangeLog {
             last_seq: Mutex::new(HashMap::new()),
-            acked: std::sync::Mutex::new(HashMap::new()),
+            acked: std::sync::Mutex::new(Acknowledged::default()),
             changed: tokio::sync::Notify::new(),
             retention,
         }
@@ -136,11 +144,17 @@ impl ChangeLog {
     fn acknowledge(&self, tenant: TenantId, seq: u64) {
         {
             let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
-            let e = acked.entry(tenant).or_insert(0);
-            if seq <= *e {
-                return;
+            let Acknowledged { at, moved } = &mut *acked;
+            match at.get_mut(&tenant) {
+                Some(e) if seq <= *e => return,
+                Some(e) => *e = seq,
+                None => {
+                    at.insert(tenant.clone(), seq);
+                }
             }
-            *e = seq;
+            if !moved.contains(&tenant) {
+                moved.insert(tenant);
+            }
         }
         self.changed.notify_one();
     }
@@ -149,13 +163,22 @@ impl ChangeLog {
     /// Every entry at or below it is durable.
     pub fn acknowledged(&self, tenant: &TenantId) -> u64 {
         let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
-        acked.get(tenant).copied().unwrap_or(0)
+        acked.at.get(tenant).copied().unwrap_or(0)
     }
 
-    /// Every tenant's newest acknowledged position.
-    pub fn acknowledged_all(&self) -> Vec<(TenantId, u64)> {
-        let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
-        acked.iter().map(|(t, s)| (t.clone(), *s)).collect()
+    /// The tenants whose acknowledged position moved since the previous call, with their
+    /// newest acknowledged position. Meant for one consumer (the search indexer), together
+    /// with [`ChangeLog::changed`].
+    pub fn take_acknowledged(&self) -> Vec<(TenantId, u64)> {
+        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        let Acknowledged { at, moved } = &mut *acked;
+        moved
+            .drain()
+            .map(|t| {
+                let seq = at.get(&t).copied().unwrap_or(0);
+                (t, seq)
+            })
+            .collect()
     }
 
     /// Resolves after the next acknowledgement, or at once if one happened since the last
