@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +51,12 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Each server runs in a process group of its own: this also stops what it started (a
+        // wrapper script's child, PostgreSQL's workers).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -220,6 +227,7 @@ pub fn start_postgres(logs: &LogDir) -> anyhow::Result<Server> {
         ])
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .context("starting postgres")?;
     wait_port(port, "postgres", &mut child)?;
@@ -255,6 +263,7 @@ pub fn start_redis(appendfsync: &str, logs: &LogDir) -> anyhow::Result<Server> {
         ])
         .stdout(log.try_clone()?)
         .stderr(log)
+        .process_group(0)
         .spawn()
         .context("starting redis-server")?;
     wait_port(port, "redis", &mut child)?;
@@ -280,6 +289,7 @@ pub fn start_mnemo(bin: &Path, logs: &LogDir) -> anyhow::Result<Server> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     wait_port(port, "mnemo", &mut child)?;
