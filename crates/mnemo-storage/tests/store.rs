@@ -459,6 +459,26 @@ async fn change_log_records_mutations_in_order() {
     assert_eq!(ops, ["conversation.created", "item.added", "kv.put"]);
     assert_eq!(log[0].conversation_id.as_deref(), Some(conv.id.as_str()));
     assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+    // The consumer is told which tenants moved, each once, at their newest position.
+    let moved = store.change_log().take_acknowledged();
+    assert_eq!(moved, vec![(s.tenant.clone(), log[2].seq)]);
+    assert!(store.change_log().take_acknowledged().is_empty());
+    let other = Scope::tenant(TenantId::new("other").unwrap());
+    store
+        .kv_put(
+            &other,
+            "k",
+            Bytes::from_static(b"v"),
+            "text/plain".into(),
+            None,
+            Condition::default(),
+        )
+        .await
+        .unwrap();
+    let moved = store.change_log().take_acknowledged();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].0, other.tenant);
+    assert_eq!(moved[0].1, store.change_log().acknowledged(&other.tenant));
     store.close().await.unwrap();
 }
 
