@@ -45,6 +45,25 @@ async fn open(b: &Backend) -> Store {
         .expect("open store")
 }
 
+/// An unconditional put of a `text/plain` value without expiry.
+async fn put_text(
+    store: &Store,
+    s: &Scope,
+    key: &str,
+    value: &'static [u8],
+) -> Result<mnemo_storage::KvWritten, StoreError> {
+    store
+        .kv_put(
+            s,
+            key,
+            Bytes::from_static(value),
+            "text/plain".into(),
+            None,
+            Condition::default(),
+        )
+        .await
+}
+
 fn tenant() -> Scope {
     Scope::tenant(TenantId::default_tenant())
 }
@@ -168,17 +187,7 @@ async fn acknowledged_writes_survive_reopen_without_close() {
             .await
             .unwrap();
         conv_id = conv.id;
-        store
-            .kv_put(
-                &s,
-                "k",
-                Bytes::from_static(b"v1"),
-                "text/plain".into(),
-                None,
-                Condition::default(),
-            )
-            .await
-            .unwrap();
+        put_text(&store, &s, "k", b"v1").await.unwrap();
         // Dropped without close: only what was acknowledged as durable may be relied on.
     }
     let store = open(&b).await;
@@ -196,17 +205,7 @@ async fn compare_and_set_is_linearizable_under_contention() {
     let b = backend();
     let store = Arc::new(open(&b).await);
     let s = tenant();
-    let first = store
-        .kv_put(
-            &s,
-            "counter",
-            Bytes::from_static(b"0"),
-            "text/plain".into(),
-            None,
-            Condition::default(),
-        )
-        .await
-        .unwrap();
+    let first = put_text(&store, &s, "counter", b"0").await.unwrap();
     assert!(first.etag.is_some());
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -400,28 +399,9 @@ async fn a_second_writer_fences_the_first() {
     let b = backend();
     let s = tenant();
     let first = open(&b).await;
-    first
-        .kv_put(
-            &s,
-            "k",
-            Bytes::from_static(b"1"),
-            "text/plain".into(),
-            None,
-            Condition::default(),
-        )
-        .await
-        .unwrap();
+    put_text(&first, &s, "k", b"1").await.unwrap();
     let second = open(&b).await;
-    let res = first
-        .kv_put(
-            &s,
-            "k",
-            Bytes::from_static(b"2"),
-            "text/plain".into(),
-            None,
-            Condition::default(),
-        )
-        .await;
+    let res = put_text(&first, &s, "k", b"2").await;
     assert!(
         matches!(res, Err(StoreError::Fenced)),
         "old writer must be fenced, got {res:?}"
@@ -439,17 +419,7 @@ async fn change_log_records_mutations_in_order() {
         .create_conversation(&s, Default::default(), vec![item("a")])
         .await
         .unwrap();
-    store
-        .kv_put(
-            &s,
-            "k",
-            Bytes::from_static(b"v"),
-            "text/plain".into(),
-            None,
-            Condition::default(),
-        )
-        .await
-        .unwrap();
+    put_text(&store, &s, "k", b"v").await.unwrap();
     let log = store
         .change_log()
         .read(store.engine(), &s.tenant, 0, 100)
@@ -464,17 +434,7 @@ async fn change_log_records_mutations_in_order() {
     assert_eq!(moved, vec![(s.tenant.clone(), log[2].seq)]);
     assert!(store.change_log().take_acknowledged().is_empty());
     let other = Scope::tenant(TenantId::new("other").unwrap());
-    store
-        .kv_put(
-            &other,
-            "k",
-            Bytes::from_static(b"v"),
-            "text/plain".into(),
-            None,
-            Condition::default(),
-        )
-        .await
-        .unwrap();
+    put_text(&store, &other, "k", b"v").await.unwrap();
     let moved = store.change_log().take_acknowledged();
     assert_eq!(moved.len(), 1);
     assert_eq!(moved[0].0, other.tenant);
@@ -1027,17 +987,7 @@ async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
     let log_after = store.change_log().newest(store.engine(), &t).await.unwrap();
     assert_eq!(log_before, log_after);
     // They become durable with the next WAL upload (here: the next durable write).
-    store
-        .kv_put(
-            &s,
-            "flush",
-            Bytes::from_static(b"x"),
-            "text/plain".into(),
-            None,
-            Condition::default(),
-        )
-        .await
-        .unwrap();
+    put_text(&store, &s, "flush", b"x").await.unwrap();
     let got = store.get_item(&s, &conv.id, &items[0].id).await.unwrap();
     assert_eq!(got.vector.as_deref(), Some(&v[..]));
     assert!(got.vector_builtin);
