@@ -123,8 +123,7 @@ pub(crate) struct Catalog {
     pub tenants: HashMap<Arc<str>, TenantState>,
     /// Handle of the next document version.
     pub next_handle: Handle,
-    /// Documents with an expiry, by expiry time (unix ms). Entries of documents removed or
-    /// replaced since are skipped when they come due.
+    /// Live documents with an expiry, by expiry time (unix ms).
     pub expiries: BTreeMap<i64, Vec<Handle>>,
 }
 
@@ -386,9 +385,7 @@ impl Catalog {
                 expires_at_ms: doc.expires_at_ms,
             },
         );
-        if let Some(at) = doc.expires_at_ms {
-            self.expiries.entry(at).or_default().push(handle);
-        }
+        self.schedule_expiry(handle, doc.expires_at_ms);
         text.adds.push((handle, doc));
         ann_dirty
     }
@@ -444,6 +441,14 @@ impl Catalog {
             return;
         };
         text.deletes.push(handle);
+        if let Some(at) = d.expires_at_ms {
+            if let Some(due) = self.expiries.get_mut(&at) {
+                due.retain(|&h| h != handle);
+                if due.is_empty() {
+                    self.expiries.remove(&at);
+                }
+            }
+        }
         let Some(ts) = self.tenants.get_mut(&*d.tenant) else {
             return;
         };
@@ -496,6 +501,13 @@ impl Catalog {
         block.half.truncate(last * dim);
         if block.handles.is_empty() {
             sv.blocks.remove(&d.owner);
+        }
+    }
+
+    /// Records that the live document `handle` expires at `at`, if it does.
+    pub fn schedule_expiry(&mut self, handle: Handle, at: Option<i64>) {
+        if let Some(at) = at {
+            self.expiries.entry(at).or_default().push(handle);
         }
     }
 
@@ -585,6 +597,40 @@ pub(crate) fn scan_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_live_documents_wait_for_their_expiry() {
+        let mut cat = Catalog::default();
+        let mut text = TextChanges::default();
+        let doc = |id: &str, at: i64| Doc {
+            tenant: "t".into(),
+            source: Source::Memory,
+            id: id.into(),
+            owner: None,
+            conversation_id: None,
+            role: None,
+            created_at: 0,
+            metadata: BTreeMap::new(),
+            text: "x".into(),
+            vector: None,
+            expires_at_ms: Some(at),
+        };
+        // A value rewritten many times with a TTL: only its live version is scheduled.
+        for n in 0..100 {
+            cat.upsert(doc("k", 1_000 + n), false, &mut text);
+        }
+        cat.upsert(doc("other", 5_000), false, &mut text);
+        let scheduled: usize = cat.expiries.values().map(Vec::len).sum();
+        assert_eq!(scheduled, 2);
+        assert_eq!(
+            cat.expiries.keys().copied().collect::<Vec<_>>(),
+            [1_099, 5_000]
+        );
+        cat.remove_expired(2_000, &mut text);
+        assert!(cat.live("t", Source::Memory, "k").is_none());
+        assert!(cat.live("t", Source::Memory, "other").is_some());
+        assert_eq!(cat.expiries.keys().copied().collect::<Vec<_>>(), [5_000]);
+    }
 
     fn scan_f32(block: &Block, dim: usize, q: &[f32], k: usize) -> Vec<(Handle, f32)> {
         let mut top = TopK::new(k);

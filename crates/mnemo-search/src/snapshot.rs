@@ -435,9 +435,7 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                 1 => Some(d.i64()?),
                 b => return Err(bad(format!("bad expiry flag {b}"))),
             };
-            if let Some(at) = expires_at_ms {
-                cat.expiries.entry(at).or_default().push(h);
-            }
+            cat.schedule_expiry(h, expires_at_ms);
             with_slot += usize::from(slot.is_some());
             if ts.by_id[source.index()].insert(id.clone(), h).is_some() {
                 return Err(bad(format!("id {id} appears twice in tenant {name}")));
