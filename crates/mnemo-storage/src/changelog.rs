@@ -152,9 +152,7 @@ impl ChangeLog {
                     at.insert(tenant.clone(), seq);
                 }
             }
-            if !moved.contains(&tenant) {
-                moved.insert(tenant);
-            }
+            moved.insert(tenant);
         }
         self.changed.notify_one();
     }
