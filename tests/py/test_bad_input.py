@@ -166,6 +166,7 @@ def test_oversized_conversation_bodies(server, http, conv_id, size):
     err = assert_api_error(r, {400, 413})
     if r.status_code == 413:
         assert err.get("code") == "body_too_large", r.text
+        assert r.headers.get("connection") == "close", r.headers
     assert items_of(http, conv_id) == before
     r = http.post("/v1/conversations", json=big)
     assert_api_error(r, {400, 413})

@@ -180,11 +180,15 @@ def test_value_size_limit(http, uid):
     key2 = f"kv-{uid}/toobig"
     r = put(http, key2, big + b"!")
     assert_json_error(r, 413, "invalid_request_error", code="body_too_large")
+    # the unread rest of the body ends the connection, and the response says so: a client
+    # must not send its next request on it
+    assert r.headers.get("connection") == "close", r.headers
     assert_api_error(get(http, key2), 404)
 
     # an oversized overwrite leaves the old value in place
     r = put(http, key, b"\x00" * (MAX_VALUE + 1))
     assert_json_error(r, 413, "invalid_request_error", code="body_too_large")
+    assert r.headers.get("connection") == "close", r.headers
     assert get(http, key).content == big
 
 

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 /// Largest JSON body accepted by the conversation routes.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
-/// Reads a whole body, failing with 413 (nothing read further) past `limit` bytes.
+/// Reads a whole body, failing with 413 past `limit` bytes. The rest of a body that is too
+/// large is not read: the 413 closes the connection (`Connection: close`), so a client's next
+/// request goes on a new one.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -19,12 +21,12 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
-            return Err(ApiError::too_large(limit));
+            return Err(ApiError::too_large(limit).closing_connection());
         }
     }
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(limit))
+        .map_err(|_| ApiError::too_large(limit).closing_connection())
 }
 
 /// Reads and parses a JSON body (400 on malformed JSON or wrong types, 413 when too large).
