@@ -4,7 +4,7 @@
 Usage (one run, all systems interleaved; the figure recorded in docs/benchmarks.md):
     cargo build --release -p mnemo-search --example vector_bench
     python3 crates/mnemo-search/bench/ann_peers.py /var/tmp/annbench \\
-        --mnemo target/release/examples/vector_bench [--rounds 3]
+        --mnemo target/release/examples/vector_bench [--rounds 3] [--passes 3]
 
 Peers only, on vectors written earlier by vector_bench --npy-dir DIR:
     python3 crates/mnemo-search/bench/ann_peers.py DIR
@@ -15,7 +15,7 @@ and builds mnemo's graph. The script then builds hnswlib and faiss HNSW indexes 
 vectors (M=16, efConstruction=128, inner product, one thread) and measures every system at
 each ef of the sweep, `--rounds` times, rotating which system goes first, so slow phases of
 the machine hit all systems alike. Each (system, ef) reports the median QPS of its rounds
-(one thread, 1000 queries per round) and its recall@10 against numpy's exact top 10.
+(one thread, `--passes` times the 1000 queries per round) and its recall@10 against numpy's exact top 10.
 A system's figure is its best median QPS among the ef values reaching recall@10 >= 0.99.
 Needs: pip install numpy hnswlib faiss-cpu (a missing peer library is skipped).
 """
@@ -44,20 +44,19 @@ def recall(found, truth):
 class Mnemo:
     """vector_bench --serve: one line per ef in, `QPS recall` out."""
 
-    name = "mnemo"
-
-    def __init__(self, binary, data_dir):
+    def __init__(self, binary, data_dir, name="mnemo"):
+        self.name = name
         self.proc = subprocess.Popen(
             [binary, "--owner-n", "0", "--npy-dir", data_dir, "--serve"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for line in self.proc.stdout:
-            print(f"  mnemo: {line.rstrip()}")
+            print(f"  {name}: {line.rstrip()}")
             if line.strip() == "ready":
                 return
         sys.exit("vector_bench --serve ended before it was ready")
 
-    def measure(self, ef):
-        self.proc.stdin.write(f"{ef}\n")
+    def measure(self, ef, passes):
+        self.proc.stdin.write(f"{ef} {passes}\n")
         self.proc.stdin.flush()
         qps, r = self.proc.stdout.readline().split()
         return float(qps), float(r)
@@ -82,11 +81,13 @@ class Hnswlib:
         print(f"hnswlib build (1 thread): {time.perf_counter() - t:.1f}s")
         self.queries, self.truth = queries, truth
 
-    def measure(self, ef):
+    def measure(self, ef, passes):
         self.idx.set_ef(max(ef, K))
         t = time.perf_counter()
-        labels, _ = self.idx.knn_query(self.queries, k=K, num_threads=1)
-        return len(self.queries) / (time.perf_counter() - t), recall(labels, self.truth)
+        for _ in range(passes):
+            labels, _ = self.idx.knn_query(self.queries, k=K, num_threads=1)
+        rate = passes * len(self.queries) / (time.perf_counter() - t)
+        return rate, recall(labels, self.truth)
 
 
 class Faiss:
@@ -103,24 +104,32 @@ class Faiss:
         print(f"faiss HNSW build (1 thread): {time.perf_counter() - t:.1f}s")
         self.queries, self.truth = queries, truth
 
-    def measure(self, ef):
+    def measure(self, ef, passes):
         self.idx.hnsw.efSearch = max(ef, K)
         t = time.perf_counter()
-        _, labels = self.idx.search(self.queries, K)
-        return len(self.queries) / (time.perf_counter() - t), recall(labels, self.truth)
+        for _ in range(passes):
+            _, labels = self.idx.search(self.queries, K)
+        rate = passes * len(self.queries) / (time.perf_counter() - t)
+        return rate, recall(labels, self.truth)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", nargs="?", default="/var/tmp/annbench")
     ap.add_argument("--mnemo", help="vector_bench binary, run in its --serve mode")
+    ap.add_argument("--mnemo-baseline", help="a second vector_bench binary measured beside "
+                    "--mnemo under the name mnemo-baseline (to compare two builds)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=3,
+                    help="passes over the query set per measurement")
     args = ap.parse_args()
 
     systems = []
     if args.mnemo:
         os.makedirs(args.dir, exist_ok=True)
         systems.append(Mnemo(args.mnemo, args.dir))
+        if args.mnemo_baseline:
+            systems.append(Mnemo(args.mnemo_baseline, args.dir, "mnemo-baseline"))
     base = np.load(os.path.join(args.dir, "base.npy"))
     queries = np.load(os.path.join(args.dir, "queries.npy"))
     n, dim = base.shape
@@ -141,7 +150,7 @@ def main():
         for ef in EFS:
             order = systems[r % len(systems):] + systems[:r % len(systems)]
             for s in order:
-                qps, rec = s.measure(ef)
+                qps, rec = s.measure(ef, args.passes)
                 rounds[(s.name, ef)].append(qps)
                 recalls[(s.name, ef)] = rec
         print(f"round {r + 1}/{args.rounds} done")
@@ -150,7 +159,7 @@ def main():
             s.close()
 
     names = [s.name for s in systems]
-    print(f"\nmedian QPS of {args.rounds} rounds (single thread) / recall@10")
+    print(f"\nmedian QPS of {args.rounds} rounds of {args.passes} passes (single thread) / recall@10")
     print("| ef | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for ef in EFS:

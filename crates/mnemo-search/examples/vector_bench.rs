@@ -13,7 +13,8 @@
 //!
 //! With `--npy-dir`, writes `base.npy` and `queries.npy` (float32) of part 2 for
 //! `bench/ann_peers.py`. With `--serve`, part 2 builds the graph, prints `ready`, then reads
-//! one `ef` per line from stdin and answers each with `QPS recall` for the query set: the mode
+//! one `ef` (optionally followed by a number of passes over the query set) per line from stdin
+//! and answers each with `QPS recall` for the query set: the mode
 //! `bench/ann_peers.py --mnemo BIN` uses to interleave mnemo with its peers in one run.
 
 use std::collections::{BTreeMap, HashSet};
@@ -301,10 +302,15 @@ fn main() {
             std::io::stdout().flush().unwrap();
             for line in std::io::stdin().lines() {
                 let line = line.unwrap();
-                let Ok(ef) = line.trim().parse::<usize>() else {
+                let mut words = line.split_whitespace().map(|w| w.parse::<usize>());
+                let Some(Ok(ef)) = words.next() else {
                     break;
                 };
-                let (qps, recall) = sweep_point(&index, &queries, &truth, ef);
+                let passes = match words.next() {
+                    Some(Ok(p)) => p.max(1),
+                    _ => 1,
+                };
+                let (qps, recall) = sweep_point(&index, &queries, &truth, ef, passes);
                 println!("{qps:.1} {recall:.4}");
                 std::io::stdout().flush().unwrap();
             }
@@ -312,7 +318,7 @@ fn main() {
         }
         let mut best: Option<(f64, usize)> = None;
         for ef in EF_SWEEP {
-            let (qps, recall) = sweep_point(&index, &queries, &truth, ef);
+            let (qps, recall) = sweep_point(&index, &queries, &truth, ef, 1);
             println!(
                 "usearch ANN ({:?} graph, exact re-score) ef={ef:>3}: {qps:>6.0} QPS single-thread, recall@10 {recall:.4}",
                 a.quant,
@@ -330,17 +336,19 @@ fn main() {
     }
 }
 
-/// Single-thread QPS and recall@10 of the whole query set at search breadth `ef`.
+/// Single-thread QPS and recall@10 of the whole query set, run `passes` times, at search
+/// breadth `ef`.
 fn sweep_point(
     index: &SearchIndex,
     queries: &[Vec<f32>],
     truth: &[HashSet<usize>],
     ef: usize,
+    passes: usize,
 ) -> (f64, f64) {
     index.set_ann_expansion_search(ef);
     let mut found = 0;
     let t = Instant::now();
-    for (q, want) in queries.iter().zip(truth) {
+    for (q, want) in std::iter::repeat_n(queries.iter().zip(truth), passes).flatten() {
         let mut sq = SearchQuery::new("bench", Source::Items, Mode::Vector, 10);
         sq.vector = Some(q.clone());
         let hits = index.search(&sq).unwrap();
@@ -350,8 +358,9 @@ fn sweep_point(
             .count();
     }
     let el = t.elapsed();
+    let answered = queries.len() * passes;
     (
-        queries.len() as f64 / el.as_secs_f64(),
-        found as f64 / (queries.len() * 10) as f64,
+        answered as f64 / el.as_secs_f64(),
+        found as f64 / (answered * 10) as f64,
     )
 }

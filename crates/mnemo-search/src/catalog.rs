@@ -70,6 +70,13 @@ pub(crate) struct SourceVectors {
 
 impl SourceVectors {
     /// Every live vector's handle.
+    /// Every live vector (`dim` floats each), block by block.
+    pub fn vectors(&self, dim: usize) -> impl Iterator<Item = &[f32]> {
+        self.blocks
+            .values()
+            .flat_map(move |b| b.data.chunks_exact(dim.max(1)))
+    }
+
     pub fn all_handles(&self) -> HashSet<Handle> {
         self.blocks
             .values()

@@ -82,6 +82,12 @@ pub const RRF_K: f32 = 60.0;
 /// Each ranking fused by hybrid search contributes at least this many candidates.
 const HYBRID_DEPTH: usize = 100;
 
+/// An ANN search for `k` results re-scores exactly the best `k + max(k, ANN_RESCORE_MARGIN)`
+/// of the graph's candidates by their quantised score (the walk itself keeps `ef`): on
+/// clustered 384-d vectors quantised as [`Quantization::I8`] does, the best 20 held the exact
+/// top 10 as often as all 40–64 candidates did.
+const ANN_RESCORE_MARGIN: usize = 10;
+
 /// Vectors copied per step when the ANN builder catches up.
 const ANN_CHUNK: usize = 1024;
 
@@ -594,8 +600,10 @@ impl SearchIndex {
                             push(&mut top, h);
                         }
                     } else {
-                        let pool = k.max(self.shared.ann_ef.load(Ordering::Relaxed));
-                        match ann.candidates(qv, pool, filtered) {
+                        // The walk keeps `ef` candidates; the best of them by quantised
+                        // score are re-scored.
+                        let rescored = k.saturating_add(k.max(ANN_RESCORE_MARGIN));
+                        match ann.candidates(qv, rescored, filtered) {
                             Ok(cands) => {
                                 // A graph holds only this (tenant, source)'s documents, and
                                 // removals happen under the catalog lock this search holds for
@@ -896,22 +904,23 @@ fn apply_batch(s: &Shared, ops: Vec<IndexOp>) -> Result<(), SearchError> {
             for (i, src) in [Source::Items, Source::Memory].into_iter().enumerate() {
                 let sv = &mut ts.sources[i];
                 // An empty graph for the scope's live vectors, with room to grow.
-                let empty_graph = |count: usize| {
+                let empty_graph = |sv: &catalog::SourceVectors| {
                     ann::Ann::new(
                         dim,
                         s.cfg.ann_quantization,
                         s.ann_ef.load(Ordering::SeqCst),
-                        count + count / 4,
+                        sv.count,
+                        sv.vectors(dim),
                     )
                     .map(Arc::new)
                 };
                 if sv.ann.is_none() && sv.count > s.cfg.ann_threshold {
-                    sv.ann = Some(empty_graph(sv.count)?);
+                    sv.ann = Some(empty_graph(sv)?);
                     sv.pending = sv.all_handles();
                     dirty.push((key.clone(), src));
                 } else if sv.next.is_none() && sv.ann.as_ref().is_some_and(|a| a.needs_rebuild()) {
                     // Many removed nodes: build a fresh graph beside the serving one.
-                    sv.next = Some(empty_graph(sv.count)?);
+                    sv.next = Some(empty_graph(sv)?);
                     sv.next_pending = sv.all_handles();
                     dirty.push((key.clone(), src));
                 }

@@ -26,6 +26,10 @@ pub(crate) const MAGIC: &[u8; 8] = b"MNEMOIDX";
 /// Format version written; [`open`] refuses any other (3: documents carry their expiry).
 pub(crate) const VERSION: u32 = 3;
 const HEADER: usize = 8 + 4 + 8 + 4;
+/// Graph tag of snapshots written before graphs carried their i8 scale (read, then rebuilt).
+const GRAPH_UNSCALED: u8 = 1;
+/// Graph tag: the i8 scale (f32 bits in a u64), then the graph.
+const GRAPH_WITH_SCALE: u8 = 2;
 
 pub(crate) fn bad(msg: impl Into<String>) -> SearchError {
     SearchError::BadSnapshot(msg.into())
@@ -329,7 +333,8 @@ pub(crate) fn encode(
             e.u64s(&pending);
             match &sv.ann {
                 Some(a) => {
-                    e.u8(1);
+                    e.u8(GRAPH_WITH_SCALE);
+                    e.u64(u64::from(a.scale().to_bits()));
                     a.save_into(&mut e.buf)?;
                 }
                 None => e.u8(0),
@@ -512,12 +517,20 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
             let pending = d.u64s()?;
             let ann = match d.u8()? {
                 0 => None,
-                1 => {
+                GRAPH_UNSCALED => {
+                    // i8 vectors quantised by usearch itself: the graph is rebuilt.
+                    d.bytes()?;
+                    None
+                }
+                GRAPH_WITH_SCALE => {
+                    let scale = u32::try_from(d.u64()?)
+                        .map(f32::from_bits)
+                        .map_err(|_| bad("bad i8 scale"))?;
                     let graph = d.bytes()?;
                     match dim {
                         // A graph of another quantisation is rebuilt instead.
                         Some(dim) if quantization == cfg.ann_quantization => Some(Arc::new(
-                            Ann::load(graph, dim, quantization, cfg.ann_expansion_search)?,
+                            Ann::load(graph, scale, dim, quantization, cfg.ann_expansion_search)?,
                         )),
                         _ => None,
                     }
@@ -544,7 +557,8 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                         dim,
                         cfg.ann_quantization,
                         cfg.ann_expansion_search,
-                        count + count / 4,
+                        count,
+                        sv.vectors(dim),
                     )?));
                     sv.pending = sv
                         .blocks
