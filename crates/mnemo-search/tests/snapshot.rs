@@ -229,14 +229,16 @@ fn snapshot_while_the_graph_is_being_built() {
         restored.stats("a").ann_indexed,
         index.stats("a").ann_indexed
     );
-    // Exact scopes and text must agree exactly; ANN scopes may differ in graph shape (insert
-    // order), so compare their scores with the exact top-k instead: recall on this small set is 1.
-    let qs = queries(&vectors);
-    for (q, (a, b)) in qs.iter().zip(
-        answers(&index, &qs)
-            .into_iter()
-            .zip(answers(&restored, &qs)),
-    ) {
+    assert_same_answers_but_graph_shape(&index, &restored, &queries(&vectors));
+}
+
+/// Exact scopes and text must agree exactly; ANN scopes may differ in graph shape (insert
+/// order), so their scores are compared instead: recall on this small set is 1.
+fn assert_same_answers_but_graph_shape(a: &SearchIndex, b: &SearchIndex, qs: &[SearchQuery]) {
+    for (q, (a, b)) in qs
+        .iter()
+        .zip(answers(a, qs).into_iter().zip(answers(b, qs)))
+    {
         if q.mode == Mode::Vector && q.owner.is_none() && q.conversation_id.is_none() {
             let sa: Vec<f32> = a.iter().map(|h| h.score).collect();
             let sb: Vec<f32> = b.iter().map(|h| h.score).collect();
@@ -245,6 +247,55 @@ fn snapshot_while_the_graph_is_being_built() {
             assert_eq!(a, b, "{q:?}");
         }
     }
+}
+
+/// A snapshot written before graphs carried their i8 scale (graph tag 1, usearch's own
+/// quantisation) restores with the graph rebuilt from the vectors, not loaded.
+#[test]
+fn a_graph_saved_without_its_i8_scale_is_rebuilt() {
+    let mut data = Clustered::new(13, DIM, 30, 0.6);
+    let index = SearchIndex::new(cfg()).unwrap();
+    let vectors = populate(&index, &mut data);
+    wait_ann_built(&index, "a");
+    let removed = index.stats("a").ann_removed;
+    assert!(removed > 0, "a loaded graph would keep its removed nodes");
+
+    // Rewrite every graph as the older layout: tag 1, then the graph (no scale). Layout:
+    // header (magic 8, version 4, body length 8, crc32 4), then per graph: tag u8, scale u64,
+    // graph length u64, usearch's bytes: rows u32, bytes per row u32, the i8 vectors, then
+    // usearch's own header, which starts with "usearch".
+    let mut bytes = index.snapshot().unwrap();
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+    let headers: Vec<usize> = bytes
+        .windows(7)
+        .enumerate()
+        .filter(|(_, w)| *w == b"usearch")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!headers.is_empty());
+    for &header in headers.iter().rev() {
+        let graph = (0..header - 8)
+            .rev()
+            .find(|&g| u32_at(&bytes, g + 4) == DIM && g + 8 + u32_at(&bytes, g) * DIM == header)
+            .expect("the graph's vector matrix");
+        let tag = graph - 8 - 8 - 1;
+        assert_eq!(bytes[tag], 2, "graph tag");
+        bytes[tag] = 1;
+        bytes.drain(tag + 1..tag + 9);
+    }
+    let body_len = (bytes.len() - 24) as u64;
+    bytes[12..20].copy_from_slice(&body_len.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[24..]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+
+    let restored = SearchIndex::restore(cfg(), &bytes).unwrap();
+    wait_ann_built(&restored, "a");
+    assert_eq!(restored.stats("a").ann_removed, 0, "the graph was loaded");
+    assert_eq!(
+        restored.stats("a").ann_indexed,
+        index.stats("a").ann_indexed
+    );
+    assert_same_answers_but_graph_shape(&index, &restored, &queries(&vectors));
 }
 
 /// Snapshots taken while a writer keeps applying batches are consistent: every document in a
