@@ -178,6 +178,23 @@ def test_oversized_conversation_bodies(server, http, conv_id, size):
     assert_api_error(r, {400, 413})
 
 
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/v1/no-such-route"),                  # unknown route: 404
+    ("PUT", "/v1/conversations"),                   # wrong method: 405
+])
+def test_answers_that_leave_the_body_unread_close_the_connection(http, conv_id, method, path):
+    """The server answers without reading the body and then drops the connection; the
+    response must say so, or a pooled client sends its next request into the closing socket."""
+    r = http.request(method, path, content=b"x" * (2 * MiB), headers=JSON_HEADERS)
+    assert_api_error(r, {404, 405})
+    assert r.headers.get("connection") == "close", r.headers
+    assert http.get(f"/v1/conversations/{conv_id}").status_code == 200
+    # A request whose body was read keeps its connection.
+    r = http.post(f"/v1/conversations/{conv_id}", json={"metadata": {"k": "v"}})
+    assert r.status_code == 200, r.text
+    assert r.headers.get("connection") != "close", r.headers
+
+
 def test_deeply_nested_json_is_rejected_not_fatal(http, conv_id):
     depth = 200_000
     before = items_of(http, conv_id)

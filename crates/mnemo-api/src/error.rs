@@ -18,10 +18,6 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Machine-readable code, if any.
     pub code: Option<&'static str>,
-    /// The response closes the connection (`Connection: close`): set when the request body was
-    /// left unread, so a client does not send its next request on a connection the server
-    /// is about to drop.
-    pub close_connection: bool,
 }
 
 impl ApiError {
@@ -33,7 +29,6 @@ impl ApiError {
             kind,
             param: None,
             code: None,
-            close_connection: false,
         }
     }
 
@@ -70,12 +65,6 @@ impl ApiError {
             "invalid_request_error",
             "method not allowed on this route",
         )
-    }
-
-    /// Marks the response as the last on its connection (see [`ApiError::close_connection`]).
-    pub fn closing_connection(mut self) -> Self {
-        self.close_connection = true;
-        self
     }
 
     /// Sets the machine-readable code.
@@ -142,12 +131,6 @@ impl IntoResponse for ApiError {
             "code": self.code,
         }});
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.close_connection {
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

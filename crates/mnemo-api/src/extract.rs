@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
 /// Reads a whole body, failing with 413 past `limit` bytes. The rest of a body that is too
-/// large is not read: the 413 closes the connection (`Connection: close`), so a client's next
-/// request goes on a new one.
+/// large is not read (the response then closes the connection: see `connection.rs`).
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -21,12 +20,12 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
-            return Err(ApiError::too_large(limit).closing_connection());
+            return Err(ApiError::too_large(limit));
         }
     }
     axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(limit).closing_connection())
+        .map_err(|_| ApiError::too_large(limit))
 }
 
 /// Reads and parses a JSON body (400 on malformed JSON or wrong types, 413 when too large).

@@ -15,6 +15,7 @@
 
 mod admin;
 pub mod auth;
+mod connection;
 mod conversations;
 #[cfg(feature = "embedder")]
 pub mod embed;
@@ -96,7 +97,8 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// Builds the router with every route, JSON fallbacks and the metrics middleware.
+/// Builds the router with every route, JSON fallbacks, the metrics middleware and
+/// `Connection: close` on answers that leave a request body unread.
 pub fn router(state: AppState) -> Router {
     // `/v1/kv/batch` is the batch endpoint for POST; for other methods it is the key "batch".
     let batch_key = || Ok(Path("batch".to_string()));
@@ -148,5 +150,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(
+            connection::close_when_body_unread,
+        ))
         .with_state(state)
 }
