@@ -69,7 +69,6 @@ pub(crate) struct SourceVectors {
 }
 
 impl SourceVectors {
-    /// Every live vector's handle.
     /// Every live vector (`dim` floats each), block by block.
     pub fn vectors(&self, dim: usize) -> impl Iterator<Item = &[f32]> {
         self.blocks
@@ -77,6 +76,7 @@ impl SourceVectors {
             .flat_map(move |b| b.data.chunks_exact(dim.max(1)))
     }
 
+    /// Every live vector's handle.
     pub fn all_handles(&self) -> HashSet<Handle> {
         self.blocks
             .values()
