@@ -5,6 +5,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_body, limit_param, path, query_pairs};
 use crate::items::parse_items;
 use crate::AppState;
+use std::borrow::Borrow;
+
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -82,21 +84,22 @@ fn conversation_json(rec: &ConversationRecord) -> Value {
     })
 }
 
-/// A list object built from stored item JSON without re-parsing it.
-fn item_list(items: &[StoredItem], has_more: bool) -> Response {
-    let size: usize = items.iter().map(|i| i.json.len() + 1).sum();
+/// A list object built from stored item JSON without re-parsing it. Takes items or shared
+/// items (`Arc<StoredItem>`, as pages served from the tail cache hold them).
+fn item_list<I: Borrow<StoredItem>>(items: &[I], has_more: bool) -> Response {
+    let size: usize = items.iter().map(|i| i.borrow().json.len() + 1).sum();
     let mut out = Vec::with_capacity(size + 160);
     out.extend_from_slice(br#"{"object":"list","data":["#);
     for (i, it) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&it.json);
+        out.extend_from_slice(&it.borrow().json);
     }
     out.extend_from_slice(b"],");
     let ids = json!({
-        "first_id": items.first().map(|i| i.id.as_str()),
-        "last_id": items.last().map(|i| i.id.as_str()),
+        "first_id": items.first().map(|i| i.borrow().id.as_str()),
+        "last_id": items.last().map(|i| i.borrow().id.as_str()),
         "has_more": has_more,
     })
     .to_string();

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use slatedb::WriteBatch;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// Items deleted per batch when a conversation is purged.
 const PURGE_CHUNK: usize = 512;
@@ -36,8 +37,9 @@ pub struct NewItem {
 /// One page of items.
 #[derive(Clone, Debug)]
 pub struct ItemPage {
-    /// Items in the requested order.
-    pub items: Vec<StoredItem>,
+    /// Items in the requested order, shared with the conversation tail cache (a page served
+    /// from the cache copies pointers, not items).
+    pub items: Vec<Arc<StoredItem>>,
     /// Whether more items follow in that order.
     pub has_more: bool,
 }
@@ -362,7 +364,8 @@ impl Store {
                     .await?
             }
         };
-        let mut items = decode_items(rows)?;
+        let mut items: Vec<Arc<StoredItem>> =
+            decode_items(rows)?.into_iter().map(Arc::new).collect();
         let has_more = items.len() > limit;
         if let Some(miss) = miss {
             // The newest `limit + 1` items, or all of them: a tail of the conversation.

@@ -14,6 +14,7 @@
 use crate::records::{ConversationRecord, StoredItem};
 use crate::write_through::{self, Change, Entry, Miss, Write, WriteThrough};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Most items kept per conversation (a listing of up to `MAX_TAIL_ITEMS - 1` items, plus the
 /// one that tells whether more follow, can be served from the cache).
@@ -42,9 +43,10 @@ pub(crate) enum TailChange {
 }
 
 pub(crate) struct Tail {
-    rec: ConversationRecord,
-    /// Ascending by sequence number: every existing item with `seq >= from`.
-    items: VecDeque<StoredItem>,
+    rec: Arc<ConversationRecord>,
+    /// Ascending by sequence number: every existing item with `seq >= from`. Shared with the
+    /// pages served from it, so a page is pointer copies.
+    items: VecDeque<Arc<StoredItem>>,
     from: u64,
     bytes: usize,
 }
@@ -58,9 +60,13 @@ fn item_bytes(i: &StoredItem) -> usize {
 }
 
 impl Tail {
-    fn new(rec: ConversationRecord, items: Vec<StoredItem>, from: u64) -> Tail {
+    fn new(
+        rec: ConversationRecord,
+        items: impl IntoIterator<Item = Arc<StoredItem>>,
+        from: u64,
+    ) -> Tail {
         let mut t = Tail {
-            rec,
+            rec: Arc::new(rec),
             items: VecDeque::new(),
             from,
             bytes: TAIL_OVERHEAD,
@@ -69,7 +75,7 @@ impl Tail {
         t
     }
 
-    fn push(&mut self, items: Vec<StoredItem>) {
+    fn push(&mut self, items: impl IntoIterator<Item = Arc<StoredItem>>) {
         for i in items {
             self.bytes += item_bytes(&i);
             self.items.push_back(i);
@@ -92,22 +98,24 @@ impl Entry for Tail {
 impl Change<Tail> for TailChange {
     fn apply(self, tail: &mut Option<Tail>) {
         match self {
-            TailChange::Created(rec, items) => *tail = Some(Tail::new(rec, items, 1)),
+            TailChange::Created(rec, items) => {
+                *tail = Some(Tail::new(rec, items.into_iter().map(Arc::new), 1))
+            }
             TailChange::Appended(rec, items) => match tail {
                 Some(t) => {
-                    t.rec = rec;
-                    t.push(items);
+                    t.rec = Arc::new(rec);
+                    t.push(items.into_iter().map(Arc::new));
                 }
                 // Nothing cached: the appended items are every item from the first of them on.
                 None => {
                     if let Some(first) = items.first().map(|i| i.seq) {
-                        *tail = Some(Tail::new(rec, items, first));
+                        *tail = Some(Tail::new(rec, items.into_iter().map(Arc::new), first));
                     }
                 }
             },
             TailChange::Updated(rec) => {
                 if let Some(t) = tail {
-                    t.rec = rec;
+                    t.rec = Arc::new(rec);
                 }
             }
             TailChange::ItemDeleted(seq) => {
@@ -123,7 +131,7 @@ impl Change<Tail> for TailChange {
                 if let Some(t) = tail {
                     if let Some(old) = t.items.iter_mut().find(|i| i.seq == item.seq) {
                         t.bytes = t.bytes - item_bytes(old) + item_bytes(&item);
-                        *old = item;
+                        *old = Arc::new(item);
                     }
                 }
             }
@@ -138,8 +146,8 @@ impl Change<Tail> for TailChange {
 
 /// A newest-first or oldest-first page served from the cache.
 pub(crate) struct CachedPage {
-    pub rec: ConversationRecord,
-    pub items: Vec<StoredItem>,
+    pub rec: Arc<ConversationRecord>,
+    pub items: Vec<Arc<StoredItem>>,
     pub has_more: bool,
 }
 
@@ -158,7 +166,7 @@ impl TailCache {
     /// The conversation's record, if cached and quiescent.
     pub fn record(&self, tenant: &str, id: &str) -> Result<ConversationRecord, Miss> {
         self.0
-            .read(&write_through::key(tenant, id), |t| Some(t.rec.clone()))
+            .read(&write_through::key(tenant, id), |t| Some((*t.rec).clone()))
     }
 
     /// The item `item_id` and its conversation's owner, if the cached tail holds it and the
@@ -171,7 +179,7 @@ impl TailCache {
     ) -> Result<(Option<String>, StoredItem), Miss> {
         self.0.read(&write_through::key(tenant, id), |t| {
             let item = t.items.iter().find(|i| i.id == item_id)?;
-            Some((t.rec.owner.clone(), item.clone()))
+            Some((t.rec.owner.clone(), (**item).clone()))
         })
     }
 
@@ -186,7 +194,7 @@ impl TailCache {
         self.0.read(&write_through::key(tenant, id), |t| {
             let n = t.items.len();
             let complete = t.from <= 1;
-            let items: Vec<StoredItem> = if newest_first {
+            let items: Vec<Arc<StoredItem>> = if newest_first {
                 if n <= limit && !complete {
                     return None;
                 }
@@ -213,7 +221,7 @@ impl TailCache {
         miss: Miss,
         tenant: &str,
         rec: &ConversationRecord,
-        items: Vec<StoredItem>,
+        items: Vec<Arc<StoredItem>>,
         complete: bool,
     ) {
         let from = if complete {
@@ -253,6 +261,10 @@ mod tests {
             last_seq,
             last_item: None,
         }
+    }
+
+    fn shared(items: Vec<StoredItem>) -> Vec<Arc<StoredItem>> {
+        items.into_iter().map(Arc::new).collect()
     }
 
     fn items(from: u64, to: u64) -> Vec<StoredItem> {
@@ -309,17 +321,17 @@ mod tests {
         let c = TailCache::new(1 << 30);
         let miss = c.page("t", "c", 10, true).err().unwrap();
         c.begin("t", "other").finish(TailChange::Deleted);
-        c.fill(miss, "t", &rec("c", 2), items(1, 2), true);
+        c.fill(miss, "t", &rec("c", 2), shared(items(1, 2)), true);
         // Either shard: a write in the same shard discards it, another shard keeps it.
         let miss = c.page("t", "c", 10, true).err();
         if let Some(m) = miss {
-            c.fill(m, "t", &rec("c", 2), items(1, 2), true);
+            c.fill(m, "t", &rec("c", 2), shared(items(1, 2)), true);
         }
         let p = c.page("t", "c", 10, true).ok().unwrap();
         assert_eq!(seqs(&p), vec![2, 1]);
         let m = c.record("t", "d").err().unwrap();
         let w = c.begin("t", "d");
-        c.fill(m, "t", &rec("d", 1), items(1, 1), true);
+        c.fill(m, "t", &rec("d", 1), shared(items(1, 1)), true);
         assert!(
             c.record("t", "d").is_err(),
             "fill during a write must be ignored"
@@ -332,11 +344,11 @@ mod tests {
         let c = TailCache::new(1 << 30);
         drop(c.begin("t", "a"));
         let m = c.record("t", "c").err().unwrap();
-        c.fill(m, "t", &rec("c", 1), items(1, 1), true);
+        c.fill(m, "t", &rec("c", 1), shared(items(1, 1)), true);
         assert!(c.record("t", "c").is_err(), "unsettled: fill refused");
         c.begin("t", "b").finish(TailChange::Updated(rec("b", 0)));
         let m = c.record("t", "c").err().unwrap();
-        c.fill(m, "t", &rec("c", 1), items(1, 1), true);
+        c.fill(m, "t", &rec("c", 1), shared(items(1, 1)), true);
         assert!(
             c.record("t", "c").is_ok(),
             "settled by a later durable write"
@@ -363,7 +375,7 @@ mod tests {
         c.begin("t", "c")
             .finish(TailChange::ItemReplaced(with_vector));
         let m = c.record("t", "d").err().unwrap();
-        c.fill(m, "t", &rec("d", 1), items(1, 1), true);
+        c.fill(m, "t", &rec("d", 1), shared(items(1, 1)), true);
         assert!(c.record("t", "d").is_err(), "still unsettled");
     }
 
