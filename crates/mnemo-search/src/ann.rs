@@ -242,21 +242,25 @@ impl Ann {
         keep: Option<&dyn Fn(Handle) -> bool>,
     ) -> Result<Vec<Handle>, SearchError> {
         let _r = self.lock.read();
-        let m = if self.quantization == Quantization::I8 {
-            let max = query.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let q = quantize(query, if max > 0.0 { 127.0 / max } else { 1.0 });
-            match keep {
-                Some(keep) => self.index.filtered_search(&q, count, keep),
-                None => self.index.search(&q, count),
-            }
-        } else {
-            match keep {
-                Some(keep) => self.index.filtered_search(query, count, keep),
-                None => self.index.search(query, count),
-            }
+        match self.quantization {
+            Quantization::I8 => self.walk(&quantize_query(query), count, keep),
+            _ => self.walk(query, count, keep),
         }
-        .map_err(|e| SearchError::Internal(e.to_string()))?;
-        Ok(m.keys)
+    }
+
+    /// usearch's search, filtered by `keep` if given; the caller holds `lock` for reading.
+    fn walk<T: usearch::VectorType>(
+        &self,
+        query: &[T],
+        count: usize,
+        keep: Option<&dyn Fn(Handle) -> bool>,
+    ) -> Result<Vec<Handle>, SearchError> {
+        match keep {
+            Some(keep) => self.index.filtered_search(query, count, keep),
+            None => self.index.search(query, count),
+        }
+        .map(|m| m.keys)
+        .map_err(|e| SearchError::Internal(e.to_string()))
     }
 }
 
@@ -279,6 +283,13 @@ fn i8_scale<'a>(dim: usize, sample: impl Iterator<Item = &'a [f32]>) -> f32 {
     } else {
         fallback
     }
+}
+
+/// A query in i8 at its own scale: its largest component maps to ±127 (a query's length does
+/// not change the order of inner products).
+fn quantize_query(query: &[f32]) -> Vec<i8> {
+    let max = query.iter().fold(0f32, |m, x| m.max(x.abs()));
+    quantize(query, if max > 0.0 { 127.0 / max } else { 1.0 })
 }
 
 /// `v` times `scale`, rounded and clamped to ±127.
@@ -383,10 +394,7 @@ mod tests {
         let queries = clustered(6, 200, dim, 500);
         let scale = i8_scale(dim, base.iter().map(|v| v.as_slice()));
         let stored: Vec<Vec<i8>> = base.iter().map(|v| quantize(v, scale)).collect();
-        let ours = i8_recall(&base, &queries, &stored, 15, |q| {
-            let max = q.iter().fold(0f32, |m, x| m.max(x.abs()));
-            quantize(q, 127.0 / max)
-        });
+        let ours = i8_recall(&base, &queries, &stored, 15, quantize_query);
         let usearch_cast = |v: &[f32]| -> Vec<i8> {
             v.iter()
                 .map(|x| (x * 127.0).clamp(-127.0, 127.0) as i8)

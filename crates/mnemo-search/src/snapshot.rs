@@ -560,11 +560,7 @@ pub(crate) fn decode(bytes: &[u8], cfg: &SearchConfig) -> Result<Restored, Searc
                         count,
                         sv.vectors(dim),
                     )?));
-                    sv.pending = sv
-                        .blocks
-                        .values()
-                        .flat_map(|b| b.handles.iter().copied())
-                        .collect::<HashSet<_>>();
+                    sv.pending = sv.all_handles();
                 }
                 None => {}
             }
