@@ -116,7 +116,7 @@ fn message(rng: &mut impl Rng, kind: Text, word: Option<&str>) -> Bytes {
             .collect(),
         Text::Words => {
             let mut seeded = rand::rngs::StdRng::seed_from_u64(rng.random());
-            crate::data::DataSpec::append_message(&mut seeded).text
+            crate::data::user_text(&mut seeded, crate::data::TextModel::Random)
         }
         Text::Chat => chat_message(rng),
     };

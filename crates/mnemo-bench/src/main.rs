@@ -71,6 +71,10 @@ struct CompareArgs {
     /// Conversations in the data set (default 10,000, quick 300).
     #[arg(long)]
     conversations: Option<usize>,
+    /// Words of the messages: `zipf` (a 50,000-word vocabulary drawn by Zipf's law, like
+    /// natural language) or `random` (random letters, nearly every longer word new).
+    #[arg(long, value_enum, default_value = "zipf")]
+    text: data::TextModel,
     /// Only these workloads (ids such as W1,W3-1KiB).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -112,6 +116,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         kv_keys_1k: if args.quick { 2_000 } else { 10_000 },
         kv_keys_64k: if args.quick { 200 } else { 1_000 },
         seed: 42,
+        text: args.text,
     };
     let seconds = args.seconds.unwrap_or(if args.quick { 1 } else { 8 });
     let settle = args.settle.unwrap_or(if args.quick { 3 } else { 30 });
@@ -172,7 +177,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
          Command: `{command}` (wall time {:.0} s)\n\n\
          Machine: {}. Versions: {}; {}; mnemo {}.\n\n\
          Data set: {} conversations of 20–200 items (user messages log-normal, median {} B; \
-         assistant messages median {} B; σ = 0.6), {} KV keys of 1 KiB and {} of 64 KiB, \
+         assistant messages median {} B; σ = 0.6; {}), {} KV keys of 1 KiB and {} of 64 KiB, \
          loaded into every system, then `sync` and {:.0} s of rest ({}). {} s per run, one \
          connection per client.\n",
         started.elapsed().as_secs_f64(),
@@ -183,6 +188,14 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         spec.conversations,
         data::USER_MEDIAN,
         data::ASSISTANT_MEDIAN,
+        match spec.text {
+            data::TextModel::Zipf => format!(
+                "words drawn from a {}-word vocabulary by Zipf's law, exponent {}",
+                data::VOCABULARY,
+                data::ZIPF_EXPONENT
+            ),
+            data::TextModel::Random => "words of random letters".to_string(),
+        },
         spec.kv_keys_1k,
         spec.kv_keys_64k,
         rested.waited.as_secs_f64(),

@@ -109,7 +109,7 @@ fn next_op(kind: Kind, spec: &DataSpec, rng: &mut StdRng, value: &Bytes) -> Op {
     match kind {
         Kind::Append => Op::Append {
             conv: rng.random_range(0..spec.conversations),
-            item: DataSpec::append_message(rng).to_json().to_string(),
+            item: spec.append_message(rng).to_json().to_string(),
         },
         Kind::History => Op::History {
             conv: rng.random_range(0..spec.conversations),
