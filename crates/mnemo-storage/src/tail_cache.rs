@@ -178,7 +178,8 @@ impl TailCache {
         item_id: &str,
     ) -> Result<(Option<String>, StoredItem), Miss> {
         self.0.read(&write_through::key(tenant, id), |t| {
-            let item = t.items.iter().find(|i| i.id == item_id)?;
+            // Newest first: the search indexer asks for items just appended.
+            let item = t.items.iter().rev().find(|i| i.id == item_id)?;
             Some((t.rec.owner.clone(), (**item).clone()))
         })
     }
