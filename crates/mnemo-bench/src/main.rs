@@ -11,7 +11,7 @@
 //! (`appendonly yes` with `appendfsync always`, and with `everysec`) and `mnemo serve` on its
 //! default local store, each on 127.0.0.1 with a temporary data directory (installing the
 //! Debian packages if missing), loads the same generated data set into each (see `data.rs`),
-//! then runs workloads W1–W4 at each concurrency level and prints tables with mnemo/peer ratios.
+//! then runs workloads W0–W4 at each concurrency level and prints tables with mnemo/peer ratios.
 
 mod data;
 mod http;

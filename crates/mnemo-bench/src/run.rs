@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// What a workload does.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
+    /// W0: the cheapest request (see [`Op::Ping`]).
+    Ping,
     /// W1: durable append of one item.
     Append,
     /// W2: newest 50 items of a random conversation.
@@ -37,6 +39,12 @@ pub struct Workload {
 /// Every workload. Durable writes are compared with durable peers (PostgreSQL with
 /// synchronous commit, Redis with `appendfsync always`); reads with Redis `everysec`.
 pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        id: "W0",
+        title: "empty request (the floor under the other workloads)",
+        kind: Kind::Ping,
+        peers: &["postgres", "redis-everysec"],
+    },
     Workload {
         id: "W1",
         title: "durable append, one item per request",
@@ -107,6 +115,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn next_op(kind: Kind, spec: &DataSpec, rng: &mut StdRng, value: &Bytes) -> Op {
     match kind {
+        Kind::Ping => Op::Ping,
         Kind::Append => Op::Append {
             conv: rng.random_range(0..spec.conversations),
             item: spec.append_message(rng).to_json().to_string(),

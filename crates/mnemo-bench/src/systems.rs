@@ -14,6 +14,9 @@ use tokio_postgres::{NoTls, Statement};
 
 /// One benchmark operation.
 pub enum Op {
+    /// The cheapest request the system answers (mnemo `GET /healthz`, PostgreSQL `SELECT 1`,
+    /// Redis `PING`): the floor of the protocol, client and scheduling under the others.
+    Ping,
     /// Durably append one item (JSON) to conversation `conv`.
     Append {
         /// Conversation index.
@@ -208,6 +211,9 @@ impl Session for MnemoSession {
     fn run<'a>(&'a mut self, op: &'a Op) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             match op {
+                Op::Ping => {
+                    self.client.send("GET", "/healthz", Bytes::new()).await?;
+                }
                 Op::Append { conv, item } => {
                     let path = format!("/v1/conversations/{}/items", self.conv(*conv)?);
                     let body = format!(r#"{{"items":[{item}]}}"#);
@@ -265,6 +271,7 @@ CREATE TABLE kv (tenant text, key text, value bytea NOT NULL, PRIMARY KEY (tenan
 
 struct PgSession {
     client: tokio_postgres::Client,
+    ping: Statement,
     append: Statement,
     history: Statement,
     get: Statement,
@@ -364,8 +371,10 @@ impl System for Postgres {
                      ON CONFLICT (tenant, key) DO UPDATE SET value = EXCLUDED.value",
                 )
                 .await?;
+            let ping = client.prepare("SELECT 1").await?;
             let s: Box<dyn Session> = Box::new(PgSession {
                 client,
+                ping,
                 append,
                 history,
                 get,
@@ -380,6 +389,9 @@ impl Session for PgSession {
     fn run<'a>(&'a mut self, op: &'a Op) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             match op {
+                Op::Ping => {
+                    self.client.query_one(&self.ping, &[]).await?;
+                }
                 Op::Append { conv, item } => {
                     let n = self
                         .client
@@ -497,6 +509,9 @@ impl Session for RedisSession {
     fn run<'a>(&'a mut self, op: &'a Op) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             match op {
+                Op::Ping => {
+                    let _: String = redis::cmd("PING").query_async(&mut self.conn).await?;
+                }
                 Op::Append { conv, item } => {
                     let _: i64 = self.conn.rpush(format!("c{conv}"), item).await?;
                 }
