@@ -27,6 +27,19 @@ pub enum TextModel {
     Random,
 }
 
+impl TextModel {
+    /// The model in words, for the report.
+    pub fn describe(self) -> String {
+        match self {
+            TextModel::Zipf => format!(
+                "words drawn from a {VOCABULARY}-word vocabulary by Zipf's law, exponent \
+                 {ZIPF_EXPONENT}"
+            ),
+            TextModel::Random => "words of random letters".to_string(),
+        }
+    }
+}
+
 /// Size of the data set.
 #[derive(Clone, Copy, Debug)]
 pub struct DataSpec {
@@ -204,6 +217,10 @@ mod tests {
         assert_eq!(distinct.len(), VOCABULARY);
         assert_eq!(v[0].len(), 2);
         assert_eq!(v[VOCABULARY - 1].len(), 11);
+        assert_eq!(
+            TextModel::Zipf.describe(),
+            "words drawn from a 50000-word vocabulary by Zipf's law, exponent 1"
+        );
         assert!(v.windows(2).all(|w| w[0].len() <= w[1].len()));
     }
 

@@ -188,14 +188,7 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         spec.conversations,
         data::USER_MEDIAN,
         data::ASSISTANT_MEDIAN,
-        match spec.text {
-            data::TextModel::Zipf => format!(
-                "words drawn from a {}-word vocabulary by Zipf's law, exponent {}",
-                data::VOCABULARY,
-                data::ZIPF_EXPONENT
-            ),
-            data::TextModel::Random => "words of random letters".to_string(),
-        },
+        spec.text.describe(),
         spec.kv_keys_1k,
         spec.kv_keys_64k,
         rested.waited.as_secs_f64(),
