@@ -367,6 +367,7 @@ def test_metrics(http):
     text0 = http.get("/metrics").text
     before = _counter(text0, "mnemo_http_requests_total", labels)
     flushes0 = _counter(text0, "mnemo_store_flushes_total", {})
+    ops0 = _counter(text0, "slatedb_db_write_ops", {})
     for _ in range(5):
         assert http.get("/healthz").status_code == 200
     assert http.put("/v1/kv/metrics-probe", content=b"x").status_code == 200  # one durable write
@@ -376,9 +377,13 @@ def test_metrics(http):
     text = r.text
     assert _counter(text, "mnemo_http_requests_total", labels) == before + 5
     assert _counter(text, "mnemo_store_flushes_total", {}) >= flushes0 + 1
+    # The storage engine's own series are there too, and count the put.
+    assert _counter(text, "slatedb_db_write_ops", {}) >= ops0 + 1
     for name in ("mnemo_http_requests_total", "mnemo_http_request_duration_seconds_bucket",
                  "mnemo_http_request_duration_seconds_count", "mnemo_store_flushes_total",
-                 "mnemo_store_flush_duration_seconds", "mnemo_store_write_errors_total"):
+                 "mnemo_store_flush_duration_seconds", "mnemo_store_write_errors_total",
+                 "slatedb_db_l0_sst_count", "slatedb_db_backpressure_count",
+                 "slatedb_wal_wal_buffer_flushes"):
         assert any(line.startswith(name) for line in text.splitlines()), f"/metrics has no {name}"
 
 

@@ -228,6 +228,7 @@ impl Engine {
         )
         .with_settings(config.settings())
         .with_db_cache(Arc::new(cache), 0)
+        .with_metrics_recorder(Arc::new(crate::engine_metrics::FacadeRecorder))
         .build()
         .await?;
         Ok(db)

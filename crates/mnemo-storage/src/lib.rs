@@ -30,6 +30,7 @@ pub mod audit;
 pub mod changelog;
 pub mod conversations;
 pub mod engine;
+mod engine_metrics;
 pub mod erase;
 mod error;
 pub mod ids;
