@@ -5,14 +5,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
+///
+/// The recorder keeps every histogram sample until it is folded into buckets, which a scrape
+/// of `/metrics` does; a thread (`metrics-upkeep`) also folds them every few seconds, so a
+/// server nobody scrapes does not grow by a few bytes per request forever.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -24,6 +31,16 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder is installed; the handle still renders ours.
             let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                });
+            if let Err(err) = spawned {
+                tracing::warn!(error = %err, "metrics upkeep thread not started");
+            }
             handle
         })
         .clone()
