@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from conftest import assert_api_error, assert_json_error, httpx
+from conftest import MnemoServer, assert_api_error, assert_json_error, httpx
 
 MiB = 1024 * 1024
 
@@ -385,6 +385,18 @@ def test_metrics(http):
                  "slatedb_db_l0_sst_count", "slatedb_db_backpressure_count",
                  "slatedb_wal_wal_buffer_flushes"):
         assert any(line.startswith(name) for line in text.splitlines()), f"/metrics has no {name}"
+
+
+def test_storage_engine_logs_reach_the_server_log(monkeypatch):
+    """SlateDB logs through the `log` crate; its records reach mnemo's log, filtered by RUST_LOG
+    like mnemo's own (by default only its warnings: "info,slatedb=warn")."""
+    monkeypatch.setenv("RUST_LOG", "info,slatedb=info")
+    srv = MnemoServer(name="mnemo-logs").start()
+    try:
+        log = srv.log_path.read_text(errors="replace")
+        assert "slatedb::db::builder" in log and "opening SlateDB database" in log, srv.stderr_tail()
+    finally:
+        srv.close()
 
 
 def test_zz_server_still_up(server, http):
