@@ -19,7 +19,9 @@
 use crate::location::StoreLocation;
 use crate::{Result, StoreError};
 use bytes::Bytes;
-use slatedb::config::{DurabilityLevel, ReadOptions, ScanOptions, Settings};
+use slatedb::config::{
+    CompactionWorkerOptions, CompactorOptions, DurabilityLevel, ReadOptions, ScanOptions, Settings,
+};
 use slatedb::{Db, IterationOrder, WriteBatch, WriteHandle};
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -75,6 +77,12 @@ pub struct EngineConfig {
     pub write_timeout: Duration,
     /// Retries SlateDB makes of a failed object-store call before giving up.
     pub max_store_retries: u32,
+    /// How often the compactor looks for work: the scheduler for L0 SSTs to compact, the
+    /// worker for jobs to claim, and the scheduler for finished jobs to commit. Writes stall
+    /// once L0 is full and the memtables behind it reach SlateDB's unflushed-bytes limit, so
+    /// under a heavy write load this bounds the stall (see RFC 0006). Each look is an
+    /// object-store read: 100 ms on a local store, 1 s (SlateDB's manifest poll) on a remote one.
+    pub compaction_poll: Duration,
 }
 
 impl EngineConfig {
@@ -82,7 +90,6 @@ impl EngineConfig {
     /// SlateDB's default 512 MiB block cache.
     pub fn new(location: StoreLocation) -> Self {
         EngineConfig {
-            location,
             cache_dir: None,
             cache_size_bytes: 4 << 30,
             block_cache_bytes: slatedb::db_cache::DEFAULT_BLOCK_CACHE_CAPACITY,
@@ -91,6 +98,12 @@ impl EngineConfig {
             flush: FlushPolicy::OnDemand,
             write_timeout: Duration::from_secs(10),
             max_store_retries: 3,
+            compaction_poll: if location.remote {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(100)
+            },
+            location,
         }
     }
 
@@ -103,6 +116,16 @@ impl EngineConfig {
             // The timer is only a backstop here: the flusher task uploads on demand.
             FlushPolicy::OnDemand => Duration::from_millis(100),
             FlushPolicy::Interval(d) => d,
+        });
+        let poll = self.compaction_poll;
+        s.compactor_options = Some(CompactorOptions {
+            poll_interval: poll,
+            commit_compacted_interval: poll,
+            worker: Some(CompactionWorkerOptions {
+                compactions_poll_interval: poll,
+                ..CompactionWorkerOptions::default()
+            }),
+            ..CompactorOptions::default()
         });
         if let Some(dir) = &self.cache_dir {
             s.object_store_cache_options.root_folder = Some(dir.clone());
@@ -465,5 +488,33 @@ impl Engine {
         db.flush().await?;
         db.close().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compactor's three polls follow `compaction_poll`: 100 ms on a local store, so a
+    /// full L0 is compacted at once instead of at SlateDB's 5 s poll.
+    #[test]
+    fn the_compactor_polls_at_the_configured_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(StoreLocation::local(dir.path()).unwrap());
+        assert_eq!(config.compaction_poll, Duration::from_millis(100));
+        config.compaction_poll = Duration::from_millis(250);
+        let compactor = config.settings().compactor_options.unwrap();
+        assert_eq!(compactor.poll_interval, Duration::from_millis(250));
+        assert_eq!(
+            compactor.commit_compacted_interval,
+            Duration::from_millis(250)
+        );
+        let worker = compactor.worker.unwrap();
+        assert_eq!(worker.compactions_poll_interval, Duration::from_millis(250));
+        // Everything else stays SlateDB's default.
+        assert_eq!(
+            worker.max_concurrent_compactions,
+            CompactionWorkerOptions::default().max_concurrent_compactions
+        );
     }
 }

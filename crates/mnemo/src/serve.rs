@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
+    /// How often, in ms, the compactor looks for L0 SSTs to compact and jobs to claim or
+    /// commit. Each look reads the store; a long interval lets a heavy write load fill L0 and
+    /// stall writes until the next look. Default: 100 on a local store, 1000 on S3 or Azure.
+    #[arg(long, env = "MNEMO_COMPACTION_POLL_MS")]
+    compaction_poll_ms: Option<u64>,
     /// A write not durable (or a read not complete) within this many ms fails with 503.
     #[arg(long, default_value_t = 10_000, env = "MNEMO_WRITE_TIMEOUT_MS")]
     write_timeout_ms: u64,
@@ -93,6 +98,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
     };
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    if let Some(ms) = args.compaction_poll_ms {
+        config.compaction_poll = Duration::from_millis(ms.max(1));
+    }
     let description = config.location.description.clone();
     let store = Arc::new(
         Store::open(config)
