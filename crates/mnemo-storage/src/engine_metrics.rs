@@ -30,6 +30,13 @@ fn metric_labels(labels: &[(&str, &str)]) -> Vec<metrics::Label> {
         .collect()
 }
 
+/// A facade gauge for SlateDB's gauges and up-down counters alike.
+fn facade_gauge(name: &str, description: &str, labels: &[(&str, &str)]) -> Arc<Gauge> {
+    let name = metric_name(name);
+    metrics::describe_gauge!(name.clone(), description.to_string());
+    Arc::new(Gauge(metrics::gauge!(name, metric_labels(labels))))
+}
+
 struct Counter(metrics::Counter);
 struct Gauge(metrics::Gauge);
 struct Histogram(metrics::Histogram);
@@ -76,9 +83,7 @@ impl MetricsRecorder for FacadeRecorder {
         description: &str,
         labels: &[(&str, &str)],
     ) -> Arc<dyn GaugeFn> {
-        let name = metric_name(name);
-        metrics::describe_gauge!(name.clone(), description.to_string());
-        Arc::new(Gauge(metrics::gauge!(name, metric_labels(labels))))
+        facade_gauge(name, description, labels)
     }
 
     fn register_up_down_counter(
@@ -87,9 +92,8 @@ impl MetricsRecorder for FacadeRecorder {
         description: &str,
         labels: &[(&str, &str)],
     ) -> Arc<dyn UpDownCounterFn> {
-        let name = metric_name(name);
-        metrics::describe_gauge!(name.clone(), description.to_string());
-        Arc::new(Gauge(metrics::gauge!(name, metric_labels(labels))))
+        // The facade's gauge moves both ways, so it serves as the up-down counter too.
+        facade_gauge(name, description, labels)
     }
 
     fn register_histogram(
