@@ -32,7 +32,7 @@ if [ "${MNEMO_SKIP_LINT:-0}" != 1 ]; then
   cargo fmt --all -- --check
   cargo clippy --release --workspace --all-targets --locked -- -D warnings
   # The server also builds without the built-in embedder (cargo feature `embedder`).
-  cargo clippy --release -p mnemo-api -p mnemo --no-default-features --all-targets --locked -- -D warnings
+  cargo clippy --release -p mnemo-index -p mnemo-api -p mnemo --no-default-features --all-targets --locked -- -D warnings
 fi
 
 step "build"

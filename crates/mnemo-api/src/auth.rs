@@ -372,11 +372,13 @@ impl Identity {
                 (CallerKind::User, _) => Some(self.subject.as_str()),
                 (_, named) => named,
             };
-        match user {
-            None => Ok(Scope::tenant(self.tenant.clone())),
-            Some(u) => Scope::user(self.tenant.clone(), u)
-                .map_err(|e| ApiError::invalid_param(USER_HEADER, e.to_string())),
-        }
+        let scope = match (user, self.kind) {
+            (None, _) => return Ok(Scope::tenant(self.tenant.clone())),
+            // A user token acts as that user: shared memory is read-only to it.
+            (Some(u), CallerKind::User) => Scope::as_user(self.tenant.clone(), u),
+            (Some(u), _) => Scope::user(self.tenant.clone(), u),
+        };
+        scope.map_err(|e| ApiError::invalid_param(USER_HEADER, e.to_string()))
     }
 }
 
@@ -408,50 +410,6 @@ where
             scope,
             _need: PhantomData,
         })
-    }
-}
-
-/// The owner of a memory key in the per-user space `users/<owner>/…`, if it is in it. A key
-/// under `users/` without a second `/` has the empty owner: no user reaches it, only
-/// tenant-wide callers.
-pub fn kv_owner(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix("users/")?;
-    Some(rest.split_once('/').map_or("", |(owner, _)| owner))
-}
-
-/// The memory-key rules: what a caller acting in a scope may read and write.
-///
-/// - Keys outside `users/` are the tenant's shared space: every caller of the tenant reads
-///   them; users may not write them (applications may).
-/// - Keys under `users/<u>/` belong to user `u`: a scope acting for another user neither
-///   reads (404) nor writes (403) them. Tenant-wide scopes (applications) reach every key.
-impl<P> Caller<P> {
-    /// True when the key is visible to this caller (invisible keys are reported as 404).
-    pub fn can_read_key(&self, key: &str) -> bool {
-        match (&self.scope.user, kv_owner(key)) {
-            (Some(u), Some(owner)) => owner == u,
-            _ => true,
-        }
-    }
-
-    /// `Ok` when this caller may write the key, 403 otherwise.
-    pub fn check_write_key(&self, key: &str) -> ApiResult<()> {
-        let ok = match (&self.scope.user, kv_owner(key)) {
-            (Some(u), Some(owner)) => owner == u,
-            (Some(_), None) => self.identity.kind != CallerKind::User,
-            (None, _) => true,
-        };
-        if ok {
-            Ok(())
-        } else if kv_owner(key).is_some() {
-            Err(forbidden(
-                "keys under users/<user>/ are writable only by that user",
-            ))
-        } else {
-            Err(forbidden(
-                "user principals write only under users/<their id>/; shared keys are written by applications",
-            ))
-        }
     }
 }
 
@@ -495,6 +453,7 @@ mod tests {
             permissions: Permissions::all(),
         };
         assert_eq!(id.scope(None).unwrap().user.as_deref(), Some("alice"));
+        assert!(id.scope(None).unwrap().is_user_principal());
         assert!(id.scope(Some(b"alice")).is_ok());
         assert_eq!(
             id.scope(Some(b"bob")).unwrap_err().status,
@@ -509,14 +468,6 @@ mod tests {
             app.scope(Some(b"bob")).unwrap().user.as_deref(),
             Some("bob")
         );
-    }
-
-    #[test]
-    fn kv_owner_parses_the_user_space() {
-        assert_eq!(kv_owner("users/alice/notes"), Some("alice"));
-        assert_eq!(kv_owner("users/alice"), Some(""));
-        assert_eq!(kv_owner("users/"), Some(""));
-        assert_eq!(kv_owner("user/alice/x"), None);
-        assert_eq!(kv_owner("shared"), None);
+        assert!(!app.scope(Some(b"bob")).unwrap().is_user_principal());
     }
 }

@@ -115,7 +115,9 @@ fn check_vectors(st: &AppState, scope: &mnemo_storage::Scope, items: &[NewItem])
     };
     for (i, it) in items.iter().enumerate() {
         if let Some(v) = &it.vector {
-            search.check_vector(&scope.tenant, v, &format!("items[{i}].embedding"))?;
+            search
+                .check_vector(&scope.tenant, v)
+                .map_err(|e| ApiError::from(e).with_param(format!("items[{i}].embedding")))?;
         }
     }
     Ok(())

@@ -2,7 +2,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mnemo_storage::StoreError;
+use mnemo_index::IndexError;
+use mnemo_search::SearchError;
+use mnemo_storage::{report, StoreError};
 use serde_json::json;
 
 /// An error returned to a client.
@@ -67,6 +69,15 @@ impl ApiError {
         )
     }
 
+    /// 500, with nothing of the cause (log it before).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        )
+    }
+
     /// Sets the machine-readable code.
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
@@ -99,9 +110,17 @@ impl From<StoreError> for ApiError {
                 e.param = index.map(|i| format!("operations[{i}]"));
                 e
             }
+            StoreError::Forbidden { message, index } => {
+                let e = ApiError::new(StatusCode::FORBIDDEN, "permission_error", message)
+                    .with_code("forbidden");
+                match index {
+                    Some(i) => e.with_param(format!("operations[{i}].key")),
+                    None => e,
+                }
+            }
             StoreError::Invalid(m) => ApiError::invalid(m),
-            StoreError::Unavailable(_) | StoreError::Fenced => {
-                tracing::warn!(error = %e, "store unavailable");
+            StoreError::Unavailable { .. } | StoreError::Fenced => {
+                tracing::warn!(error = %report(&e), "store unavailable");
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service_unavailable",
@@ -110,13 +129,38 @@ impl From<StoreError> for ApiError {
                 e.code = Some("store_unavailable");
                 e
             }
-            StoreError::Corrupt(_) | StoreError::Internal(_) => {
-                tracing::error!(error = %e, "internal error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal error",
-                )
+            StoreError::Corrupt { .. }
+            | StoreError::Encode { .. }
+            | StoreError::Internal { .. } => {
+                tracing::error!(error = %report(&e), "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> Self {
+        match e {
+            IndexError::Store(e) => e.into(),
+            IndexError::Search(
+                SearchError::InvalidVector(_)
+                | SearchError::DimensionMismatch { .. }
+                | SearchError::EmptyQuery(_)
+                | SearchError::TopKOutOfRange { .. },
+            ) => ApiError::invalid(e.to_string()),
+            IndexError::Search(SearchError::Timeout) | IndexError::Behind => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "the search index did not catch up with earlier writes in time; retry later",
+            )
+            .with_code("index_behind"),
+            IndexError::TextDimension { .. } => ApiError::invalid_param("query", e.to_string()),
+            // Internal search failures, the embedder, background tasks, and anything
+            // `SearchError` may grow: server-side failures.
+            _ => {
+                tracing::error!(error = %report(&e), "search failure");
+                ApiError::internal()
             }
         }
     }

@@ -312,7 +312,7 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
     let vector = obj
         .remove("embedding")
         .filter(|v| !v.is_null())
-        .map(|v| crate::search::parse_embedding(&v, &format!("{param}.embedding")))
+        .map(|v| crate::search::parse_vector(&v, &format!("{param}.embedding")))
         .transpose()?;
     let json = serde_json::to_vec(&obj)
         .map_err(|e| ApiError::invalid_param(param, format!("cannot encode item: {e}")))?;

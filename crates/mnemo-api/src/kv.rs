@@ -13,10 +13,9 @@ use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
 use mnemo_storage::kv::{MAX_TTL, MAX_VALUE_BYTES};
-use mnemo_storage::{Condition, KvEntry, KvOp, KvPage, StoreError};
+use mnemo_storage::{Condition, KvOp};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::ops::Bound;
 use std::time::Duration;
 
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -82,8 +81,10 @@ fn check_memory_vector(
         return Ok(());
     };
     if let Some(e) = obj.get("embedding").filter(|e| !e.is_null()) {
-        let v = crate::search::parse_embedding(e, param)?;
-        search.check_vector(&scope.tenant, &v, param)?;
+        let v = crate::search::parse_vector(e, param)?;
+        search
+            .check_vector(&scope.tenant, &v)
+            .map_err(|e| ApiError::from(e).with_param(param))?;
     }
     Ok(())
 }
@@ -98,8 +99,8 @@ pub async fn put(
     body: Body,
 ) -> ApiResult<Response> {
     let key = path(key)?;
-    caller.check_write_key(&key)?;
     let scope = caller.scope;
+    scope.check_write_key(&key, None)?;
     let mut ttl_d = None;
     for (k, v) in query_pairs(raw.as_deref())? {
         if k == "ttl_seconds" {
@@ -133,9 +134,6 @@ pub async fn get(
     key: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let key = path(key)?;
-    if !caller.can_read_key(&key) {
-        return Err(StoreError::NotFound("key".into()).into());
-    }
     let e = st.store.kv_get(&caller.scope, &key).await?;
     let ct = HeaderValue::from_str(&e.record.content_type)
         .unwrap_or(HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
@@ -152,8 +150,8 @@ pub async fn delete(
     key: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let key = path(key)?;
-    caller.check_write_key(&key)?;
     let scope = caller.scope;
+    scope.check_write_key(&key, None)?;
     let condition = header_condition(&headers)?;
     if condition.if_none_match_any {
         return Err(ApiError::invalid_param(
@@ -180,7 +178,10 @@ pub async fn list(
             _ => {}
         }
     }
-    let page = list_visible(&st, &caller, &prefix, after.as_deref(), limit).await?;
+    let page = st
+        .store
+        .kv_list(&caller.scope, &prefix, after.as_deref(), limit)
+        .await?;
     let data: Vec<Value> = page
         .entries
         .iter()
@@ -337,9 +338,7 @@ pub async fn batch(
             }
             KvOp::Delete { key, .. } => key,
         };
-        caller
-            .check_write_key(key)
-            .map_err(|e| e.with_param(format!("operations[{i}].key")))?;
+        caller.scope.check_write_key(key, Some(i))?;
     }
     let written = st.store.kv_batch(&caller.scope, ops).await?;
     let data: Vec<Value> = written
@@ -347,86 +346,4 @@ pub async fn batch(
         .map(|w| json!({"key": w.key, "etag": w.etag, "deleted": w.etag.is_none()}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
-}
-
-/// A range of memory keys (bytes, without the tenant prefix).
-type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
-
-fn excl(b: &Option<Vec<u8>>) -> Bound<&[u8]> {
-    b.as_deref().map_or(Bound::Unbounded, Bound::Excluded)
-}
-
-fn max_lower<'a>(a: Bound<&'a [u8]>, b: Bound<&'a [u8]>) -> Bound<&'a [u8]> {
-    use Bound::*;
-    match (a, b) {
-        (Unbounded, x) | (x, Unbounded) => x,
-        (Included(x), Included(y)) => Included(x.max(y)),
-        (Excluded(x), Excluded(y)) => Excluded(x.max(y)),
-        (Included(i), Excluded(e)) | (Excluded(e), Included(i)) => {
-            if i > e {
-                Included(i)
-            } else {
-                Excluded(e)
-            }
-        }
-    }
-}
-
-fn min_upper<'a>(a: Bound<&'a [u8]>, b: Bound<&'a [u8]>) -> Bound<&'a [u8]> {
-    use Bound::*;
-    match (a, b) {
-        (Unbounded, x) | (x, Unbounded) => x,
-        (Included(x), Included(y)) => Included(x.min(y)),
-        (Excluded(x), Excluded(y)) => Excluded(x.min(y)),
-        (Included(i), Excluded(e)) | (Excluded(e), Included(i)) => {
-            if i < e {
-                Included(i)
-            } else {
-                Excluded(e)
-            }
-        }
-    }
-}
-
-/// Lists the keys under `prefix` after `after` that the caller may read. A caller acting for
-/// a user sees the shared keys and its own `users/<user>/` space: the listing reads three
-/// disjoint ranges in key order and never walks other users' keys.
-async fn list_visible<P>(
-    st: &AppState,
-    caller: &Caller<P>,
-    prefix: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> ApiResult<KvPage> {
-    let Some(user) = &caller.scope.user else {
-        return Ok(st
-            .store
-            .kv_list(&caller.scope, prefix, after, limit)
-            .await?);
-    };
-    let own = format!("users/{user}/");
-    let own_end = mnemo_storage::keys::prefix_end(own.as_bytes());
-    let prefix_end = mnemo_storage::keys::prefix_end(prefix.as_bytes());
-    let segments: [KeyRange; 3] = [
-        (Bound::Unbounded, Bound::Excluded(b"users/")),
-        (Bound::Included(own.as_bytes()), excl(&own_end)),
-        (Bound::Included(b"users0"), Bound::Unbounded),
-    ];
-    let mut entries: Vec<KvEntry> = Vec::new();
-    for (lo, hi) in segments {
-        let mut lower = max_lower(lo, Bound::Included(prefix.as_bytes()));
-        if let Some(a) = after {
-            lower = max_lower(lower, Bound::Excluded(a.as_bytes()));
-        }
-        let upper = min_upper(hi, excl(&prefix_end));
-        let want = limit + 1 - entries.len();
-        let page = st.store.kv_scan(&caller.scope, lower, upper, want).await?;
-        entries.extend(page.entries);
-        if entries.len() > limit {
-            break;
-        }
-    }
-    let has_more = entries.len() > limit;
-    entries.truncate(limit);
-    Ok(KvPage { entries, has_more })
 }

@@ -1,9 +1,11 @@
 //! # mnemo-api
 //!
 //! mnemo's HTTP API on [axum]: the OpenAI Conversations API under `/v1/conversations`, the
-//! key-value memory API under `/v1/kv`, `/healthz` and `/metrics`. Handlers are thin: they
-//! validate input, call [`mnemo_storage::Store`] and shape the response. Every error is a JSON
-//! body in OpenAI's shape ([`ApiError`]). The contract is documented in `docs/api.md`.
+//! key-value memory API under `/v1/kv`, search under `/v1/search`, administration under
+//! `/v1/admin`, `/healthz` and `/metrics`. This crate is routes, extractors, request
+//! validation and error shapes only: handlers validate input, call [`mnemo_storage::Store`]
+//! or [`mnemo_index::SearchService`] and shape the response. Every error is a JSON body in
+//! OpenAI's shape ([`ApiError`]). The contract is documented in `docs/api.md`.
 //!
 //! ```no_run
 //! # async fn demo(store: std::sync::Arc<mnemo_storage::Store>) {
@@ -13,21 +15,18 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod admin;
 pub mod auth;
 mod connection;
 mod conversations;
-#[cfg(feature = "embedder")]
-pub mod embed;
-#[cfg(not(feature = "embedder"))]
-#[path = "embed_off.rs"]
-pub mod embed;
 mod error;
 mod extract;
 mod items;
 mod kv;
 pub mod metrics;
-pub mod search;
+mod search;
 
 pub use error::{ApiError, ApiResult};
 
@@ -37,6 +36,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use mnemo_index::SearchService;
 use mnemo_storage::Store;
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ pub struct AppState {
     /// Authentication and authorization.
     pub auth: Arc<auth::AuthConfig>,
     /// The search service, when enabled.
-    pub search: Option<Arc<search::SearchService>>,
+    pub search: Option<Arc<SearchService>>,
 }
 
 impl AppState {
@@ -66,7 +66,7 @@ impl AppState {
     }
 
     /// Enables search.
-    pub fn with_search(mut self, search: Arc<search::SearchService>) -> Self {
+    pub fn with_search(mut self, search: Arc<SearchService>) -> Self {
         self.search = Some(search);
         self
     }

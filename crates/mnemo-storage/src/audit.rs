@@ -1,14 +1,16 @@
 //! The admin audit log: who did what to which tenant, append-only.
 //!
 //! Entries live under `t \0 <tenant> \0 a <seq: u64 BE>` and never expire. `seq` is a
-//! hybrid logical clock (`max(previous + 1, now in microseconds)`, process-wide), so entries
+//! per-tenant hybrid logical clock ([`crate::clock::next_seq`]), so entries
 //! sort by time and stay ordered across restarts. An entry is durable before the action it
 //! records runs: an action is never performed unaudited.
 
-use crate::changelog::{newest_seq, now_ms};
+use crate::changelog::newest_seq;
+use crate::clock::{next_seq, now_ms};
 use crate::engine::prefix_range;
 use crate::ids::TenantId;
-use crate::{keys, Result, Store, StoreError};
+use crate::records::{from_json, to_json};
+use crate::{keys, Result, Store};
 use serde::{Deserialize, Serialize};
 use slatedb::WriteBatch;
 use std::ops::Bound;
@@ -52,13 +54,11 @@ impl Store {
                 // clock that moved backwards can never overwrite one.
                 None => newest_seq(&self.engine, tenant, keys::Space::Audit).await?,
             };
-            let now_us = u64::try_from(now_ms().max(0)).unwrap_or(0) * 1000;
-            let seq = (last + 1).max(now_us);
+            let seq = next_seq(last);
             seqs.insert(tenant.clone(), seq);
             entry.seq = seq;
             entry.at_ms = now_ms();
-            let value = serde_json::to_vec(&entry)
-                .map_err(|e| StoreError::Internal(format!("encoding audit entry: {e}")))?;
+            let value = to_json("audit entry", &entry)?;
             let mut batch = WriteBatch::new();
             batch.put(keys::audit(tenant, seq), value);
             self.engine.write(batch).await?
@@ -85,10 +85,7 @@ impl Store {
         rows.truncate(limit);
         let entries = rows
             .iter()
-            .map(|kv| {
-                serde_json::from_slice(&kv.value)
-                    .map_err(|e| StoreError::Corrupt(format!("audit entry: {e}")))
-            })
+            .map(|kv| from_json("audit entry", &kv.value))
             .collect::<Result<Vec<AuditEntry>>>()?;
         Ok((entries, more))
     }

@@ -1,79 +1,145 @@
 //! The change log: one entry per mutation, written in the same atomic batch as the mutation.
 //!
-//! Entries live under `t \0 <tenant> \0 l <seq>`; `seq` is a per-tenant hybrid logical clock,
-//! `max(previous + 1, now in microseconds)`, so it is strictly increasing within a tenant and
-//! keeps increasing across restarts even after old entries expire. Allocation and the
-//! memtable write happen under one lock, so log order equals commit order. Entries carry ids,
-//! never content, and expire after the configured retention.
+//! Entries live under `t \0 <tenant> \0 l <seq>`; `seq` is a per-tenant hybrid logical clock
+//! ([`crate::clock::next_seq`]), so it is strictly increasing within a tenant and keeps
+//! increasing across restarts even after old entries expire. Allocation and the memtable write
+//! happen under one lock, so log order equals commit order. Entries carry ids and the owner of
+//! what changed, never content, and expire after the configured retention.
+//!
+//! The log has any number of readers. Each [`Subscriber`] learns which tenants have newly
+//! acknowledged (durable) entries, at its own pace, and reads them with [`ChangeLog::read`];
+//! the search index is one subscriber among several.
 
+use crate::clock::{next_seq, now_ms};
 use crate::engine::{prefix_range, Engine, PendingWrite};
 use crate::ids::TenantId;
+use crate::records::{from_json, to_json};
 use crate::{keys, Result};
 use serde::{Deserialize, Serialize};
 use slatedb::config::{PutOptions, Ttl};
 use slatedb::WriteBatch;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError, Weak};
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
+
+/// What a change did. Stored as the entry's `op` field with the variant's fields beside it
+/// (the names are the stored format: keep them).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op")]
+pub enum ChangeOp {
+    /// A conversation was created (its initial items follow as [`ChangeOp::ItemsAdded`]).
+    #[serde(rename = "conversation.created")]
+    ConversationCreated {
+        /// The conversation.
+        conversation_id: String,
+    },
+    /// A conversation's metadata was replaced.
+    #[serde(rename = "conversation.updated")]
+    ConversationUpdated {
+        /// The conversation.
+        conversation_id: String,
+    },
+    /// A conversation was deleted: from this entry on it and all its items are gone (the
+    /// items' storage is reclaimed afterwards, see [`ChangeOp::ItemsPurged`]).
+    #[serde(rename = "conversation.deleted")]
+    ConversationDeleted {
+        /// The conversation.
+        conversation_id: String,
+    },
+    /// Items were appended to a conversation, in this order.
+    #[serde(rename = "item.added")]
+    ItemsAdded {
+        /// The conversation.
+        conversation_id: String,
+        /// The new items, oldest first.
+        item_ids: Vec<String>,
+    },
+    /// Items were deleted from a conversation.
+    #[serde(rename = "item.deleted")]
+    ItemsDeleted {
+        /// The conversation.
+        conversation_id: String,
+        /// The deleted items.
+        item_ids: Vec<String>,
+    },
+    /// The stored items of a deleted conversation were removed (after its
+    /// [`ChangeOp::ConversationDeleted`]; nothing visible changes).
+    #[serde(rename = "items.purged")]
+    ItemsPurged {
+        /// The deleted conversation.
+        conversation_id: String,
+        /// The items removed by this batch.
+        item_ids: Vec<String>,
+    },
+    /// A memory key was written.
+    #[serde(rename = "kv.put")]
+    KvPut {
+        /// The key.
+        key: String,
+        /// Whether the value may be a JSON object (starts with `{`): derived indexes skip
+        /// re-reading values that cannot be. `None` in entries of older versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        json_object: Option<bool>,
+    },
+    /// A memory key was deleted.
+    #[serde(rename = "kv.deleted")]
+    KvDeleted {
+        /// The key.
+        key: String,
+    },
+    /// Everything a user owned was erased (the conversation and key deletions precede this
+    /// entry); the entry's owner is the user.
+    #[serde(rename = "user.erased")]
+    UserErased {},
+}
 
 /// One change, as stored in the log.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChangeEntry {
     /// Position in the tenant's log (filled in at commit).
     #[serde(default)]
     pub seq: u64,
     /// Commit time, milliseconds since the Unix epoch.
     pub at_ms: i64,
-    /// What happened, e.g. `conversation.created`, `item.added`, `kv.put`.
-    pub op: String,
-    /// Conversation concerned, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation_id: Option<String>,
-    /// Items concerned, if any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub item_ids: Vec<String>,
-    /// Key-value key concerned, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// Owner of the data concerned, if any.
+    /// The end user owning what changed; `None` for tenant-wide data (shared memory keys,
+    /// conversations created without a user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// For `kv.put`: whether the value may be a JSON object (starts with `{`). Derived
-    /// indexes skip re-reading values that cannot be. `None` in entries of older versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json_object: Option<bool>,
+    /// What happened.
+    #[serde(flatten)]
+    pub op: ChangeOp,
 }
 
 impl ChangeEntry {
-    /// A new entry for `op`, stamped now.
-    pub fn new(op: &str) -> Self {
+    /// A new entry, stamped now.
+    pub fn new(op: ChangeOp, owner: Option<String>) -> Self {
         ChangeEntry {
             seq: 0,
             at_ms: now_ms(),
-            op: op.to_string(),
-            conversation_id: None,
-            item_ids: Vec::new(),
-            key: None,
-            owner: None,
-            json_object: None,
+            owner,
+            op,
         }
     }
-}
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    /// The conversation concerned, if any.
+    pub fn conversation_id(&self) -> Option<&str> {
+        match &self.op {
+            ChangeOp::ConversationCreated { conversation_id }
+            | ChangeOp::ConversationUpdated { conversation_id }
+            | ChangeOp::ConversationDeleted { conversation_id }
+            | ChangeOp::ItemsAdded {
+                conversation_id, ..
+            }
+            | ChangeOp::ItemsDeleted {
+                conversation_id, ..
+            }
+            | ChangeOp::ItemsPurged {
+                conversation_id, ..
+            } => Some(conversation_id),
+            ChangeOp::KvPut { .. } | ChangeOp::KvDeleted { .. } | ChangeOp::UserErased {} => None,
+        }
+    }
 }
 
 /// The largest sequence number stored in a tenant keyspace keyed by `<seq: u64 BE>` (the
@@ -88,42 +154,75 @@ pub(crate) async fn newest_seq(
         .await?;
     Ok(newest
         .first()
-        .and_then(|kv| keys::item_seq(&kv.key))
+        .and_then(|kv| keys::seq_in_space(tenant, space, &kv.key))
         .unwrap_or(0))
 }
 
-/// Commits batches together with their change-log entries.
-///
-/// Besides the log itself it tracks, per tenant, the newest acknowledged (durable) entry, and
-/// wakes [`ChangeLog::changed`] waiters after each acknowledgement: derived indexes tail the
-/// log with it and answer "has everything acknowledged so far been applied?".
-pub struct ChangeLog {
-    last_seq: Mutex<HashMap<TenantId, u64>>,
-    acked: std::sync::Mutex<Acknowledged>,
-    changed: tokio::sync::Notify,
-    retention: Duration,
+/// What one subscriber has not taken yet: the tenants whose acknowledged position moved,
+/// each at its newest position.
+#[derive(Default)]
+struct Inbox {
+    moved: SyncMutex<HashMap<TenantId, u64>>,
+    wake: Notify,
 }
 
-/// Acknowledged positions, and the tenants whose position moved since the consumer last
-/// looked ([`ChangeLog::take_acknowledged`]), so it never walks every tenant per wake-up.
+/// A reader of the change log: learns which tenants have new acknowledged entries.
+///
+/// Each subscriber has its own inbox, so readers never take news from one another. Dropping
+/// it unsubscribes.
+pub struct Subscriber {
+    inbox: Arc<Inbox>,
+}
+
+impl Subscriber {
+    /// The tenants whose acknowledged position moved since the previous call (or since the
+    /// subscription), each with its newest acknowledged position.
+    pub fn take_moved(&self) -> Vec<(TenantId, u64)> {
+        let mut moved = self
+            .inbox
+            .moved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        moved.drain().collect()
+    }
+
+    /// Resolves after the next acknowledgement, or at once if one happened since the last
+    /// call. Meant for one task per subscriber.
+    pub async fn changed(&self) {
+        self.inbox.wake.notified().await
+    }
+}
+
+/// Acknowledged positions per tenant and the live subscribers' inboxes.
 #[derive(Default)]
 struct Acknowledged {
     at: HashMap<TenantId, u64>,
-    moved: HashSet<TenantId>,
+    inboxes: Vec<Weak<Inbox>>,
+}
+
+/// Commits batches together with their change-log entries, and tells subscribers about them.
+///
+/// Besides the log itself it tracks, per tenant, the newest acknowledged (durable) entry:
+/// derived indexes answer "has everything acknowledged so far been applied?" with it.
+pub struct ChangeLog {
+    engine: Arc<Engine>,
+    last_seq: Mutex<HashMap<TenantId, u64>>,
+    acked: SyncMutex<Acknowledged>,
+    retention: Duration,
 }
 
 /// A logged write on its way to durability; [`LoggedWrite::durable`] waits for it and then
 /// records its log position as acknowledged.
-pub struct LoggedWrite<'e, 'l> {
+pub(crate) struct LoggedWrite<'e> {
     pending: PendingWrite<'e>,
-    log: &'l ChangeLog,
+    log: &'e ChangeLog,
     tenant: TenantId,
     seq: u64,
 }
 
-impl LoggedWrite<'_, '_> {
+impl LoggedWrite<'_> {
     /// Waits until the write is durable, then marks its entries acknowledged.
-    pub async fn durable(self) -> Result<()> {
+    pub(crate) async fn durable(self) -> Result<()> {
         self.pending.durable().await?;
         self.log.acknowledge(self.tenant, self.seq);
         Ok(())
@@ -131,91 +230,91 @@ impl LoggedWrite<'_, '_> {
 }
 
 impl ChangeLog {
-    /// A change log whose entries expire after `retention`.
-    pub fn new(retention: Duration) -> Self {
+    /// A change log in `engine` whose entries expire after `retention`.
+    pub(crate) fn new(engine: Arc<Engine>, retention: Duration) -> Self {
         ChangeLog {
+            engine,
             last_seq: Mutex::new(HashMap::new()),
-            acked: std::sync::Mutex::new(Acknowledged::default()),
-            changed: tokio::sync::Notify::new(),
+            acked: SyncMutex::new(Acknowledged::default()),
             retention,
         }
     }
 
     fn acknowledge(&self, tenant: TenantId, seq: u64) {
-        {
-            let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
-            let Acknowledged { at, moved } = &mut *acked;
-            match at.get_mut(&tenant) {
-                Some(e) if seq <= *e => return,
-                Some(e) => *e = seq,
-                None => {
-                    at.insert(tenant.clone(), seq);
-                }
+        let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        let Acknowledged { at, inboxes } = &mut *acked;
+        match at.get_mut(&tenant) {
+            Some(e) if seq <= *e => return,
+            Some(e) => *e = seq,
+            None => {
+                at.insert(tenant.clone(), seq);
             }
-            moved.insert(tenant);
         }
-        self.changed.notify_one();
+        inboxes.retain(|weak| {
+            let Some(inbox) = weak.upgrade() else {
+                return false;
+            };
+            {
+                let mut moved = inbox.moved.lock().unwrap_or_else(PoisonError::into_inner);
+                let pos = moved.entry(tenant.clone()).or_insert(seq);
+                *pos = (*pos).max(seq);
+            }
+            inbox.wake.notify_one();
+            true
+        });
+    }
+
+    /// A new reader: from now on it is told about every acknowledgement.
+    pub fn subscribe(&self) -> Subscriber {
+        let inbox = Arc::new(Inbox::default());
+        let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
+        acked.inboxes.push(Arc::downgrade(&inbox));
+        Subscriber { inbox }
     }
 
     /// The newest acknowledged log position of a tenant in this process (0: none yet).
     /// Every entry at or below it is durable.
     pub fn acknowledged(&self, tenant: &TenantId) -> u64 {
-        let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        let acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
         acked.at.get(tenant).copied().unwrap_or(0)
-    }
-
-    /// The tenants whose acknowledged position moved since the previous call, with their
-    /// newest acknowledged position. Meant for one consumer (the search indexer), together
-    /// with [`ChangeLog::changed`].
-    pub fn take_acknowledged(&self) -> Vec<(TenantId, u64)> {
-        let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
-        let Acknowledged { at, moved } = &mut *acked;
-        moved
-            .drain()
-            .map(|t| {
-                let seq = at.get(&t).copied().unwrap_or(0);
-                (t, seq)
-            })
-            .collect()
-    }
-
-    /// Resolves after the next acknowledgement, or at once if one happened since the last
-    /// call. Meant for one consumer (the search indexer).
-    pub async fn changed(&self) {
-        self.changed.notified().await
     }
 
     /// The newest position written for a tenant (acknowledged or not), reading the stored
     /// log if this process has not written to the tenant yet.
-    pub async fn newest(&self, engine: &Engine, tenant: &TenantId) -> Result<u64> {
+    pub async fn newest(&self, tenant: &TenantId) -> Result<u64> {
         if let Some(s) = self.last_seq.lock().await.get(tenant) {
             return Ok(*s);
         }
-        newest_seq(engine, tenant, keys::Space::Log).await
+        newest_seq(&self.engine, tenant, keys::Space::Log).await
     }
 
     /// Adds `entries` to `batch` and writes it to the memtable, atomically and in log order.
-    pub async fn write<'e>(
+    pub(crate) async fn write(
         &self,
-        engine: &'e Arc<Engine>,
         tenant: &TenantId,
         mut batch: WriteBatch,
         entries: Vec<ChangeEntry>,
-    ) -> Result<LoggedWrite<'e, '_>> {
+    ) -> Result<LoggedWrite<'_>> {
         let mut last = self.last_seq.lock().await;
         let mut seq = match last.get(tenant) {
             Some(s) => *s,
-            None => newest_seq(engine, tenant, keys::Space::Log).await?,
+            None => newest_seq(&self.engine, tenant, keys::Space::Log).await?,
         };
         let opts = PutOptions {
-            ttl: Ttl::ExpireAfterMillis(self.retention.as_millis() as u64),
+            ttl: Ttl::ExpireAfterMillis(
+                u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX),
+            ),
         };
         for mut e in entries {
-            seq = (seq + 1).max(now_us());
+            seq = next_seq(seq);
             e.seq = seq;
-            batch.put_with_options(keys::log(tenant, seq), serde_json::to_vec(&e)?, &opts);
+            batch.put_with_options(
+                keys::log(tenant, seq),
+                to_json("change-log entry", &e)?,
+                &opts,
+            );
         }
-        let pending = engine.write(batch).await?;
+        let pending = self.engine.write(batch).await?;
         last.insert(tenant.clone(), seq);
         Ok(LoggedWrite {
             pending,
@@ -233,23 +332,68 @@ impl ChangeLog {
     /// Whether the log still holds the entry at `seq`. Entries expire in commit order (each
     /// lives `retention` from its commit), so if it does, every later entry is there too and
     /// replaying from `seq` misses nothing.
-    pub async fn retains(&self, engine: &Engine, tenant: &TenantId, seq: u64) -> Result<bool> {
-        Ok(engine.get(&keys::log(tenant, seq)).await?.is_some())
+    pub async fn retains(&self, tenant: &TenantId, seq: u64) -> Result<bool> {
+        Ok(self.engine.get(&keys::log(tenant, seq)).await?.is_some())
     }
 
     /// Reads up to `limit` entries with `seq > after`, oldest first (durable entries only).
+    /// An entry that fails to decode is an error ([`crate::StoreError::Corrupt`]), never
+    /// skipped.
     pub async fn read(
         &self,
-        engine: &Engine,
         tenant: &TenantId,
         after: u64,
         limit: usize,
     ) -> Result<Vec<ChangeEntry>> {
         let (_, end) = prefix_range(keys::space(tenant, keys::Space::Log));
         let start = std::ops::Bound::Excluded(keys::log(tenant, after));
-        let rows = engine.scan((start, end), false, limit).await?;
+        let rows = self.engine.scan((start, end), false, limit).await?;
         rows.iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv.value)?))
+            .map(|kv| from_json("change-log entry", &kv.value))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_keep_the_stored_format() {
+        // Entries as earlier versions wrote them still decode, and new ones encode the same way.
+        let old = br#"{"seq":7,"at_ms":1,"op":"item.added","conversation_id":"conv_a","item_ids":["msg_1","msg_2"],"owner":"alice"}"#;
+        let e: ChangeEntry = serde_json::from_slice(old).unwrap();
+        assert_eq!(
+            e.op,
+            ChangeOp::ItemsAdded {
+                conversation_id: "conv_a".into(),
+                item_ids: vec!["msg_1".into(), "msg_2".into()]
+            }
+        );
+        assert_eq!(e.owner.as_deref(), Some("alice"));
+        assert_eq!(e.conversation_id(), Some("conv_a"));
+        let round: ChangeEntry = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(round, e);
+        let kv = br#"{"seq":8,"at_ms":1,"op":"kv.put","key":"notes"}"#;
+        let e: ChangeEntry = serde_json::from_slice(kv).unwrap();
+        assert_eq!(
+            e.op,
+            ChangeOp::KvPut {
+                key: "notes".into(),
+                json_object: None
+            }
+        );
+        let json = serde_json::to_value(ChangeEntry::new(
+            ChangeOp::UserErased {},
+            Some("bob".into()),
+        ))
+        .unwrap();
+        assert_eq!(json["op"], "user.erased");
+        assert_eq!(json["owner"], "bob");
+        // An entry without the fields its op needs is corrupt, not a default.
+        assert!(
+            serde_json::from_slice::<ChangeEntry>(br#"{"at_ms":1,"op":"item.added"}"#).is_err()
+        );
+        assert!(serde_json::from_slice::<ChangeEntry>(br#"{"at_ms":1,"op":"nonsense"}"#).is_err());
     }
 }

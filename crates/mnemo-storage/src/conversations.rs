@@ -6,10 +6,11 @@
 //! change-log entry) to the memtable; it is released before the durability wait, so
 //! concurrent appends to one conversation still share WAL uploads.
 
-use crate::changelog::{now_ms, ChangeEntry};
+use crate::changelog::{ChangeEntry, ChangeOp};
+use crate::clock::now_ms;
 use crate::engine::{prefix_range, KeyRange};
 use crate::ids::{self, Scope};
-use crate::records::{ConversationRecord, StoredItem};
+use crate::records::{from_json, to_json, ConversationRecord, StoredItem, MAX_VECTOR_DIMENSIONS};
 use crate::tail_cache::TailChange;
 use crate::{keys, Result, Store, StoreError};
 use bytes::Bytes;
@@ -105,7 +106,10 @@ impl Store {
                 } else {
                     self.engine.get(&key).await?
                 };
-                serde_json::from_slice(&v.ok_or_else(|| not_found("conversation"))?)?
+                from_json(
+                    "conversation record",
+                    &v.ok_or_else(|| not_found("conversation"))?,
+                )?
             }
         };
         if !scope.can_see(rec.owner.as_deref()) {
@@ -132,22 +136,24 @@ impl Store {
         };
         let t = &scope.tenant;
         let mut batch = WriteBatch::new();
-        let stored = stage_items(&mut batch, scope, &mut rec, items);
-        batch.put(keys::conversation(t, &rec.id), serde_json::to_vec(&rec)?);
+        let stored = stage_items(&mut batch, scope, &mut rec, items)?;
+        batch.put(
+            keys::conversation(t, &rec.id),
+            to_json("conversation record", &rec)?,
+        );
         if let Some(owner) = &rec.owner {
             batch.put(keys::owner(t, owner, &rec.id), b"");
         }
-        let mut created = ChangeEntry::new("conversation.created");
-        created.conversation_id = Some(rec.id.clone());
-        created.owner = rec.owner.clone();
+        let created = ChangeEntry::new(
+            ChangeOp::ConversationCreated {
+                conversation_id: rec.id.clone(),
+            },
+            rec.owner.clone(),
+        );
         let mut entries = vec![created];
         entries.extend(items_added(&rec, &stored));
         let tail = self.tails.begin(t.as_str(), &rec.id);
-        self.log
-            .write(&self.engine, t, batch, entries)
-            .await?
-            .durable()
-            .await?;
+        self.log.write(t, batch, entries).await?.durable().await?;
         tail.finish(TailChange::Created(rec.clone(), stored.clone()));
         Ok((rec, stored))
     }
@@ -166,16 +172,16 @@ impl Store {
             let mut batch = WriteBatch::new();
             batch.put(
                 keys::conversation(&scope.tenant, id),
-                serde_json::to_vec(&rec)?,
+                to_json("conversation record", &rec)?,
             );
-            let mut e = ChangeEntry::new("conversation.updated");
-            e.conversation_id = Some(rec.id.clone());
-            e.owner = rec.owner.clone();
+            let e = ChangeEntry::new(
+                ChangeOp::ConversationUpdated {
+                    conversation_id: rec.id.clone(),
+                },
+                rec.owner.clone(),
+            );
             let tail = self.tails.begin(scope.tenant.as_str(), id);
-            let pending = self
-                .log
-                .write(&self.engine, &scope.tenant, batch, vec![e])
-                .await?;
+            let pending = self.log.write(&scope.tenant, batch, vec![e]).await?;
             (rec, pending, tail)
         };
         pending.durable().await?;
@@ -187,10 +193,11 @@ impl Store {
     ///
     /// The first atomic write removes the record (reads give 404 from then on) and leaves a
     /// purge marker; the items are then deleted in chunks and the marker removed. A crash in
-    /// between is finished by [`Store::resume_purges`] at the next start.
+    /// between is finished by [`Store::resume_purges`] at the next start. The purge marker
+    /// holds the conversation's owner, so the purge's change-log entries carry it too.
     pub async fn delete_conversation(&self, scope: &Scope, id: &str) -> Result<()> {
         let t = &scope.tenant;
-        let (tail, pending) = {
+        let (tail, pending, owner) = {
             let _g = self.conv_locks.lock(id).await;
             let rec = self.latest_conversation(scope, id).await?;
             let mut batch = WriteBatch::new();
@@ -198,36 +205,83 @@ impl Store {
             if let Some(owner) = &rec.owner {
                 batch.delete(keys::owner(t, owner, id));
             }
-            batch.put(keys::purge(t, id), b"");
-            let mut e = ChangeEntry::new("conversation.deleted");
-            e.conversation_id = Some(rec.id.clone());
-            e.owner = rec.owner.clone();
+            batch.put(
+                keys::purge(t, id),
+                rec.owner.as_deref().unwrap_or("").as_bytes(),
+            );
+            let e = ChangeEntry::new(
+                ChangeOp::ConversationDeleted {
+                    conversation_id: rec.id.clone(),
+                },
+                rec.owner.clone(),
+            );
             let tail = self.tails.begin(t.as_str(), id);
-            (tail, self.log.write(&self.engine, t, batch, vec![e]).await?)
+            (tail, self.log.write(t, batch, vec![e]).await?, rec.owner)
         };
         pending.durable().await?;
         tail.finish(TailChange::Deleted);
-        self.purge_items(scope, id).await
+        self.purge_items(t, id, owner).await
     }
 
     /// Deletes every item and index entry of a (deleted) conversation, then its purge marker.
-    async fn purge_items(&self, scope: &Scope, id: &str) -> Result<()> {
-        let t = &scope.tenant;
-        for prefix in [keys::items_prefix(t, id), keys::item_ids_prefix(t, id)] {
-            loop {
-                let rows = self
-                    .engine
-                    .scan_latest(prefix_range(prefix.clone()), false, PURGE_CHUNK)
-                    .await?;
-                if rows.is_empty() {
-                    break;
-                }
-                let mut batch = WriteBatch::new();
-                for kv in &rows {
-                    batch.delete(&kv.key);
-                }
-                self.engine.write(batch).await?.durable().await?;
+    /// Each batch of items is removed with its id-index entries and an
+    /// [`ChangeOp::ItemsPurged`] entry naming them.
+    async fn purge_items(
+        &self,
+        t: &crate::TenantId,
+        id: &str,
+        owner: Option<String>,
+    ) -> Result<()> {
+        loop {
+            let rows = self
+                .engine
+                .scan_latest(prefix_range(keys::items_prefix(t, id)), false, PURGE_CHUNK)
+                .await?;
+            if rows.is_empty() {
+                break;
             }
+            let mut batch = WriteBatch::new();
+            let mut item_ids = Vec::with_capacity(rows.len());
+            for kv in rows {
+                batch.delete(&kv.key);
+                let decoded = keys::item_seq(&kv.key)
+                    .ok_or_else(|| StoreError::corrupt("item key"))
+                    .and_then(|seq| StoredItem::decode(seq, kv.value));
+                // A corrupt item (already logged) is removed all the same; its id-index entry
+                // goes in the sweep below.
+                if let Ok(item) = decoded {
+                    batch.delete(keys::item_id(t, id, &item.id));
+                    item_ids.push(item.id);
+                }
+            }
+            let e = ChangeEntry::new(
+                ChangeOp::ItemsPurged {
+                    conversation_id: id.to_string(),
+                    item_ids,
+                },
+                owner.clone(),
+            );
+            self.log.write(t, batch, vec![e]).await?.durable().await?;
+        }
+        // Id-index entries without their item (none unless an item was corrupt): internal
+        // index data, invisible to every reader, so no change-log entry.
+        loop {
+            let rows = self
+                .engine
+                .scan_latest(
+                    prefix_range(keys::item_ids_prefix(t, id)),
+                    false,
+                    PURGE_CHUNK,
+                )
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::new();
+            for kv in &rows {
+                batch.delete(&kv.key);
+            }
+            self.engine.write(batch).await?.durable().await?;
         }
         let mut batch = WriteBatch::new();
         batch.delete(keys::purge(t, id));
@@ -243,7 +297,12 @@ impl Store {
         let mut n = 0;
         for kv in rows {
             if let Some((tenant, conv)) = keys::parse_purge(&kv.key) {
-                self.purge_items(&Scope::tenant(tenant), &conv).await?;
+                // Markers of earlier versions are empty: no owner recorded.
+                let owner = std::str::from_utf8(&kv.value)
+                    .ok()
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned);
+                self.purge_items(&tenant, &conv, owner).await?;
                 n += 1;
             }
         }
@@ -276,11 +335,14 @@ impl Store {
                 }
             }
             let mut batch = WriteBatch::new();
-            let stored = stage_items(&mut batch, scope, &mut rec, items);
-            batch.put(keys::conversation(t, id), serde_json::to_vec(&rec)?);
+            let stored = stage_items(&mut batch, scope, &mut rec, items)?;
+            batch.put(
+                keys::conversation(t, id),
+                to_json("conversation record", &rec)?,
+            );
             let entries = items_added(&rec, &stored).into_iter().collect();
             let tail = self.tails.begin(t.as_str(), id);
-            let pending = self.log.write(&self.engine, t, batch, entries).await?;
+            let pending = self.log.write(t, batch, entries).await?;
             (stored, rec, pending, tail)
         };
         pending.durable().await?;
@@ -396,37 +458,22 @@ impl Store {
         };
         let rows = self.engine.scan((start, end), false, limit).await?;
         rows.iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv.value)?))
+            .map(|kv| from_json("conversation record", &kv.value))
             .collect()
     }
 
     /// Every tenant that has any data, in id order.
     pub async fn tenants(&self) -> Result<Vec<crate::TenantId>> {
         let mut out = Vec::new();
-        let mut start = b"t\0".to_vec();
+        let mut start = keys::tenants_start();
         loop {
-            let rows = self
-                .engine
-                .scan(
-                    (
-                        Bound::Included(start.clone()),
-                        Bound::Excluded(b"t\x01".to_vec()),
-                    ),
-                    false,
-                    1,
-                )
-                .await?;
+            let range = (Bound::Included(start), Bound::Excluded(keys::tenants_end()));
+            let rows = self.engine.scan(range, false, 1).await?;
             let Some(kv) = rows.first() else { break };
-            let rest = &kv.key[2..];
-            let Some(end) = rest.iter().position(|b| *b == 0) else {
-                break;
+            let Some((tenant, next)) = keys::parse_tenant(&kv.key) else {
+                return Err(StoreError::corrupt("tenant key"));
             };
-            let name = String::from_utf8_lossy(&rest[..end]).into_owned();
-            if let Ok(t) = crate::TenantId::new(name) {
-                out.push(t);
-            }
-            let mut next = kv.key[..2 + end].to_vec();
-            next.push(1);
+            out.push(tenant);
             start = next;
         }
         Ok(out)
@@ -471,10 +518,9 @@ impl Store {
         item_id: &str,
         vector: Vec<f32>,
     ) -> Result<VectorWriteBack> {
-        if vector.is_empty() || vector.len() > usize::from(u16::MAX) {
+        if vector.is_empty() || vector.len() > MAX_VECTOR_DIMENSIONS {
             return Err(StoreError::Invalid(format!(
-                "an item vector has 1-{} dimensions, not {}",
-                u16::MAX,
+                "an item vector has 1-{MAX_VECTOR_DIMENSIONS} dimensions, not {}",
                 vector.len()
             )));
         }
@@ -499,7 +545,7 @@ impl Store {
             idx.value
                 .as_ref()
                 .try_into()
-                .map_err(|_| StoreError::Corrupt("bad item index".into()))?,
+                .map_err(|_| StoreError::corrupt("item-id index entry"))?,
         );
         let key = keys::item(tenant, conversation_id, seq);
         let Some(kv) = self.engine.get_latest(&key).await? else {
@@ -512,7 +558,7 @@ impl Store {
         item.vector = Some(vector);
         item.vector_builtin = true;
         let mut batch = WriteBatch::new();
-        batch.put(key, item.encode());
+        batch.put(key, item.encode()?);
         let tail = self.tails.begin(tenant.as_str(), conversation_id);
         let pending = self.engine.write(batch).await?;
         // Not awaited on purpose (see above): the next WAL upload carries it. The cached tail
@@ -547,17 +593,20 @@ impl Store {
                 kv.value
                     .as_ref()
                     .try_into()
-                    .map_err(|_| StoreError::Corrupt("bad item index".into()))?,
+                    .map_err(|_| StoreError::corrupt("item-id index entry"))?,
             );
             let mut batch = WriteBatch::new();
             batch.delete(idx);
             batch.delete(keys::item(t, id, seq));
-            let mut e = ChangeEntry::new("item.deleted");
-            e.conversation_id = Some(id.to_string());
-            e.item_ids = vec![item_id.to_string()];
-            e.owner = rec.owner.clone();
+            let e = ChangeEntry::new(
+                ChangeOp::ItemsDeleted {
+                    conversation_id: id.to_string(),
+                    item_ids: vec![item_id.to_string()],
+                },
+                rec.owner.clone(),
+            );
             let tail = self.tails.begin(t.as_str(), id);
-            let pending = self.log.write(&self.engine, t, batch, vec![e]).await?;
+            let pending = self.log.write(t, batch, vec![e]).await?;
             (rec, pending, tail, seq)
         };
         pending.durable().await?;
@@ -570,8 +619,7 @@ impl Store {
 fn decode_items(rows: Vec<slatedb::KeyValue>) -> Result<Vec<StoredItem>> {
     rows.into_iter()
         .map(|kv| {
-            let seq =
-                keys::item_seq(&kv.key).ok_or_else(|| StoreError::Corrupt("bad key".into()))?;
+            let seq = keys::item_seq(&kv.key).ok_or_else(|| StoreError::corrupt("item key"))?;
             StoredItem::decode(seq, kv.value)
         })
         .collect()
@@ -597,7 +645,7 @@ fn stage_items(
     scope: &Scope,
     rec: &mut ConversationRecord,
     items: Vec<NewItem>,
-) -> Vec<StoredItem> {
+) -> Result<Vec<StoredItem>> {
     let now = now_ms();
     let mut out = Vec::with_capacity(items.len());
     for it in items {
@@ -613,7 +661,7 @@ fn stage_items(
         };
         batch.put(
             keys::item(&scope.tenant, &rec.id, stored.seq),
-            stored.encode(),
+            stored.encode()?,
         );
         batch.put(
             keys::item_id(&scope.tenant, &rec.id, &stored.id),
@@ -622,16 +670,18 @@ fn stage_items(
         rec.last_item = Some(stored.id.clone());
         out.push(stored);
     }
-    out
+    Ok(out)
 }
 
 fn items_added(rec: &ConversationRecord, items: &[StoredItem]) -> Option<ChangeEntry> {
     if items.is_empty() {
         return None;
     }
-    let mut e = ChangeEntry::new("item.added");
-    e.conversation_id = Some(rec.id.clone());
-    e.item_ids = items.iter().map(|i| i.id.clone()).collect();
-    e.owner = rec.owner.clone();
-    Some(e)
+    Some(ChangeEntry::new(
+        ChangeOp::ItemsAdded {
+            conversation_id: rec.id.clone(),
+            item_ids: items.iter().map(|i| i.id.clone()).collect(),
+        },
+        rec.owner.clone(),
+    ))
 }

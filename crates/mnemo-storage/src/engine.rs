@@ -22,7 +22,7 @@ use bytes::Bytes;
 use slatedb::config::{
     CompactionWorkerOptions, CompactorOptions, DurabilityLevel, ReadOptions, ScanOptions, Settings,
 };
-use slatedb::{Db, IterationOrder, WriteBatch, WriteHandle};
+use slatedb::{Db, DbSnapshot, IterationOrder, WriteBatch, WriteHandle};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -154,7 +154,7 @@ pub struct Engine {
 
 /// A write that is in the memtable but not yet acknowledged.
 #[must_use = "a write is not acknowledged until `durable()` returns Ok"]
-pub struct PendingWrite<'a> {
+pub(crate) struct PendingWrite<'a> {
     engine: &'a Arc<Engine>,
     handle: WriteHandle,
 }
@@ -162,7 +162,7 @@ pub struct PendingWrite<'a> {
 impl PendingWrite<'_> {
     /// Waits until the write is durable in the object store (or fails with 503 after the
     /// write timeout).
-    pub async fn durable(self) -> Result<()> {
+    pub(crate) async fn durable(self) -> Result<()> {
         let engine = self.engine;
         if engine.config.flush == FlushPolicy::OnDemand {
             engine.flush_wanted.notify_one();
@@ -178,7 +178,7 @@ impl PendingWrite<'_> {
             Err(_) => {
                 metrics::counter!("mnemo_store_write_errors_total", "reason" => "timeout")
                     .increment(1);
-                Err(StoreError::Unavailable(format!(
+                Err(StoreError::unavailable(format!(
                     "write not durable within {:?}",
                     engine.config.write_timeout
                 )))
@@ -187,8 +187,27 @@ impl PendingWrite<'_> {
     }
 }
 
+/// Options of every scan: in key order or reversed, blocks kept in the block cache.
+pub(crate) fn scan_options(durability: DurabilityLevel, descending: bool) -> ScanOptions {
+    ScanOptions {
+        durability_filter: durability,
+        order: if descending {
+            IterationOrder::Descending
+        } else {
+            IterationOrder::Ascending
+        },
+        // Keep scanned blocks in the block cache (SlateDB's scan default is not to), so a
+        // conversation read twice is served from memory like a point read.
+        cache_blocks: true,
+        // Fetch the blocks of a bounded range in one read per SST rather than one read per
+        // block: fetches never go past the blocks that cover the range.
+        read_ahead_bytes: SCAN_READ_AHEAD_BYTES,
+        ..ScanOptions::default()
+    }
+}
+
 /// True when no key can fall in `range` (start after end, or equal with an excluded bound).
-fn is_empty(range: &KeyRange) -> bool {
+pub(crate) fn is_empty(range: &KeyRange) -> bool {
     use Bound::{Excluded, Included};
     match range {
         (Included(s), Included(e)) => s > e,
@@ -199,9 +218,8 @@ fn is_empty(range: &KeyRange) -> bool {
 
 /// False for an entry past its TTL. SlateDB drops expired entries only when compacting, so
 /// every read path filters them here.
-fn live(kv: &KeyValue) -> bool {
-    kv.expire_ts
-        .is_none_or(|at| at > crate::changelog::now_ms())
+pub(crate) fn live(kv: &KeyValue) -> bool {
+    kv.expire_ts.is_none_or(|at| at > crate::clock::now_ms())
 }
 
 fn remote_read() -> ReadOptions {
@@ -291,9 +309,9 @@ impl Engine {
     fn db(&self) -> Result<Arc<Db>> {
         match self.state.load(Ordering::Acquire) {
             OPEN => Ok(self.current()),
-            REOPENING => Err(StoreError::Unavailable("store is reopening".into())),
+            REOPENING => Err(StoreError::unavailable("store is reopening")),
             FENCED => Err(StoreError::Fenced),
-            _ => Err(StoreError::Unavailable("store is closed".into())),
+            _ => Err(StoreError::unavailable("store is closed")),
         }
     }
 
@@ -394,7 +412,7 @@ impl Engine {
     ) -> Result<T> {
         match tokio::time::timeout(self.config.write_timeout, fut).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Err(_) => Err(StoreError::unavailable(format!(
                 "read did not complete within {:?}",
                 self.config.write_timeout
             ))),
@@ -434,21 +452,7 @@ impl Engine {
             // SlateDB panics on an empty range; an empty range simply has no entries.
             return Ok(Vec::new());
         }
-        let opts = ScanOptions {
-            durability_filter: durability,
-            order: if descending {
-                IterationOrder::Descending
-            } else {
-                IterationOrder::Ascending
-            },
-            // Keep scanned blocks in the block cache (SlateDB's scan default is not to), so a
-            // conversation read twice is served from memory like a point read.
-            cache_blocks: true,
-            // Fetch the blocks of a bounded range in one read per SST rather than one read per
-            // block: fetches never go past the blocks that cover the range.
-            read_ahead_bytes: SCAN_READ_AHEAD_BYTES,
-            ..ScanOptions::default()
-        };
+        let opts = scan_options(durability, descending);
         let db = self.db()?;
         let read = async {
             let mut it = db.scan_with_options(range, &opts).await?;
@@ -466,9 +470,27 @@ impl Engine {
         Ok(out)
     }
 
+    /// A point-in-time view of the database at a durable point: every write that reached the
+    /// memtable before the call is in it (the call waits until those are durable), nothing
+    /// written after. Reads of the view are consistent with one another.
+    pub(crate) async fn snapshot(&self) -> Result<Arc<DbSnapshot>> {
+        let db = self.db()?;
+        let snapshot = db.snapshot()?;
+        // Everything up to the snapshot's sequence number is uploaded before it is read, so the
+        // view never shows a write a crash could take back.
+        self.bounded(db.flush()).await?;
+        Ok(snapshot)
+    }
+
+    /// The limit on any single read (the write timeout).
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.config.write_timeout
+    }
+
     /// Applies a batch atomically to the memtable. Await [`PendingWrite::durable`] before
-    /// acknowledging.
-    pub async fn write(self: &Arc<Self>, batch: WriteBatch) -> Result<PendingWrite<'_>> {
+    /// acknowledging. Crate-private: every mutation goes through the store, which writes its
+    /// change-log entry in the same batch.
+    pub(crate) async fn write(self: &Arc<Self>, batch: WriteBatch) -> Result<PendingWrite<'_>> {
         let db = self.db()?;
         match db.write(batch).await {
             Ok(handle) => Ok(PendingWrite {

@@ -1,10 +1,15 @@
 //! Erasing a user: every conversation they own and their `users/<user>/` memory space.
 
+use crate::access::user_space;
+use crate::changelog::{ChangeEntry, ChangeOp};
 use crate::engine::prefix_range;
 use crate::ids::TenantId;
 use crate::{keys, Result, Store, StoreError};
 use serde::Serialize;
 use slatedb::WriteBatch;
+
+/// Owner-index entries read per round of an erasure.
+const ERASE_CHUNK: usize = 256;
 
 /// What [`Store::erase_user`] removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -18,8 +23,8 @@ pub struct Erased {
 impl Store {
     /// Erases everything a user owns in a tenant: every conversation of the owner index (each
     /// deleted like `DELETE /v1/conversations/{id}`, items purged) and every key of the
-    /// user's memory space `users/<user>/`. Idempotent: running it again after a crash
-    /// finishes the job.
+    /// user's memory space `users/<user>/`, then logs [`ChangeOp::UserErased`]. Idempotent:
+    /// running it again after a crash finishes the job.
     pub async fn erase_user(&self, tenant: &TenantId, user: &str) -> Result<Erased> {
         let scope = crate::Scope::user(tenant.clone(), user)?;
         let tenant_scope = crate::Scope::tenant(tenant.clone());
@@ -28,26 +33,39 @@ impl Store {
         loop {
             let rows = self
                 .engine
-                .scan_latest(prefix_range(prefix.clone()), false, 256)
+                .scan_latest(prefix_range(prefix.clone()), false, ERASE_CHUNK)
                 .await?;
             if rows.is_empty() {
                 break;
             }
             for kv in rows {
-                let conv = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                let conv = keys::parse_owner_entry(tenant, user, &kv.key)
+                    .ok_or_else(|| StoreError::corrupt("owner-index key"))?
+                    .to_owned();
                 match self.delete_conversation(&scope, &conv).await {
                     Ok(()) => erased.conversations += 1,
-                    // An index entry without its conversation: drop the entry itself.
+                    // An index entry without its conversation: drop the entry itself, logged
+                    // as the conversation's deletion (its owner's listing changes).
                     Err(StoreError::NotFound(_)) => {
                         let mut batch = WriteBatch::new();
                         batch.delete(&kv.key);
-                        self.engine.write(batch).await?.durable().await?;
+                        let e = ChangeEntry::new(
+                            ChangeOp::ConversationDeleted {
+                                conversation_id: conv,
+                            },
+                            Some(user.to_owned()),
+                        );
+                        self.log
+                            .write(tenant, batch, vec![e])
+                            .await?
+                            .durable()
+                            .await?;
                     }
                     Err(e) => return Err(e),
                 }
             }
         }
-        let space = format!("users/{user}/");
+        let space = user_space(user);
         loop {
             let page = self
                 .kv_list(&tenant_scope, &space, None, crate::kv::MAX_BATCH_OPS)
@@ -66,6 +84,12 @@ impl Store {
             erased.kv_keys += ops.len();
             self.kv_batch(&tenant_scope, ops).await?;
         }
+        let e = ChangeEntry::new(ChangeOp::UserErased {}, Some(user.to_owned()));
+        self.log
+            .write(tenant, WriteBatch::new(), vec![e])
+            .await?
+            .durable()
+            .await?;
         Ok(erased)
     }
 }

@@ -40,7 +40,7 @@ pub fn is_valid_id(id: &str) -> bool {
 
 /// A tenant: the top-level isolation unit. Every storage key starts with it.
 ///
-/// Tenant ids are 1–64 characters of `[A-Za-z0-9._-]`.
+/// Tenant ids are 1–[`MAX_TENANT_LEN`] characters of `[A-Za-z0-9._-]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
 
@@ -52,7 +52,7 @@ impl TenantId {
     pub fn new(id: impl Into<String>) -> Result<Self> {
         let id = id.into();
         let ok = !id.is_empty()
-            && id.len() <= 64
+            && id.len() <= MAX_TENANT_LEN
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -80,44 +80,64 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// Longest tenant id, in bytes.
+pub const MAX_TENANT_LEN: usize = 64;
+
+/// Longest user id, in bytes.
+pub const MAX_USER_LEN: usize = 256;
+
 /// Who a request acts for: always a tenant, and optionally one end user of it.
 ///
-/// With a user, only data owned by that user is visible; without, the whole tenant is.
+/// With a user, only data owned by that user is visible; without, the whole tenant is. What
+/// a scope may read and write is decided in one place, [`crate::access`], and applied inside
+/// the store's read, list and write functions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scope {
     /// The tenant every key of the request is confined to.
     pub tenant: TenantId,
     /// The end user the request acts for, if any.
     pub user: Option<String>,
+    /// True when the caller is that user (a user token), not an application acting for it.
+    user_principal: bool,
 }
 
 impl Scope {
-    /// A tenant-wide scope.
+    /// A tenant-wide scope (an application acting for its tenant).
     pub fn tenant(tenant: TenantId) -> Self {
-        Scope { tenant, user: None }
+        Scope {
+            tenant,
+            user: None,
+            user_principal: false,
+        }
     }
 
-    /// A scope acting for one user of a tenant. The user id must be 1–256 bytes with no
-    /// control characters.
+    /// A scope of an application acting for one user of a tenant. The user id must be
+    /// 1–256 bytes with no control characters.
     pub fn user(tenant: TenantId, user: impl Into<String>) -> Result<Self> {
         let user = user.into();
-        if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-            return Err(StoreError::Invalid(
-                "user id must be 1-256 bytes without control characters".into(),
-            ));
+        if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+            return Err(StoreError::Invalid(format!(
+                "user id must be 1-{MAX_USER_LEN} bytes without control characters"
+            )));
         }
         Ok(Scope {
             tenant,
             user: Some(user),
+            user_principal: false,
         })
     }
 
-    /// True when this scope may see data owned by `owner`.
-    pub fn can_see(&self, owner: Option<&str>) -> bool {
-        match &self.user {
-            None => true,
-            Some(u) => owner == Some(u.as_str()),
-        }
+    /// A scope of a user acting for themselves (a user token): like [`Scope::user`], except
+    /// that the tenant's shared memory is read-only to it.
+    pub fn as_user(tenant: TenantId, user: impl Into<String>) -> Result<Self> {
+        let mut scope = Scope::user(tenant, user)?;
+        scope.user_principal = true;
+        Ok(scope)
+    }
+
+    /// True when the caller is the user itself rather than an application acting for it.
+    pub fn is_user_principal(&self) -> bool {
+        self.user_principal
     }
 }
 

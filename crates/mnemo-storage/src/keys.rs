@@ -79,11 +79,22 @@ pub fn item(tenant: &TenantId, conv_id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// Decodes the sequence number from a key ending in `<seq: u64 BE>` (items, change log,
-/// audit log).
+/// Decodes the sequence number of an item key (`items_prefix(..) <seq: u64 BE>`).
 pub fn item_seq(key: &[u8]) -> Option<u64> {
+    seq_suffix(key)
+}
+
+/// The big-endian `u64` closing a key.
+fn seq_suffix(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))
+}
+
+/// Decodes the sequence number of a change-log or audit-log key of `tenant` (`space` is
+/// [`Space::Log`] or [`Space::Audit`]); `None` for any other key.
+pub fn seq_in_space(tenant: &TenantId, space: Space, key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(self::space(tenant, space).as_slice())?;
+    (rest.len() == 8).then(|| seq_suffix(rest)).flatten()
 }
 
 /// Prefix of the item-id index of a conversation.
@@ -108,9 +119,20 @@ pub fn owner(tenant: &TenantId, owner: &str, conv_id: &str) -> Vec<u8> {
 
 /// Key of a key-value memory entry.
 pub fn kv(tenant: &TenantId, key: &str) -> Vec<u8> {
+    kv_bytes(tenant, key.as_bytes())
+}
+
+/// Key of a key-value memory entry given as bytes (bounds of key ranges need not be UTF-8).
+pub fn kv_bytes(tenant: &TenantId, key: &[u8]) -> Vec<u8> {
     let mut k = space(tenant, Space::Kv);
-    k.extend_from_slice(key.as_bytes());
+    k.extend_from_slice(key);
     k
+}
+
+/// The memory key of a stored key-value entry of `tenant` (the inverse of [`kv`]).
+pub fn parse_kv<'k>(tenant: &TenantId, key: &'k [u8]) -> Option<&'k str> {
+    let rest = key.strip_prefix(space(tenant, Space::Kv).as_slice())?;
+    std::str::from_utf8(rest).ok()
 }
 
 /// Key of a change-log entry.
@@ -133,6 +155,40 @@ pub fn owner_prefix(tenant: &TenantId, owner: &str) -> Vec<u8> {
     k.extend_from_slice(owner.as_bytes());
     k.push(SEP);
     k
+}
+
+/// The conversation id of an owner-index key of `owner` (the inverse of [`owner`]).
+pub fn parse_owner_entry<'k>(tenant: &TenantId, owner: &str, key: &'k [u8]) -> Option<&'k str> {
+    let rest = key.strip_prefix(owner_prefix(tenant, owner).as_slice())?;
+    std::str::from_utf8(rest).ok()
+}
+
+/// The item id of an item-id index key of a conversation (the inverse of [`item_id`]).
+pub fn parse_item_id<'k>(tenant: &TenantId, conv_id: &str, key: &'k [u8]) -> Option<&'k str> {
+    let rest = key.strip_prefix(item_ids_prefix(tenant, conv_id).as_slice())?;
+    std::str::from_utf8(rest).ok()
+}
+
+/// Where a walk over the tenants starts: the first possible tenant key.
+pub fn tenants_start() -> Vec<u8> {
+    b"t\0".to_vec()
+}
+
+/// The exclusive end of every tenant key.
+pub fn tenants_end() -> Vec<u8> {
+    b"t\x01".to_vec()
+}
+
+/// The tenant of a tenant key, and the first key after all of that tenant's keys (where a
+/// walk over the tenants continues).
+pub fn parse_tenant(key: &[u8]) -> Option<(TenantId, Vec<u8>)> {
+    let rest = key.strip_prefix(tenants_start().as_slice())?;
+    let end = rest.iter().position(|b| *b == SEP)?;
+    let tenant = TenantId::new(std::str::from_utf8(&rest[..end]).ok()?).ok()?;
+    let mut next = tenants_start();
+    next.extend_from_slice(&rest[..end]);
+    next.push(SEP + 1);
+    Some((tenant, next))
 }
 
 /// Prefix of all pending conversation purges.
@@ -190,6 +246,33 @@ mod tests {
         let a = TenantId::new("a").unwrap();
         let ab = TenantId::new("ab").unwrap();
         assert!(!kv(&ab, "x").starts_with(&space(&a, Space::Kv)));
+    }
+
+    #[test]
+    fn keys_parse_back() {
+        let t = TenantId::new("acme").unwrap();
+        assert_eq!(seq_in_space(&t, Space::Log, &log(&t, 42)), Some(42));
+        assert_eq!(seq_in_space(&t, Space::Audit, &log(&t, 42)), None);
+        assert_eq!(seq_in_space(&t, Space::Log, &item(&t, "c", 42)), None);
+        assert_eq!(parse_kv(&t, &kv(&t, "users/a/x")), Some("users/a/x"));
+        assert_eq!(parse_kv(&TenantId::new("acm").unwrap(), &kv(&t, "x")), None);
+        assert_eq!(
+            parse_owner_entry(&t, "bob", &owner(&t, "bob", "conv_1")),
+            Some("conv_1")
+        );
+        assert_eq!(
+            parse_owner_entry(&t, "bo", &owner(&t, "bob", "conv_1")),
+            None
+        );
+        assert_eq!(
+            parse_item_id(&t, "c", &item_id(&t, "c", "msg_1")),
+            Some("msg_1")
+        );
+        let (tenant, next) = parse_tenant(&kv(&t, "x")).unwrap();
+        assert_eq!(tenant, t);
+        assert!(next > log(&t, u64::MAX) && next > kv(&t, "\u{10ffff}"));
+        assert!(next <= space(&TenantId::new("acme0").unwrap(), Space::Conversation));
+        assert!(next < tenants_end());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! condition and writes, all under the key's lock; compare-and-set is therefore linearizable
 //! (the linearization point is the write's position in the write-ahead log).
 
-use crate::changelog::{now_ms, ChangeEntry};
+use crate::access::{kv_owner, user_space, USER_SPACE_PREFIX};
+use crate::changelog::{ChangeEntry, ChangeOp};
+use crate::clock::now_ms;
 use crate::engine::{prefix_range, KeyRange, KeyValue};
 use crate::ids::Scope;
 use crate::kv_cache::{CachedKv, KvChange};
@@ -138,10 +140,9 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn decode_entry(scope: &Scope, kv: KeyValue) -> Result<KvEntry> {
-    let prefix_len = keys::space(&scope.tenant, keys::Space::Kv).len();
-    let key = std::str::from_utf8(&kv.key[prefix_len..])
-        .map_err(|_| StoreError::Corrupt("key is not UTF-8".into()))?
+pub(crate) fn decode_entry(scope: &Scope, kv: KeyValue) -> Result<KvEntry> {
+    let key = keys::parse_kv(&scope.tenant, &kv.key)
+        .ok_or_else(|| StoreError::corrupt("memory key is not UTF-8"))?
         .to_string();
     Ok(KvEntry {
         key,
@@ -150,16 +151,26 @@ fn decode_entry(scope: &Scope, kv: KeyValue) -> Result<KvEntry> {
     })
 }
 
+/// The change-log entry of a memory write: its owner is the key's user space, if any.
+fn kv_change(op: ChangeOp, key: &str) -> ChangeEntry {
+    let owner = kv_owner(key).filter(|o| !o.is_empty()).map(str::to_owned);
+    ChangeEntry::new(op, owner)
+}
+
 fn new_version() -> u64 {
     rand::rng().next_u64()
 }
 
 impl Store {
-    /// Reads a key (durable data only; expired keys are absent). Recently written or read
-    /// keys are answered from the store's cache of values.
+    /// Reads a key (durable data only; expired keys are absent; keys the scope may not read
+    /// are not found). Recently written or read keys are answered from the store's cache of
+    /// values.
     pub async fn kv_get(&self, scope: &Scope, key: &str) -> Result<KvEntry> {
         check_key(key)?;
         let not_found = || StoreError::NotFound("key".into());
+        if !scope.can_read_key(key) {
+            return Err(not_found());
+        }
         let t = scope.tenant.as_str();
         // Only an open engine answers reads; otherwise it reports why not.
         let miss = if self.engine.is_ready() {
@@ -217,15 +228,23 @@ impl Store {
                     message,
                     index: None,
                 },
+                StoreError::Forbidden { message, .. } => StoreError::Forbidden {
+                    message,
+                    index: None,
+                },
                 e => e,
             })?;
-        out.pop()
-            .ok_or_else(|| StoreError::Internal("empty batch result".into()))
+        out.pop().ok_or_else(|| StoreError::Internal {
+            message: "a one-operation batch wrote nothing".into(),
+            source: None,
+        })
     }
 
-    /// Deletes one key; `NotFound` if it does not exist.
+    /// Deletes one key; `NotFound` if it does not exist, `Forbidden` if the scope may not
+    /// write it.
     pub async fn kv_delete(&self, scope: &Scope, key: &str, condition: Condition) -> Result<()> {
         check_key(key)?;
+        scope.check_write_key(key, None)?;
         let k = keys::kv(&scope.tenant, key);
         let (pending, cached) = {
             let _g = self.kv_locks.lock(&k).await;
@@ -242,13 +261,9 @@ impl Store {
                 })?;
             let mut batch = WriteBatch::new();
             batch.delete(&k);
-            let mut e = ChangeEntry::new("kv.deleted");
-            e.key = Some(key.to_string());
+            let e = kv_change(ChangeOp::KvDeleted { key: key.into() }, key);
             let cached = self.kv_cache.begin(scope.tenant.as_str(), key);
-            let pending = self
-                .log
-                .write(&self.engine, &scope.tenant, batch, vec![e])
-                .await?;
+            let pending = self.log.write(&scope.tenant, batch, vec![e]).await?;
             (pending, cached)
         };
         pending.durable().await?;
@@ -256,8 +271,8 @@ impl Store {
         Ok(())
     }
 
-    /// Applies operations atomically: every condition holds and all are written in one batch,
-    /// or nothing is written.
+    /// Applies operations atomically: every condition holds, the scope may write every key
+    /// and all are written in one batch, or nothing is written.
     pub async fn kv_batch(&self, scope: &Scope, ops: Vec<KvOp>) -> Result<Vec<KvWritten>> {
         if ops.is_empty() || ops.len() > MAX_BATCH_OPS {
             return Err(StoreError::Invalid(format!(
@@ -265,8 +280,9 @@ impl Store {
             )));
         }
         let mut seen = std::collections::HashSet::new();
-        for op in &ops {
+        for (i, op) in ops.iter().enumerate() {
             check_key(op.key())?;
+            scope.check_write_key(op.key(), Some(i))?;
             if !seen.insert(op.key()) {
                 return Err(StoreError::Invalid(format!(
                     "key {:?} appears twice in the batch",
@@ -334,11 +350,15 @@ impl Store {
                                 None => Ttl::NoExpiry,
                             },
                         };
-                        batch.put_with_options(k, rec.encode(), &opts);
-                        let mut e = ChangeEntry::new("kv.put");
-                        e.key = Some(key.clone());
-                        e.json_object = Some(rec.value.trim_ascii_start().first() == Some(&b'{'));
-                        entries.push(e);
+                        batch.put_with_options(k, rec.encode()?, &opts);
+                        let json_object = rec.value.trim_ascii_start().first() == Some(&b'{');
+                        entries.push(kv_change(
+                            ChangeOp::KvPut {
+                                key: key.clone(),
+                                json_object: Some(json_object),
+                            },
+                            &key,
+                        ));
                         written.push(KvWritten {
                             key,
                             etag: Some(rec.etag()),
@@ -347,9 +367,7 @@ impl Store {
                     }
                     KvOp::Delete { key, .. } => {
                         batch.delete(k);
-                        let mut e = ChangeEntry::new("kv.deleted");
-                        e.key = Some(key.clone());
-                        entries.push(e);
+                        entries.push(kv_change(ChangeOp::KvDeleted { key: key.clone() }, &key));
                         changes.push(KvChange::Dropped);
                         written.push(KvWritten {
                             key,
@@ -363,7 +381,7 @@ impl Store {
                 .iter()
                 .map(|w| self.kv_cache.begin(t.as_str(), &w.key))
                 .collect();
-            let pending = self.log.write(&self.engine, t, batch, entries).await?;
+            let pending = self.log.write(t, batch, entries).await?;
             (written, pending, cache_writes.into_iter().zip(changes))
         };
         pending.durable().await?;
@@ -374,34 +392,32 @@ impl Store {
     }
 
     /// Lists the keys between two bounds on the key bytes (not the tenant prefix), in byte
-    /// order: the building block of listings that skip parts of the key space.
-    pub async fn kv_scan(
+    /// order, whether or not the scope may read them: the building block of listings.
+    async fn kv_scan(
         &self,
         scope: &Scope,
         lower: Bound<&[u8]>,
         upper: Bound<&[u8]>,
         limit: usize,
     ) -> Result<KvPage> {
-        let full = |b: &[u8]| {
-            let mut k = keys::kv(&scope.tenant, "");
-            k.extend_from_slice(b);
-            k
-        };
-        let space = keys::kv(&scope.tenant, "");
+        let t = &scope.tenant;
         let start = match lower {
-            Bound::Included(b) => Bound::Included(full(b)),
-            Bound::Excluded(b) => Bound::Excluded(full(b)),
-            Bound::Unbounded => Bound::Included(space.clone()),
+            Bound::Included(b) => Bound::Included(keys::kv_bytes(t, b)),
+            Bound::Excluded(b) => Bound::Excluded(keys::kv_bytes(t, b)),
+            Bound::Unbounded => Bound::Included(keys::space(t, keys::Space::Kv)),
         };
         let end = match upper {
-            Bound::Included(b) => Bound::Included(full(b)),
-            Bound::Excluded(b) => Bound::Excluded(full(b)),
-            Bound::Unbounded => prefix_range(space).1,
+            Bound::Included(b) => Bound::Included(keys::kv_bytes(t, b)),
+            Bound::Excluded(b) => Bound::Excluded(keys::kv_bytes(t, b)),
+            Bound::Unbounded => prefix_range(keys::space(t, keys::Space::Kv)).1,
         };
         self.kv_page(scope, (start, end), limit).await
     }
 
-    /// Lists keys starting with `prefix`, after `after` (exclusive), in byte order.
+    /// Lists the keys starting with `prefix`, after `after` (exclusive), in byte order, that
+    /// the scope may read. A scope acting for a user sees the shared keys and its own
+    /// `users/<user>/` space: the listing reads three disjoint ranges in key order and never
+    /// walks other users' keys.
     pub async fn kv_list(
         &self,
         scope: &Scope,
@@ -409,14 +425,42 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KvPage> {
-        let (start, end) = prefix_range(keys::kv(&scope.tenant, prefix));
-        let start = match after {
-            Some(a) if a.as_bytes() >= prefix.as_bytes() => {
-                Bound::Excluded(keys::kv(&scope.tenant, a))
-            }
-            _ => start,
+        let own = scope.user.as_deref().map(user_space);
+        let own_end = own.as_deref().map(|o| keys::prefix_end(o.as_bytes()));
+        let prefix_end = keys::prefix_end(prefix.as_bytes());
+        // The byte after `users/`'s `/`: every key from here on is past the user spaces.
+        let past_users = keys::prefix_end(USER_SPACE_PREFIX.as_bytes());
+        let segments: Vec<ByteRange> = match (&own, &own_end) {
+            (Some(own), Some(own_end)) => vec![
+                (
+                    Bound::Unbounded,
+                    Bound::Excluded(USER_SPACE_PREFIX.as_bytes()),
+                ),
+                (Bound::Included(own.as_bytes()), excl(own_end)),
+                (
+                    Bound::Included(past_users.as_deref().unwrap_or_default()),
+                    Bound::Unbounded,
+                ),
+            ],
+            _ => vec![(Bound::Unbounded, Bound::Unbounded)],
         };
-        self.kv_page(scope, (start, end), limit).await
+        let mut entries: Vec<KvEntry> = Vec::new();
+        for (lo, hi) in segments {
+            let mut lower = max_lower(lo, Bound::Included(prefix.as_bytes()));
+            if let Some(a) = after {
+                lower = max_lower(lower, Bound::Excluded(a.as_bytes()));
+            }
+            let upper = min_upper(hi, excl(&prefix_end));
+            let want = limit + 1 - entries.len();
+            let page = self.kv_scan(scope, lower, upper, want).await?;
+            entries.extend(page.entries);
+            if entries.len() > limit {
+                break;
+            }
+        }
+        let has_more = entries.len() > limit;
+        entries.truncate(limit);
+        Ok(KvPage { entries, has_more })
     }
 
     /// One page of a key range: at most `limit` entries, and whether more follow.
@@ -429,5 +473,46 @@ impl Store {
             .map(|kv| decode_entry(scope, kv))
             .collect::<Result<Vec<_>>>()?;
         Ok(KvPage { entries, has_more })
+    }
+}
+
+/// A range of memory keys (bytes, without the tenant prefix).
+type ByteRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn excl(b: &Option<Vec<u8>>) -> Bound<&[u8]> {
+    b.as_deref().map_or(Bound::Unbounded, Bound::Excluded)
+}
+
+/// The tighter of two lower bounds.
+fn max_lower<'a>(a: Bound<&'a [u8]>, b: Bound<&'a [u8]>) -> Bound<&'a [u8]> {
+    use Bound::*;
+    match (a, b) {
+        (Unbounded, x) | (x, Unbounded) => x,
+        (Included(x), Included(y)) => Included(x.max(y)),
+        (Excluded(x), Excluded(y)) => Excluded(x.max(y)),
+        (Included(i), Excluded(e)) | (Excluded(e), Included(i)) => {
+            if i > e {
+                Included(i)
+            } else {
+                Excluded(e)
+            }
+        }
+    }
+}
+
+/// The tighter of two upper bounds.
+fn min_upper<'a>(a: Bound<&'a [u8]>, b: Bound<&'a [u8]>) -> Bound<&'a [u8]> {
+    use Bound::*;
+    match (a, b) {
+        (Unbounded, x) | (x, Unbounded) => x,
+        (Included(x), Included(y)) => Included(x.min(y)),
+        (Excluded(x), Excluded(y)) => Excluded(x.min(y)),
+        (Included(i), Excluded(e)) | (Excluded(e), Included(i)) => {
+            if i < e {
+                Included(i)
+            } else {
+                Excluded(e)
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! its own clock, so the entry is filled by the next read, which returns the expiry the store
 //! holds. A cached entry past its expiry answers "not found", as the store does.
 
-use crate::changelog::now_ms;
+use crate::clock::now_ms;
 use crate::records::KvRecord;
 use crate::write_through::{self, Change, Entry, Miss, Write, WriteThrough};
 

@@ -11,8 +11,11 @@
 //!   ([`Store::kv_put`], [`Store::kv_batch`], …).
 //!
 //! Every mutation is acknowledged only once durable, and is recorded in a per-tenant change
-//! log in the same atomic write. Every key starts with the tenant ([`keys`]), so isolation is
-//! structural. See `docs/architecture.md` for the design.
+//! log in the same atomic write ([`ChangeLog`], read by any number of [`Subscriber`]s). Every
+//! key starts with the tenant ([`keys`]), so isolation is structural, and what a [`Scope`] may
+//! read and write is one rule ([`access`]) applied inside every read, list and write.
+//! [`ReadView`]s stream consistent point-in-time scans. See `docs/architecture.md` for the
+//! design.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), mnemo_storage::StoreError> {
@@ -26,8 +29,12 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
+pub mod access;
 pub mod audit;
 pub mod changelog;
+pub mod clock;
 pub mod conversations;
 pub mod engine;
 mod engine_metrics;
@@ -41,18 +48,20 @@ pub mod location;
 mod locks;
 pub mod records;
 mod tail_cache;
+pub mod view;
 mod write_through;
 
 pub use audit::AuditEntry;
-pub use changelog::{ChangeEntry, ChangeLog};
+pub use changelog::{ChangeEntry, ChangeLog, ChangeOp, Subscriber};
 pub use conversations::{ItemPage, NewItem, Order, VectorWriteBack};
 pub use engine::{Engine, EngineConfig, FlushPolicy};
 pub use erase::Erased;
-pub use error::{Result, StoreError};
+pub use error::{report, BoxError, Result, StoreError};
 pub use ids::{Scope, TenantId};
 pub use kv::{Condition, KvEntry, KvOp, KvPage, KvWritten};
 pub use location::{RemotePolicy, StoreLocation};
 pub use records::{ConversationRecord, KvRecord, StoredItem};
+pub use view::{ReadView, Rows};
 
 use locks::StripedLocks;
 use std::sync::Arc;
@@ -60,6 +69,10 @@ use std::time::Duration;
 
 /// How long change-log entries are kept by default.
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Lock stripes serialising writes to conversations (and, separately, to memory keys): two
+/// writes wait for each other only if their ids hash to the same stripe.
+const LOCK_STRIPES: usize = 4096;
 
 /// The store: conversations, items and key-value memory over one [`Engine`].
 pub struct Store {
@@ -79,11 +92,11 @@ impl Store {
         let kv_cache = kv_cache::KvCache::new(config.kv_cache_bytes);
         let engine = Engine::open(config).await?;
         let store = Store {
+            log: ChangeLog::new(engine.clone(), DEFAULT_LOG_RETENTION),
             engine,
-            log: ChangeLog::new(DEFAULT_LOG_RETENTION),
-            conv_locks: StripedLocks::new(4096),
+            conv_locks: StripedLocks::new(LOCK_STRIPES),
             tails,
-            kv_locks: StripedLocks::new(4096),
+            kv_locks: StripedLocks::new(LOCK_STRIPES),
             kv_cache,
             audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };
@@ -99,9 +112,15 @@ impl Store {
         &self.engine
     }
 
-    /// The change log.
+    /// The change log: read it, subscribe to it.
     pub fn change_log(&self) -> &ChangeLog {
         &self.log
+    }
+
+    /// Where the store lives: its object store and the database's path in it. Derived data
+    /// (search index snapshots) is kept beside the database under this path.
+    pub fn location(&self) -> &StoreLocation {
+        self.engine.location()
     }
 
     /// True while the store accepts reads and writes.

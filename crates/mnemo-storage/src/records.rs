@@ -1,8 +1,29 @@
-//! Encodings of stored values. Each starts with a version byte.
+//! Encodings of stored values. Binary records start with a version byte; conversation
+//! records and log entries are JSON ([`to_json`], [`from_json`]).
 
 use crate::{Result, StoreError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// Longest string in a binary record (ids, parents, content types): its length is a `u16`.
+pub const MAX_RECORD_STRING_BYTES: usize = u16::MAX as usize;
+/// Most dimensions of an item's vector: the count is a `u16`.
+pub const MAX_VECTOR_DIMENSIONS: usize = u16::MAX as usize;
+
+/// Encodes a JSON record. A failure is [`StoreError::Encode`], a server defect, never
+/// reported as corrupt data.
+pub(crate) fn to_json<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        what,
+        source: Box::new(e),
+    })
+}
+
+/// Decodes a JSON record; a failure is logged and reported as [`StoreError::Corrupt`].
+pub(crate) fn from_json<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt_with(what, e))
+}
 
 const ITEM_V1: u8 = 1;
 /// Like v1, plus an optional embedding after the parent.
@@ -55,26 +76,33 @@ pub struct StoredItem {
     pub vector_builtin: bool,
 }
 
-fn put_str(buf: &mut BytesMut, s: &str) {
-    buf.put_u16(s.len() as u16);
+fn put_str(buf: &mut BytesMut, what: &str, s: &str) -> Result<()> {
+    let len = u16::try_from(s.len()).map_err(|_| {
+        StoreError::Invalid(format!(
+            "{what} is longer than {MAX_RECORD_STRING_BYTES} bytes"
+        ))
+    })?;
+    buf.put_u16(len);
     buf.put_slice(s.as_bytes());
+    Ok(())
 }
 
 fn get_str(buf: &mut Bytes) -> Result<String> {
     if buf.remaining() < 2 {
-        return Err(StoreError::Corrupt("truncated string length".into()));
+        return Err(StoreError::corrupt("truncated string length"));
     }
     let n = buf.get_u16() as usize;
     if buf.remaining() < n {
-        return Err(StoreError::Corrupt("truncated string".into()));
+        return Err(StoreError::corrupt("truncated string"));
     }
     String::from_utf8(buf.split_to(n).to_vec())
-        .map_err(|_| StoreError::Corrupt("string is not UTF-8".into()))
+        .map_err(|e| StoreError::corrupt_with("string in a record", e))
 }
 
 impl StoredItem {
-    /// Encodes the value stored under the item key (the seq is in the key).
-    pub fn encode(&self) -> Bytes {
+    /// Encodes the value stored under the item key (the seq is in the key). Fails with
+    /// [`StoreError::Invalid`] for an id, parent or vector too long for the record.
+    pub fn encode(&self) -> Result<Bytes> {
         let parent = self.parent.as_deref().unwrap_or("");
         let dims = self.vector.as_ref().map_or(0, Vec::len);
         let mut b =
@@ -82,9 +110,14 @@ impl StoredItem {
         let builtin = self.vector_builtin && dims > 0;
         b.put_u8(if builtin { ITEM_V3 } else { ITEM_V2 });
         b.put_i64(self.created_at_ms);
-        put_str(&mut b, &self.id);
-        put_str(&mut b, parent);
-        b.put_u16(dims as u16);
+        put_str(&mut b, "item id", &self.id)?;
+        put_str(&mut b, "parent id", parent)?;
+        let dims = u16::try_from(dims).map_err(|_| {
+            StoreError::Invalid(format!(
+                "an item vector has at most {MAX_VECTOR_DIMENSIONS} dimensions"
+            ))
+        })?;
+        b.put_u16(dims);
         for x in self.vector.iter().flatten() {
             b.put_f32_le(*x);
         }
@@ -92,14 +125,16 @@ impl StoredItem {
             b.put_u8(ORIGIN_BUILTIN);
         }
         b.put_slice(&self.json);
-        b.freeze()
+        Ok(b.freeze())
     }
 
     /// Decodes a stored item value; `seq` comes from the key.
     pub fn decode(seq: u64, mut v: Bytes) -> Result<Self> {
         let version = if v.remaining() >= 9 { v.get_u8() } else { 0 };
         if !matches!(version, ITEM_V1 | ITEM_V2 | ITEM_V3) {
-            return Err(StoreError::Corrupt("unknown item record version".into()));
+            return Err(StoreError::corrupt(format!(
+                "item record version {version}"
+            )));
         }
         let created_at_ms = v.get_i64();
         let id = get_str(&mut v)?;
@@ -108,11 +143,11 @@ impl StoredItem {
         let mut vector_builtin = false;
         if version >= ITEM_V2 {
             if v.remaining() < 2 {
-                return Err(StoreError::Corrupt("truncated item vector".into()));
+                return Err(StoreError::corrupt("truncated item vector"));
             }
             let dims = v.get_u16() as usize;
             if v.remaining() < 4 * dims {
-                return Err(StoreError::Corrupt("truncated item vector".into()));
+                return Err(StoreError::corrupt("truncated item vector"));
             }
             if dims > 0 {
                 vector = Some((0..dims).map(|_| v.get_f32_le()).collect());
@@ -120,7 +155,7 @@ impl StoredItem {
         }
         if version == ITEM_V3 {
             if v.remaining() < 1 {
-                return Err(StoreError::Corrupt("truncated item vector origin".into()));
+                return Err(StoreError::corrupt("truncated item vector origin"));
             }
             vector_builtin = v.get_u8() == ORIGIN_BUILTIN && vector.is_some();
         }
@@ -150,21 +185,22 @@ pub struct KvRecord {
 }
 
 impl KvRecord {
-    /// Encodes the stored value.
-    pub fn encode(&self) -> Bytes {
+    /// Encodes the stored value. Fails with [`StoreError::Invalid`] for a content type too
+    /// long for the record.
+    pub fn encode(&self) -> Result<Bytes> {
         let mut b = BytesMut::with_capacity(19 + self.content_type.len() + self.value.len());
         b.put_u8(KV_V1);
         b.put_u64(self.version);
         b.put_i64(self.updated_at_ms);
-        put_str(&mut b, &self.content_type);
+        put_str(&mut b, "content type", &self.content_type)?;
         b.put_slice(&self.value);
-        b.freeze()
+        Ok(b.freeze())
     }
 
     /// Decodes a stored value.
     pub fn decode(mut v: Bytes) -> Result<Self> {
         if v.remaining() < 17 || v.get_u8() != KV_V1 {
-            return Err(StoreError::Corrupt("unknown kv record version".into()));
+            return Err(StoreError::corrupt("memory record version"));
         }
         let version = v.get_u64();
         let updated_at_ms = v.get_i64();
@@ -198,36 +234,42 @@ mod tests {
             vector: None,
             vector_builtin: false,
         };
-        assert_eq!(StoredItem::decode(7, it.encode()).unwrap(), it);
+        assert_eq!(StoredItem::decode(7, it.encode().unwrap()).unwrap(), it);
         let with_vector = StoredItem {
             vector: Some(vec![0.25, -1.5, 3.0]),
             ..it.clone()
         };
         assert_eq!(
-            StoredItem::decode(7, with_vector.encode()).unwrap(),
+            StoredItem::decode(7, with_vector.encode().unwrap()).unwrap(),
             with_vector
         );
-        assert_eq!(with_vector.encode()[0], ITEM_V2);
+        assert_eq!(with_vector.encode().unwrap()[0], ITEM_V2);
         // A server-computed vector is written as v3 and keeps its origin.
         let builtin = StoredItem {
             vector_builtin: true,
             ..with_vector.clone()
         };
-        assert_eq!(builtin.encode()[0], ITEM_V3);
-        assert_eq!(StoredItem::decode(7, builtin.encode()).unwrap(), builtin);
+        assert_eq!(builtin.encode().unwrap()[0], ITEM_V3);
+        assert_eq!(
+            StoredItem::decode(7, builtin.encode().unwrap()).unwrap(),
+            builtin
+        );
         // Without a vector the flag means nothing and the record stays v2.
         let no_vector = StoredItem {
             vector_builtin: true,
             ..it.clone()
         };
-        assert_eq!(no_vector.encode()[0], ITEM_V2);
-        assert_eq!(StoredItem::decode(7, no_vector.encode()).unwrap(), it);
+        assert_eq!(no_vector.encode().unwrap()[0], ITEM_V2);
+        assert_eq!(
+            StoredItem::decode(7, no_vector.encode().unwrap()).unwrap(),
+            it
+        );
         // Version-1 records (no vector) still decode.
         let mut v1 = BytesMut::new();
         v1.put_u8(ITEM_V1);
         v1.put_i64(it.created_at_ms);
-        put_str(&mut v1, "msg_1");
-        put_str(&mut v1, "msg_0");
+        put_str(&mut v1, "id", "msg_1").unwrap();
+        put_str(&mut v1, "parent", "msg_0").unwrap();
         v1.put_slice(&it.json);
         assert_eq!(StoredItem::decode(7, v1.freeze()).unwrap(), it);
         assert!(StoredItem::decode(7, Bytes::from_static(b"\x09")).is_err());
@@ -241,7 +283,23 @@ mod tests {
             content_type: "text/plain".into(),
             value: Bytes::from((0..=255u8).collect::<Vec<_>>()),
         };
-        assert_eq!(KvRecord::decode(r.encode()).unwrap(), r);
+        assert_eq!(KvRecord::decode(r.encode().unwrap()).unwrap(), r);
         assert_eq!(r.etag(), "\"00000000deadbeef\"");
+        // Lengths that do not fit the record are refused, not truncated.
+        let long = KvRecord {
+            content_type: "x".repeat(MAX_RECORD_STRING_BYTES + 1),
+            ..r
+        };
+        assert!(matches!(long.encode(), Err(StoreError::Invalid(_))));
+        let wide = StoredItem {
+            id: "msg_1".into(),
+            seq: 1,
+            created_at_ms: 0,
+            parent: None,
+            json: Bytes::new(),
+            vector: Some(vec![0.0; MAX_VECTOR_DIMENSIONS + 1]),
+            vector_builtin: false,
+        };
+        assert!(matches!(wide.encode(), Err(StoreError::Invalid(_))));
     }
 }

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 use mnemo_storage::{
-    engine::prefix_range, keys, Condition, EngineConfig, KvOp, NewItem, Order, RemotePolicy, Scope,
-    Store, StoreError, StoreLocation, TenantId, VectorWriteBack,
+    engine::prefix_range, keys, ChangeEntry, ChangeOp, Condition, EngineConfig, KvOp, NewItem,
+    Order, RemotePolicy, Scope, Store, StoreError, StoreLocation, TenantId, VectorWriteBack,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -415,30 +415,47 @@ async fn change_log_records_mutations_in_order() {
     let b = backend();
     let store = open(&b).await;
     let s = tenant();
+    let first = store.change_log().subscribe();
+    let second = store.change_log().subscribe();
     let (conv, _) = store
         .create_conversation(&s, Default::default(), vec![item("a")])
         .await
         .unwrap();
     put_text(&store, &s, "k", b"v").await.unwrap();
-    let log = store
-        .change_log()
-        .read(store.engine(), &s.tenant, 0, 100)
-        .await
-        .unwrap();
-    let ops: Vec<&str> = log.iter().map(|e| e.op.as_str()).collect();
-    assert_eq!(ops, ["conversation.created", "item.added", "kv.put"]);
-    assert_eq!(log[0].conversation_id.as_deref(), Some(conv.id.as_str()));
+    let log = store.change_log().read(&s.tenant, 0, 100).await.unwrap();
+    let ops: Vec<&ChangeOp> = log.iter().map(|e| &e.op).collect();
+    assert!(matches!(
+        ops[..],
+        [
+            ChangeOp::ConversationCreated { .. },
+            ChangeOp::ItemsAdded { .. },
+            ChangeOp::KvPut { .. }
+        ]
+    ));
+    assert_eq!(log[0].conversation_id(), Some(conv.id.as_str()));
     assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
-    // The consumer is told which tenants moved, each once, at their newest position.
-    let moved = store.change_log().take_acknowledged();
+    // Each subscriber is told which tenants moved, each once, at their newest position, and
+    // one subscriber taking its news leaves the other's untouched.
+    let moved = first.take_moved();
     assert_eq!(moved, vec![(s.tenant.clone(), log[2].seq)]);
-    assert!(store.change_log().take_acknowledged().is_empty());
+    assert!(first.take_moved().is_empty());
+    assert_eq!(second.take_moved(), moved);
     let other = Scope::tenant(TenantId::new("other").unwrap());
     put_text(&store, &other, "k", b"v").await.unwrap();
-    let moved = store.change_log().take_acknowledged();
+    let moved = first.take_moved();
     assert_eq!(moved.len(), 1);
     assert_eq!(moved[0].0, other.tenant);
     assert_eq!(moved[0].1, store.change_log().acknowledged(&other.tenant));
+    // A subscriber that was dropped is forgotten; one that subscribes later hears only what
+    // follows.
+    drop(second);
+    let late = store.change_log().subscribe();
+    assert!(late.take_moved().is_empty());
+    put_text(&store, &s, "k2", b"v").await.unwrap();
+    assert_eq!(late.take_moved().len(), 1);
+    tokio::time::timeout(Duration::from_secs(5), first.changed())
+        .await
+        .expect("a subscriber is woken by an acknowledgement");
     store.close().await.unwrap();
 }
 
@@ -949,7 +966,7 @@ async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
         .unwrap();
     store.delete_item(&s, &conv.id, &items[1].id).await.unwrap();
     store.delete_conversation(&s, &gone_conv.id).await.unwrap();
-    let log_before = store.change_log().newest(store.engine(), &t).await.unwrap();
+    let log_before = store.change_log().newest(&t).await.unwrap();
     let v = vec![0.25, -0.5, 1.0];
 
     let r = store
@@ -984,7 +1001,7 @@ async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
     ));
 
     // The write-backs are not mutations: the change log did not move.
-    let log_after = store.change_log().newest(store.engine(), &t).await.unwrap();
+    let log_after = store.change_log().newest(&t).await.unwrap();
     assert_eq!(log_before, log_after);
     // They become durable with the next WAL upload (here: the next durable write).
     put_text(&store, &s, "flush", b"x").await.unwrap();
@@ -1030,5 +1047,369 @@ async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
     let got = store.get_item(&s, &conv.id, &items[0].id).await.unwrap();
     assert_eq!(got.vector.as_deref(), Some(&v[..]));
     assert!(got.vector_builtin);
+    store.close().await.unwrap();
+}
+
+/// Every mutation writes one change-log entry naming what changed and its owner, including
+/// the purge of a deleted conversation's items and a user's erasure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_is_logged_with_its_owner() {
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("logged").unwrap();
+    let alice = Scope::user(t.clone(), "alice").unwrap();
+    let (conv, items) = store
+        .create_conversation(&alice, Default::default(), vec![item("a"), item("b")])
+        .await
+        .unwrap();
+    let added = store
+        .append_items(&alice, &conv.id, vec![item("c")])
+        .await
+        .unwrap();
+    store
+        .delete_item(&alice, &conv.id, &items[0].id)
+        .await
+        .unwrap();
+    store
+        .update_conversation(&alice, &conv.id, Default::default())
+        .await
+        .unwrap();
+    store.delete_conversation(&alice, &conv.id).await.unwrap();
+    put_text(&store, &alice, "users/alice/notes", b"n")
+        .await
+        .unwrap();
+    put_text(&store, &Scope::tenant(t.clone()), "shared", b"s")
+        .await
+        .unwrap();
+    let log = store.change_log().read(&t, 0, 100).await.unwrap();
+    let id = |s: &str| s.to_string();
+    let expected = vec![
+        (
+            ChangeOp::ConversationCreated {
+                conversation_id: conv.id.clone(),
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::ItemsAdded {
+                conversation_id: conv.id.clone(),
+                item_ids: vec![id(&items[0].id), id(&items[1].id)],
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::ItemsAdded {
+                conversation_id: conv.id.clone(),
+                item_ids: vec![id(&added[0].id)],
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::ItemsDeleted {
+                conversation_id: conv.id.clone(),
+                item_ids: vec![id(&items[0].id)],
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::ConversationUpdated {
+                conversation_id: conv.id.clone(),
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::ConversationDeleted {
+                conversation_id: conv.id.clone(),
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::ItemsPurged {
+                conversation_id: conv.id.clone(),
+                item_ids: vec![id(&items[1].id), id(&added[0].id)],
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::KvPut {
+                key: id("users/alice/notes"),
+                json_object: Some(false),
+            },
+            Some("alice"),
+        ),
+        (
+            ChangeOp::KvPut {
+                key: id("shared"),
+                json_object: Some(false),
+            },
+            None,
+        ),
+    ];
+    let got: Vec<(ChangeOp, Option<&str>)> = log
+        .iter()
+        .map(|e| (e.op.clone(), e.owner.as_deref()))
+        .collect();
+    assert_eq!(got, expected);
+
+    // Erasing a user logs each deletion, then the erasure itself.
+    let bob = Scope::user(t.clone(), "bob").unwrap();
+    let (bconv, _) = store
+        .create_conversation(&bob, Default::default(), vec![item("x")])
+        .await
+        .unwrap();
+    put_text(&store, &bob, "users/bob/k", b"v").await.unwrap();
+    let before = store.change_log().newest(&t).await.unwrap();
+    store.erase_user(&t, "bob").await.unwrap();
+    let log = store.change_log().read(&t, before, 100).await.unwrap();
+    let ops: Vec<&ChangeOp> = log.iter().map(|e| &e.op).collect();
+    assert!(
+        matches!(
+            ops[..],
+            [
+                ChangeOp::ConversationDeleted { .. },
+                ChangeOp::ItemsPurged { .. },
+                ChangeOp::KvDeleted { .. },
+                ChangeOp::UserErased {}
+            ]
+        ),
+        "{ops:?}"
+    );
+    assert_eq!(log[0].conversation_id(), Some(bconv.id.as_str()));
+    assert!(log.iter().all(|e| e.owner.as_deref() == Some("bob")));
+    store.close().await.unwrap();
+}
+
+/// The memory rule is applied by the store itself: reads of another user's space are not
+/// found, writes to it and a user's writes to shared memory are refused, whole batches
+/// included, and listings show only what the scope may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_applies_the_memory_access_rule() {
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("rules").unwrap();
+    let app = Scope::tenant(t.clone());
+    let for_alice = Scope::user(t.clone(), "alice").unwrap();
+    let alice = Scope::as_user(t.clone(), "alice").unwrap();
+    let bob = Scope::as_user(t.clone(), "bob").unwrap();
+    put_text(&store, &for_alice, "shared", b"s").await.unwrap();
+    put_text(&store, &alice, "users/alice/a", b"a")
+        .await
+        .unwrap();
+    put_text(&store, &bob, "users/bob/b", b"b").await.unwrap();
+    put_text(&store, &app, "users/x", b"nobody's")
+        .await
+        .unwrap();
+    assert!(matches!(
+        put_text(&store, &alice, "shared", b"mine").await,
+        Err(StoreError::Forbidden { index: None, .. })
+    ));
+    assert!(matches!(
+        put_text(&store, &alice, "users/bob/b", b"mine").await,
+        Err(StoreError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        store
+            .kv_delete(&alice, "users/bob/b", Condition::default())
+            .await,
+        Err(StoreError::Forbidden { .. })
+    ));
+    let ops = vec![
+        KvOp::Put {
+            key: "users/alice/new".into(),
+            value: Bytes::from_static(b"1"),
+            content_type: "text/plain".into(),
+            ttl: None,
+            condition: Condition::default(),
+        },
+        KvOp::Delete {
+            key: "users/bob/b".into(),
+            condition: Condition::default(),
+        },
+    ];
+    assert!(matches!(
+        store.kv_batch(&alice, ops).await,
+        Err(StoreError::Forbidden { index: Some(1), .. })
+    ));
+    assert!(matches!(
+        store.kv_get(&app, "users/alice/new").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .kv_get(&app, "users/bob/b")
+            .await
+            .unwrap()
+            .record
+            .value,
+        "b"
+    );
+    for (reader, key) in [
+        (&alice, "users/bob/b"),
+        (&bob, "users/alice/a"),
+        (&alice, "users/x"),
+    ] {
+        assert!(matches!(
+            store.kv_get(reader, key).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    assert_eq!(
+        store.kv_get(&bob, "shared").await.unwrap().record.value,
+        "s"
+    );
+    let keys = |page: mnemo_storage::KvPage| -> Vec<String> {
+        page.entries.into_iter().map(|e| e.key).collect()
+    };
+    assert_eq!(
+        keys(store.kv_list(&alice, "", None, 100).await.unwrap()),
+        ["shared", "users/alice/a"]
+    );
+    assert_eq!(
+        keys(store.kv_list(&bob, "users/", None, 100).await.unwrap()),
+        ["users/bob/b"]
+    );
+    assert_eq!(
+        keys(store.kv_list(&app, "", None, 100).await.unwrap()),
+        ["shared", "users/alice/a", "users/bob/b", "users/x"]
+    );
+    store.close().await.unwrap();
+}
+
+/// A read view is one point in time: writes after it are not in any of its scans, and its
+/// scans apply the scope's access rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_views_are_consistent_points_in_time() {
+    use futures::TryStreamExt;
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("views").unwrap();
+    let app = Scope::tenant(t.clone());
+    let alice = Scope::user(t.clone(), "alice").unwrap();
+    let bob = Scope::user(t.clone(), "bob").unwrap();
+    let (a1, a1_items) = store
+        .create_conversation(&alice, Default::default(), vec![item("1"), item("2")])
+        .await
+        .unwrap();
+    let (a2, _) = store
+        .create_conversation(&alice, Default::default(), vec![])
+        .await
+        .unwrap();
+    let (b1, _) = store
+        .create_conversation(&bob, Default::default(), vec![item("b")])
+        .await
+        .unwrap();
+    put_text(&store, &alice, "users/alice/x", b"1")
+        .await
+        .unwrap();
+    put_text(&store, &bob, "users/bob/x", b"1").await.unwrap();
+    put_text(&store, &app, "shared", b"1").await.unwrap();
+    let head = store.change_log().newest(&t).await.unwrap();
+
+    let view = store.read_view().await.unwrap();
+    // Writes after the view: none of them shows in it.
+    store
+        .append_items(&alice, &a1.id, vec![item("3")])
+        .await
+        .unwrap();
+    store.delete_conversation(&alice, &a2.id).await.unwrap();
+    put_text(&store, &alice, "users/alice/y", b"2")
+        .await
+        .unwrap();
+    store
+        .create_conversation(&alice, Default::default(), vec![])
+        .await
+        .unwrap();
+
+    let ids = |recs: Vec<mnemo_storage::ConversationRecord>| -> Vec<String> {
+        let mut v: Vec<String> = recs.into_iter().map(|r| r.id).collect();
+        v.sort();
+        v
+    };
+    let mut alices = vec![a1.id.clone(), a2.id.clone()];
+    alices.sort();
+    let mut all = vec![a1.id.clone(), a2.id.clone(), b1.id.clone()];
+    all.sort();
+    assert_eq!(
+        ids(view
+            .conversations(&alice)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()),
+        alices
+    );
+    assert_eq!(
+        ids(view
+            .conversations(&app)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()),
+        all
+    );
+    let items: Vec<String> = view
+        .items(&alice, &a1.id)
+        .await
+        .unwrap()
+        .into_stream()
+        .map_ok(|i| i.id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(items, [a1_items[0].id.clone(), a1_items[1].id.clone()]);
+    assert!(matches!(
+        view.items(&bob, &a1.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let keys: Vec<String> = view
+        .memory(&alice, "")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["shared", "users/alice/x"]);
+    let changes: Vec<ChangeEntry> = view
+        .changes(&alice, 0)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(changes.iter().all(|e| e.seq <= head));
+    assert!(changes.iter().all(|e| match &e.op {
+        ChangeOp::KvPut { key, .. } => key == "shared" || key.starts_with("users/alice/"),
+        _ => e.owner.as_deref() == Some("alice"),
+    }));
+    assert!(!changes.is_empty());
+    let tenant_changes = view
+        .changes(&app, 0)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(tenant_changes.last().map(|e| e.seq), Some(head));
+    // A fresh view sees the later writes.
+    let now = store.read_view().await.unwrap();
+    assert_eq!(
+        now.items(&alice, &a1.id)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(matches!(
+        now.conversation(&alice, &a2.id).await,
+        Err(StoreError::NotFound(_))
+    ));
     store.close().await.unwrap();
 }

@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use mnemo_api::embed::EmbedderConfig;
-use mnemo_api::search::SearchOptions;
+use mnemo_index::embed::EmbedderConfig;
+use mnemo_index::SearchOptions;
 use serde::Deserialize;
 use std::path::PathBuf;
 

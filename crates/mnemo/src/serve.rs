@@ -111,10 +111,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         crate::auth_config::spawn_refresh(keys);
     }
     let mut search_options = search_options;
-    search_options.snapshots = mnemo_api::search::SnapshotOptions {
+    search_options.snapshots = mnemo_index::SnapshotOptions {
         interval: Duration::from_secs(args.search_snapshot_interval_secs),
     };
-    let search = mnemo_api::search::SearchService::start_with(store.clone(), search_options)
+    let search = mnemo_index::SearchService::start_with(store.clone(), search_options)
         .await
         .context("starting search")?;
     let app = mnemo_api::router(

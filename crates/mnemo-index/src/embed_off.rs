@@ -2,7 +2,7 @@
 //! types exist so that the rest of the crate is the same in both builds, but none can be
 //! created ([`EmbedderConfig::load`] fails), so the search service never has a pipeline.
 
-use crate::search::SearchService;
+use crate::SearchService;
 use mnemo_search::{Doc, SearchIndex};
 use mnemo_storage::Store;
 use std::path::Path;

@@ -27,7 +27,7 @@
 //! A tenant whose vectors have another dimension than the model's (client vectors came
 //! first) is never embedded; its text-only vector queries are refused by the handler.
 
-use crate::search::SearchService;
+use crate::SearchService;
 use futures::future::join_all;
 use mnemo_embed::{EmbedError, Embedder};
 use mnemo_search::{text_hash, Doc, IndexOp, SearchIndex, Source};

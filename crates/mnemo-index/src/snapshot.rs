@@ -27,11 +27,11 @@
 //! (`put`, or a multipart upload completed at the end), so a crash never leaves a partial
 //! `.snap`: at worst an unfinished upload, which is not listed.
 
-use super::SearchService;
+use crate::{IndexError, SearchService};
 use bytes::Bytes;
 use mnemo_search::{IndexOp, SearchConfig, SearchError, SearchIndex};
-use mnemo_storage::changelog::now_ms;
-use mnemo_storage::{StoreError, StoreLocation, TenantId};
+use mnemo_storage::clock::now_ms;
+use mnemo_storage::{StoreLocation, TenantId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -260,7 +260,7 @@ pub struct SnapshotOptions {
 }
 
 /// Snapshot state of a running service.
-pub(super) struct Snapshots {
+pub(crate) struct Snapshots {
     store: SnapshotStore,
     interval: Duration,
     /// Held by the tail for each round of applying the log, and by a snapshot while it copies
@@ -280,7 +280,7 @@ pub(super) struct Snapshots {
 
 /// What a start from a snapshot did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Resumed {
+pub(crate) struct Resumed {
     /// Generation of the snapshot restored.
     pub generation: u64,
     /// Documents in the index as restored.
@@ -303,7 +303,7 @@ struct Taken {
 
 impl Snapshots {
     /// `None` when snapshots are off.
-    pub(super) fn new(location: &StoreLocation, options: &SnapshotOptions) -> Option<Self> {
+    pub(crate) fn new(location: &StoreLocation, options: &SnapshotOptions) -> Option<Self> {
         if options.interval.is_zero() {
             return None;
         }
@@ -321,7 +321,7 @@ impl Snapshots {
 
     /// The newest usable snapshot, restored; `None` (logged) if there is none or the store
     /// cannot be read: the caller rebuilds from the store.
-    pub(super) async fn load(&self, cfg: &SearchConfig) -> Option<Loaded> {
+    pub(crate) async fn load(&self, cfg: &SearchConfig) -> Option<Loaded> {
         let started = Instant::now();
         match self.store.load_newest(cfg).await {
             Ok(Some(l)) => {
@@ -349,14 +349,13 @@ impl Snapshots {
 impl SearchService {
     /// Seeds the index restored from a snapshot with its positions, replays each tenant's log
     /// from there, and rebuilds tenants whose position is unusable. See the module docs.
-    pub(super) async fn resume(
+    pub(crate) async fn resume(
         &self,
         header: &SnapshotHeader,
         started: Instant,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), IndexError> {
         let restored_docs: usize = self.index.tenants().iter().map(|t| self.index.len(t)).sum();
         let log = self.store.change_log();
-        let engine = self.store.engine();
         let tenants = self.store.tenants().await?;
         let in_store: HashSet<&str> = tenants.iter().map(TenantId::as_str).collect();
         let age_ms = now_ms().saturating_sub(header.taken_at_ms);
@@ -371,11 +370,11 @@ impl SearchService {
         }
         let (mut replayed, mut rebuild) = (0usize, Vec::new());
         for tenant in tenants {
-            let newest = log.newest(engine, &tenant).await?;
+            let newest = log.newest(&tenant).await?;
             let position = header.positions.get(tenant.as_str()).copied();
             let usable = match position {
                 Some(0) => young && newest == 0,
-                Some(p) => p <= newest && log.retains(engine, &tenant, p).await?,
+                Some(p) => p <= newest && log.retains(&tenant, p).await?,
                 None => false,
             };
             match position {
@@ -423,7 +422,7 @@ impl SearchService {
     }
 
     /// Held by the tail while it applies one round of log entries.
-    pub(super) async fn tail_round(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(crate) async fn tail_round(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.snapshots {
             Some(s) => Some(s.round.lock().await),
             None => None,
@@ -431,7 +430,7 @@ impl SearchService {
     }
 
     /// Resolves when a periodic snapshot is due (never when snapshots are off).
-    pub(super) async fn snapshot_due(&self) {
+    pub(crate) async fn snapshot_due(&self) {
         match &self.snapshots {
             Some(s) => {
                 let due = *s.due.lock().unwrap_or_else(|e| e.into_inner());
@@ -443,7 +442,7 @@ impl SearchService {
 
     /// Called by the tail between rounds: if a snapshot is due and the index changed since the
     /// last one, serialises it now and uploads it in the background.
-    pub(super) async fn snapshot_if_due(self: &Arc<Self>) {
+    pub(crate) async fn snapshot_if_due(self: &Arc<Self>) {
         let Some(s) = &self.snapshots else { return };
         {
             let mut due = s.due.lock().unwrap_or_else(|e| e.into_inner());
@@ -595,8 +594,8 @@ mod tests {
         interval: Duration::from_secs(3600),
     };
 
-    fn hourly() -> crate::search::SearchOptions {
-        crate::search::SearchOptions {
+    fn hourly() -> crate::SearchOptions {
+        crate::SearchOptions {
             snapshots: HOUR,
             ..Default::default()
         }
@@ -642,7 +641,7 @@ mod tests {
             )
             .await
             .unwrap();
-        svc.wait_current(&tenant, crate::search::Consistency::Eventual)
+        svc.wait_current(&tenant, crate::Consistency::Eventual)
             .await
             .unwrap();
         assert_eq!(ids(svc.index(), Source::Items, "zebra").len(), 2);
@@ -658,7 +657,7 @@ mod tests {
             .append_items(&bob, &bob_conv.id, vec![item("zebra bob two")])
             .await
             .unwrap();
-        svc.wait_current(&tenant, crate::search::Consistency::Eventual)
+        svc.wait_current(&tenant, crate::Consistency::Eventual)
             .await
             .unwrap();
         let want_items = ids(svc.index(), Source::Items, "zebra");
@@ -708,7 +707,7 @@ mod tests {
             .create_conversation(&bob, Default::default(), vec![item("zebra first")])
             .await
             .unwrap();
-        svc.wait_current(&tenant, crate::search::Consistency::Eventual)
+        svc.wait_current(&tenant, crate::Consistency::Eventual)
             .await
             .unwrap();
         svc.shutdown().await;

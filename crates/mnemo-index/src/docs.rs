@@ -1,0 +1,198 @@
+//! Search documents derived from stored objects: conversation items and memory values.
+
+use mnemo_search::{Doc, Source};
+use mnemo_storage::access::kv_owner;
+use mnemo_storage::{ConversationRecord, KvEntry, StoreError, StoredItem, TenantId};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Largest vector accepted from a client, in dimensions.
+pub const MAX_DIMENSIONS: usize = 4096;
+
+/// Why a client-supplied vector was refused (the messages are the API's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VectorError {
+    /// Not a JSON array of numbers.
+    #[error("embedding must be an array of numbers")]
+    NotAnArray,
+    /// Empty, or longer than [`MAX_DIMENSIONS`].
+    #[error("embedding must have 1-4096 numbers")]
+    Length,
+    /// A value is not a finite number.
+    #[error("embedding values must be finite numbers")]
+    NotFinite,
+}
+
+/// Parses a client-supplied vector: 1–[`MAX_DIMENSIONS`] finite numbers (as f32).
+pub fn parse_vector(v: &Value) -> Result<Vec<f32>, VectorError> {
+    let arr = v.as_array().ok_or(VectorError::NotAnArray)?;
+    if arr.is_empty() || arr.len() > MAX_DIMENSIONS {
+        return Err(VectorError::Length);
+    }
+    arr.iter()
+        .map(|x| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .filter(|f| f.is_finite())
+                .ok_or(VectorError::NotFinite)
+        })
+        .collect()
+}
+
+/// Collects the searchable text of a JSON value: every string under the keys that carry
+/// content in OpenAI items (`text`, `content`, `arguments`, `output`, `refusal`,
+/// `transcript`, `summary`), or every string of a memory object except `embedding`.
+fn collect_text(v: &Value, all: bool, out: &mut String) {
+    match v {
+        Value::String(s) if all => {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_text(x, all, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                if k == "embedding" {
+                    continue;
+                }
+                let content = matches!(
+                    k.as_str(),
+                    "text"
+                        | "content"
+                        | "arguments"
+                        | "output"
+                        | "refusal"
+                        | "transcript"
+                        | "summary"
+                );
+                collect_text(x, all || content, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn string_metadata(m: &Map<String, Value>) -> BTreeMap<String, String> {
+    m.iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect()
+}
+
+/// The item's JSON. Items are stored as validated JSON objects, so one that does not parse
+/// is corrupt ([`StoreError::Corrupt`], logged), never an empty document.
+pub fn item_json(item: &StoredItem) -> Result<Value, StoreError> {
+    serde_json::from_slice(&item.json)
+        .map_err(|e| StoreError::corrupt_with(format!("item {}", item.id), e))
+}
+
+/// The search document of a stored item.
+pub fn item_doc(
+    tenant: &TenantId,
+    rec: &ConversationRecord,
+    item: &StoredItem,
+) -> Result<Doc, StoreError> {
+    let v = item_json(item)?;
+    let mut text = String::new();
+    collect_text(&v, false, &mut text);
+    Ok(Doc {
+        tenant: tenant.as_str().to_owned(),
+        source: Source::Items,
+        id: item.id.clone(),
+        owner: rec.owner.clone(),
+        conversation_id: Some(rec.id.clone()),
+        role: v.get("role").and_then(Value::as_str).map(str::to_owned),
+        created_at: item.created_at_ms / 1000,
+        metadata: string_metadata(&rec.metadata),
+        text,
+        vector: item.vector.clone(),
+        expires_at_ms: None,
+    })
+}
+
+/// The search document of a memory value, if it is a JSON object (other values, JSON or
+/// not, are not searchable: that is their meaning, not an error). Its `embedding` field, if
+/// a valid vector, is the document's vector; it expires with the value.
+pub fn memory_doc(tenant: &TenantId, entry: &KvEntry) -> Option<Doc> {
+    let (key, rec) = (entry.key.as_str(), &entry.record);
+    let v: Value = serde_json::from_slice(&rec.value).ok()?;
+    let obj = v.as_object()?;
+    let vector = obj.get("embedding").and_then(|e| parse_vector(e).ok());
+    let mut text = String::new();
+    collect_text(&v, true, &mut text);
+    Some(Doc {
+        tenant: tenant.as_str().to_owned(),
+        source: Source::Memory,
+        id: key.to_owned(),
+        owner: kv_owner(key).filter(|o| !o.is_empty()).map(str::to_owned),
+        conversation_id: None,
+        role: None,
+        created_at: rec.updated_at_ms / 1000,
+        metadata: BTreeMap::new(),
+        text,
+        vector,
+        expires_at_ms: entry.expires_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn vectors_are_validated() {
+        assert_eq!(
+            parse_vector(&serde_json::json!([1, 2.5])),
+            Ok(vec![1.0, 2.5])
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!("x")),
+            Err(VectorError::NotAnArray)
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!([])),
+            Err(VectorError::Length)
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!([1, "a"])),
+            Err(VectorError::NotFinite)
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!([1e300])),
+            Err(VectorError::NotFinite)
+        );
+    }
+
+    #[test]
+    fn an_item_that_does_not_parse_is_corrupt_not_empty() {
+        let rec = ConversationRecord {
+            id: "conv_1".into(),
+            created_at: 0,
+            metadata: Map::new(),
+            owner: None,
+            last_seq: 1,
+            last_item: None,
+        };
+        let mut item = StoredItem {
+            id: "msg_1".into(),
+            seq: 1,
+            created_at_ms: 0,
+            parent: None,
+            json: Bytes::from_static(br#"{"role":"user","content":"hello"}"#),
+            vector: None,
+            vector_builtin: false,
+        };
+        let t = TenantId::default_tenant();
+        let doc = item_doc(&t, &rec, &item).unwrap();
+        assert_eq!(
+            (doc.text.as_str(), doc.role.as_deref()),
+            ("hello", Some("user"))
+        );
+        item.json = Bytes::from_static(b"{not json");
+        assert!(matches!(
+            item_doc(&t, &rec, &item),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
