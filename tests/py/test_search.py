@@ -115,26 +115,87 @@ def test_per_user_vector_search_equals_brute_force(server, uid):
 
 
 def test_users_and_filters_never_leak(server, uid):
+    """Each user finds exactly their own items, under every filter and scope; never another's."""
     a, b = f"a-{uid}", f"b-{uid}"
-    ca = server.make_openai(default_headers={"X-Mnemo-User": a})
-    cb = server.make_openai(default_headers={"X-Mnemo-User": b})
-    conv_a = ca.conversations.create(metadata={"topic": "travel"}, items=[msg(f"secret plan sec{uid}")])
-    cb.conversations.create(metadata={"topic": "travel"}, items=[msg(f"secret plan sec{uid}")])
-    for body in [{"query": f"sec{uid}"},
-                 {"query": f"sec{uid}", "filter": {"metadata": {"topic": "travel"}}},
-                 {"query": f"sec{uid}", "scope": {"conversation_id": conv_a.id}},
-                 {"query": f"sec{uid}", "mode": "hybrid"}]:
-        hits_b = search(server.http, body, user=b)["data"]
-        assert all(h["conversation_id"] != conv_a.id for h in hits_b), body
-    hits = search(server.http, {"query": f"sec{uid}", "filter": {"metadata": {"topic": "travel"}}}, user=a)["data"]
-    assert [h["conversation_id"] for h in hits] == [conv_a.id]
-    assert search(server.http, {"query": f"sec{uid}", "filter": {"metadata": {"topic": "food"}}}, user=a)["data"] == []
-    assert search(server.http, {"query": f"sec{uid}", "filter": {"role": "assistant"}}, user=a)["data"] == []
-    assert search(server.http, {"query": f"sec{uid}", "filter": {"created_after": 4102444800}}, user=a)["data"] == []
+    rng = random.Random(uid)
+    word = f"sec{uid}"
+    model = []  # every item written: what each search is checked against
+
+    def create(user, topic, texts_roles):
+        c = server.make_openai(default_headers={"X-Mnemo-User": user})
+        items = [msg(f"{t} {word}", role=r, embedding=rand_vec(rng)) for t, r in texts_roles]
+        conv = c.conversations.create(metadata={"topic": topic}, items=items)
+        listed = c.conversations.items.list(conv.id, order="asc").data
+        assert len(listed) == len(items)
+        for it, sent in zip(listed, items):
+            model.append({"user": user, "conv": conv.id, "item": it.id, "role": sent["role"],
+                          "topic": topic, "late": late})
+        return conv.id
+
+    # Items before and after a second boundary, so created_after/created_before split them.
+    late = False
+    conv_a = create(a, "travel", [("secret plan", "user"), ("secret answer", "assistant")])
+    conv_b = create(b, "travel", [("secret plan", "user")])
+    split = int(time.time()) + 1
+    time.sleep(max(0.0, split - time.time()) + 0.05)
+    late = True
+    create(a, "food", [("secret recipe", "user")])
+    create(b, "food", [("secret dish", "assistant")])
+
+    def expected(user, flt, conv=None):
+        out = []
+        for m in model:
+            if user is not None and m["user"] != user:
+                continue
+            if conv is not None and m["conv"] != conv:
+                continue
+            if "role" in flt and m["role"] != flt["role"]:
+                continue
+            if "created_after" in flt and not m["late"]:
+                continue
+            if "created_before" in flt and m["late"]:
+                continue
+            if "metadata" in flt and m["topic"] != flt["metadata"]["topic"]:
+                continue
+            out.append((m["conv"], m["item"]))
+        return sorted(out)
+
+    filters = [{}, {"role": "user"}, {"role": "assistant"},
+               {"created_after": split}, {"created_before": split},
+               {"metadata": {"topic": "travel"}}, {"metadata": {"topic": "food"}},
+               {"role": "user", "created_after": split, "metadata": {"topic": "food"}},
+               {"metadata": {"topic": "none"}}]
+    queries = [{"query": word}, {"query": word, "mode": "hybrid"},
+               {"vector": rand_vec(rng), "mode": "vector"},
+               {"query": word, "vector": rand_vec(rng), "mode": "hybrid"}]
+
+    def check_all():
+        for user in (a, b, None):  # None: the tenant, which sees both users
+            for q in queries:
+                for flt in filters:
+                    for conv in (None, conv_a, conv_b):
+                        if user is None and conv is None and "vector" in q:
+                            continue  # tenant-wide, vectors of the module's other tests match too
+                        body = dict(q, top_k=50)
+                        if flt:
+                            body["filter"] = flt
+                        if conv:
+                            body["scope"] = {"conversation_id": conv}
+                        hits = search(server.http, body, user=user)["data"]
+                        got = sorted((h["conversation_id"], h["item_id"]) for h in hits)
+                        assert got == expected(user, flt, conv), (user, body)
+
+    check_all()
+    # The selections above are not empty by accident: each user finds their own items.
+    assert len(expected(a, {})) == 3 and len(expected(b, {})) == 2
+    assert expected(a, {"role": "assistant"}) and expected(a, {"created_after": split})
     # Metadata updates re-index the conversation's items.
-    ca.conversations.update(conv_a.id, metadata={"topic": "food"})
-    hits = search(server.http, {"query": f"sec{uid}", "filter": {"metadata": {"topic": "food"}}}, user=a)["data"]
-    assert [h["conversation_id"] for h in hits] == [conv_a.id]
+    server.make_openai(default_headers={"X-Mnemo-User": a}).conversations.update(
+        conv_a, metadata={"topic": "food"})
+    for m in model:
+        if m["conv"] == conv_a:
+            m["topic"] = "food"
+    check_all()
 
 
 def test_memory_search_by_prefix_text_and_vector(server, uid):
@@ -152,12 +213,21 @@ def test_memory_search_by_prefix_text_and_vector(server, uid):
     assert hits[0]["value"] == {"text": f"likes green tea tea{uid}"}
     hits = search(http, {"vector": emb, "source": "memory"}, user=user)["data"]
     assert hits[0]["key"] == f"users/{user}/prefs/drink" and abs(hits[0]["score"] - 1.0) < 1e-4
-    # Another user sees none of it.
-    assert search(http, {"query": f"tea{uid}", "source": "memory"}, user=f"x-{uid}")["data"] == []
-    # Deleting the key removes it at once.
+    # Each user finds exactly their own values; another user's never.
+    other = f"x-{uid}"
+    r = http.put(f"/v1/kv/users/{other}/tea", json={"text": f"black tea tea{uid}", "embedding": rand_vec(rng)},
+                 headers={"X-Mnemo-User": other})
+    assert r.status_code == 200
+    hits = search(http, {"query": f"tea{uid}", "source": "memory"}, user=user)["data"]
+    assert sorted(x["key"] for x in hits) == [f"users/{user}/notes/x", f"users/{user}/prefs/drink"]
+    hits = search(http, {"query": f"tea{uid}", "source": "memory"}, user=other)["data"]
+    assert [x["key"] for x in hits] == [f"users/{other}/tea"]
+    hits = search(http, {"vector": emb, "source": "memory", "top_k": 100}, user=other)["data"]
+    assert [x["key"] for x in hits] == [f"users/{other}/tea"]
+    # Deleting the key removes it at once; the other value stays.
     http.delete(f"/v1/kv/users/{user}/prefs/drink", headers=h)
-    assert all(x["key"] != f"users/{user}/prefs/drink"
-               for x in search(http, {"query": f"tea{uid}", "source": "memory"}, user=user)["data"])
+    hits = search(http, {"query": f"tea{uid}", "source": "memory"}, user=user)["data"]
+    assert [x["key"] for x in hits] == [f"users/{user}/notes/x"]
 
 
 def test_expired_memory_is_neither_returned_nor_given_a_place(server, uid):
