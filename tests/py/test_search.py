@@ -20,7 +20,11 @@ def unit(v):
 
 
 def rand_vec(rng):
-    return [rng.gauss(0, 1) for _ in range(DIM)]
+    return rand_vec_dim(rng, DIM)
+
+
+def rand_vec_dim(rng, dim):
+    return [rng.gauss(0, 1) for _ in range(dim)]
 
 
 def search(http, body, user=None, status=200):
@@ -289,37 +293,100 @@ def test_bad_search_input_is_400(server, uid):
 
 
 def test_index_is_rebuilt_after_kill9(fresh_server):
+    """kill -9 while eight users append items with vectors, then restart: the index holds exactly
+    what the store holds. That is every acknowledged item, plus those of the appends in flight
+    at the kill that the store made durable before it died (a write that got no answer may or
+    may not have happened), and nothing else."""
     srv = fresh_server
-    acked = []
-    stop = threading.Event()
+    dim, writers, per_writer = 8, 8, 100  # at most 808 items: tenant-wide top_k=1000 sees all
+    rng = random.Random(17)
+    lock = threading.Lock()
+    sent = {}    # token -> (writer, vector): every item ever sent
+    acked = {}   # token -> item id, for every acknowledged item
+    problems = []
+    convs = []
+    for w in range(writers):
+        c = srv.make_openai(default_headers={"X-Mnemo-User": f"k-{w}"})
+        token, v = f"kill{w}x0", rand_vec_dim(rng, dim)
+        conv = c.conversations.create(items=[msg(f"entry {token}", embedding=v)])
+        convs.append(conv.id)
+        sent[token] = (w, v)
+        acked[token] = c.conversations.items.list(conv.id).data[0].id
+    killing = threading.Event()
 
     def writer(w):
         c = srv.make_openai(default_headers={"X-Mnemo-User": f"k-{w}"})
-        i = 0
-        while not stop.is_set():
-            token = f"kill{w}x{i}{uuid.uuid4().hex[:6]}"
+        wrng = random.Random(w)
+        for i in range(1, per_writer + 1):
+            token, v = f"kill{w}x{i}", rand_vec_dim(wrng, dim)
+            with lock:
+                sent[token] = (w, v)
             try:
-                conv = c.conversations.create(items=[msg(f"entry {token}", embedding=[float(w + 1), float(i % 7 + 1)])])
-            except Exception:  # noqa: BLE001 - the kill cuts requests off
+                data = c.conversations.items.create(convs[w], items=[msg(f"entry {token}", embedding=v)]).data
+            except Exception as e:  # noqa: BLE001 - the kill cuts requests off
+                if not killing.is_set():
+                    problems.append(f"{token} failed before the kill: {e!r}")
                 return
-            acked.append((w, token, conv.id))
-            i += 1
+            with lock:
+                acked[token] = data[0].id
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
     for t in threads:
         t.start()
-    import time
-    time.sleep(2.0)
+    deadline = time.monotonic() + 30
+    while len(acked) < writers + 150 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writing = sum(t.is_alive() for t in threads)
+    killing.set()
     srv.kill9()
-    stop.set()
     for t in threads:
         t.join()
-    assert len(acked) > 20
+    assert problems == []
+    assert len(acked) > writers + 100, len(acked)
+    assert writing == writers, "every writer must still be writing at the kill"
     srv.restart()
     http = srv.http
-    for w, token, conv_id in acked:
+
+    # What the store holds after the restart, read from the conversations (not the index).
+    stored = {}  # token -> (writer, conversation id, item id)
+    for w, cid in enumerate(convs):
+        r = http.get(f"/v1/conversations/{cid}/items", params={"order": "asc", "limit": 100},
+                     headers={"X-Mnemo-User": f"k-{w}"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert not body["has_more"]
+        for it in body["data"]:
+            token = it["content"][0]["text"].removeprefix("entry ")
+            assert sent.get(token, (None,))[0] == w, f"{cid}: item never sent to it: {token}"
+            assert token not in stored, f"{token} stored twice"
+            stored[token] = (w, cid, it["id"])
+    for token, item_id in acked.items():
+        assert token in stored and stored[token][2] == item_id, f"acknowledged {token} lost"
+    in_flight_kept = len(stored) - len(acked)
+    print(f"{len(acked)} acknowledged, {in_flight_kept} of the {len(sent) - len(acked)} in flight kept")
+
+    # Text: every item sent is found by its token exactly when the store has it.
+    for token, (w, _) in sent.items():
         hits = search(http, {"query": token}, user=f"k-{w}")["data"]
-        assert [h["conversation_id"] for h in hits] == [conv_id], token
-    # Vector results after the restart equal a brute force over every acknowledged item.
-    hits = search(http, {"vector": [1.0, 0.0], "mode": "vector", "top_k": 1000}, user="k-0")["data"]
-    assert {h["conversation_id"] for h in hits} >= {c for w, _, c in acked if w == 0}
+        want = [(stored[token][1], stored[token][2])] if token in stored else []
+        assert [(h["conversation_id"], h["item_id"]) for h in hits] == want, token
+
+    # Vectors: each user's ranking, and the tenant's, equal a brute force over exactly the
+    # items the store holds.
+    def brute_force(q, tokens):
+        qn = unit(q)
+        return sorted(((sum(x * y for x, y in zip(qn, unit(sent[t][1]))), stored[t][2]) for t in tokens),
+                      reverse=True)
+
+    for k in range(3):
+        q = rand_vec_dim(rng, dim)
+        for user in [f"k-{w}" for w in range(writers)] + [None]:
+            tokens = [t for t, (w, _, _) in stored.items() if user in (None, f"k-{w}")]
+            want = brute_force(q, tokens)
+            hits = search(http, {"vector": q, "mode": "vector", "top_k": 1000}, user=user)["data"]
+            assert sorted(h["item_id"] for h in hits) == sorted(i for _, i in want), user
+            score_of = {i: s for s, i in want}
+            for rank, (h, (s, _)) in enumerate(zip(hits, want)):
+                # Same scores rank by rank; ids too, up to float near-ties.
+                assert abs(h["score"] - s) < 1e-4, (user, rank)
+                assert abs(h["score"] - score_of[h["item_id"]]) < 1e-4, (user, rank)
