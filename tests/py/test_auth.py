@@ -337,10 +337,13 @@ def test_admin_erase_is_audited_and_denials_too(jwt_server, idp):
     assert len(erase) == 1 and erase[0]["actor"] == "admin-app" and erase[0]["actor_kind"] == "application"
     denied = [e for e in log if e["action"] == "denied" and e["actor"] == "intruder-app"]
     assert denied and denied[0]["target"] == f"/v1/admin/users/{victim}"
-    # Another tenant's admin sees none of it.
+    # Another tenant's admin sees its own tenant's log, and none of this.
     y_admin = idp.app(["Admin"], tenant="tenant-y", subject="admin-app")
+    y_victim = f"y-{victim}"
+    assert h.delete(f"/v1/admin/users/{y_victim}", headers=bearer(y_admin)).status_code == 200
     y_log = h.get("/v1/admin/audit", params={"limit": 1000}, headers=bearer(y_admin)).json()["data"]
-    assert not any(e.get("target") == victim for e in y_log)
+    assert [e["target"] for e in y_log if e["action"] == "user.erase" and e["target"] in (victim, y_victim)] == [y_victim]
+    assert not any(e.get("target") in (victim, f"/v1/admin/users/{victim}") for e in y_log)
 
 
 # ------------------------------------------------------------------------------- API keys and modes
