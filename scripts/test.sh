@@ -59,6 +59,7 @@ AZ_PORT=$(free_port)
 node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$AZ_PORT" --inMemoryPersistence \
   --skipApiVersionCheck --loose --silent >"$TMP/azurite.log" 2>&1 &
 PIDS+=($!)
+export MNEMO_TEST_AZ_PID=$!  # test_outage.py pauses it too
 wait_port "$S3_PORT"; wait_port "$AZ_PORT"
 
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1

@@ -210,6 +210,10 @@ def test_tenants_are_isolated_on_every_route(jwt_server, idp):
         body = {"metadata": {"a": "b"}} if method == "POST" else None
         r = h.request(method, url, json=body, headers=bearer(y_app))
         assert r.status_code == 404, (method, url, r.text)
+    # None of Y's attempts changed X's conversation.
+    x = sdk(jwt_server, x_app)
+    assert x.conversations.retrieve(conv.id).metadata == {}
+    assert [i.id for i in x.conversations.items.list(conv.id).data] == [item_id]
     key = f"cfg-{uuid.uuid4().hex[:8]}"
     assert h.put(f"/v1/kv/{key}", content=b"x-value", headers=bearer(x_app)).status_code == 200
     assert h.get(f"/v1/kv/{key}", headers=bearer(y_app)).status_code == 404
@@ -333,10 +337,13 @@ def test_admin_erase_is_audited_and_denials_too(jwt_server, idp):
     assert len(erase) == 1 and erase[0]["actor"] == "admin-app" and erase[0]["actor_kind"] == "application"
     denied = [e for e in log if e["action"] == "denied" and e["actor"] == "intruder-app"]
     assert denied and denied[0]["target"] == f"/v1/admin/users/{victim}"
-    # Another tenant's admin sees none of it.
+    # Another tenant's admin sees its own tenant's log, and none of this.
     y_admin = idp.app(["Admin"], tenant="tenant-y", subject="admin-app")
+    y_victim = f"y-{victim}"
+    assert h.delete(f"/v1/admin/users/{y_victim}", headers=bearer(y_admin)).status_code == 200
     y_log = h.get("/v1/admin/audit", params={"limit": 1000}, headers=bearer(y_admin)).json()["data"]
-    assert not any(e.get("target") == victim for e in y_log)
+    assert [e["target"] for e in y_log if e["action"] == "user.erase" and e["target"] in (victim, y_victim)] == [y_victim]
+    assert not any(e.get("target") in (victim, f"/v1/admin/users/{victim}") for e in y_log)
 
 
 # ------------------------------------------------------------------------------- API keys and modes
@@ -415,20 +422,29 @@ jwks_url = "{idp.jwks_url}"
 def test_search_is_confined_to_the_caller(jwt_server, idp):
     a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
     word = f"w{uuid.uuid4().hex[:12]}"
-    sdk(jwt_server, idp.user(a)).conversations.create(items=[{"type": "message", "role": "user", "content": f"a says {word}"}])
+    item = {"type": "message", "role": "user", "content": f"says {word}"}
+    conv_a = sdk(jwt_server, idp.user(a)).conversations.create(items=[item]).id
+    conv_b = sdk(jwt_server, idp.user(b)).conversations.create(items=[item]).id
+    y_app = idp.app(["Search", "Conversations.ReadWrite"], tenant="tenant-y")
+    conv_y = sdk(jwt_server, y_app).conversations.create(items=[item]).id
     h = jwt_server.http
     body = {"query": word}
-    hits = h.post("/v1/search", json=body, headers=bearer(idp.user(a))).json()["data"]
-    assert len(hits) == 1
-    # User B, B naming A, and another tenant's application find nothing (or are refused).
-    assert h.post("/v1/search", json=body, headers=bearer(idp.user(b))).json()["data"] == []
+
+    def found(headers):
+        r = h.post("/v1/search", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        return sorted(x["conversation_id"] for x in r.json()["data"])
+
+    # Each user finds their own item and only it; B naming A is refused.
+    assert found(bearer(idp.user(a))) == [conv_a]
+    assert found(bearer(idp.user(b))) == [conv_b]
     assert h.post("/v1/search", json=body, headers=bearer(idp.user(b), user=a)).status_code == 403
-    y_app = idp.app(["Search", "Conversations.Read"], tenant="tenant-y")
-    assert h.post("/v1/search", json=body, headers=bearer(y_app)).json()["data"] == []
-    # The tenant's application may search for A, and tenant-wide.
+    # Another tenant's application finds its own tenant's item only.
+    assert found(bearer(y_app)) == [conv_y]
+    # The tenant's application may search for A, for B, and tenant-wide.
     x_app = idp.app(["Search", "Conversations.Read"])
-    assert len(h.post("/v1/search", json=body, headers=bearer(x_app, user=a)).json()["data"]) == 1
-    assert h.post("/v1/search", json=body, headers=bearer(x_app, user=b)).json()["data"] == []
-    assert len(h.post("/v1/search", json=body, headers=bearer(x_app)).json()["data"]) == 1
+    assert found(bearer(x_app, user=a)) == [conv_a]
+    assert found(bearer(x_app, user=b)) == [conv_b]
+    assert found(bearer(x_app)) == sorted([conv_a, conv_b])
     # Without the Search permission: 403.
     assert h.post("/v1/search", json=body, headers=bearer(idp.app(["Conversations.Read"]))).status_code == 403

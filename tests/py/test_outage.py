@@ -1,8 +1,9 @@
 """Object-store outage: writes fail with a clear 503 within the write timeout (never hang), reads
 of durable data keep working, nothing is half-written, and the server recovers by itself.
 
-Runs in the S3 pass of scripts/test.sh, which exports the emulator's pid as MNEMO_TEST_S3_PID;
-the outage is simulated by pausing the emulator (SIGSTOP: connections hang, data is kept)."""
+Runs in the S3 and Azure passes of scripts/test.sh, which exports each emulator's pid
+(MNEMO_TEST_S3_PID for moto, MNEMO_TEST_AZ_PID for Azurite); the outage is simulated by pausing
+the emulator of the store under test (SIGSTOP: connections hang, data is kept)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ import pytest
 
 from conftest import MnemoServer, store_kind
 
+# The variable holding the pid of the emulator that serves each remote store.
+EMULATOR_PID = {"s3": "MNEMO_TEST_S3_PID", "az": "MNEMO_TEST_AZ_PID", "azure": "MNEMO_TEST_AZ_PID"}
+PID_VAR = EMULATOR_PID.get(store_kind())
+
 pytestmark = [
     pytest.mark.storage,
     pytest.mark.skipif(
-        store_kind() != "s3" or not os.environ.get("MNEMO_TEST_S3_PID"),
-        reason="needs the S3 emulator run of scripts/test.sh (MNEMO_TEST_S3_PID)",
+        not PID_VAR or not os.environ.get(PID_VAR),
+        reason="needs an emulator run of scripts/test.sh: MNEMO_TEST_STORE=s3 with MNEMO_TEST_S3_PID, "
+               "or MNEMO_TEST_STORE=az with MNEMO_TEST_AZ_PID",
     ),
 ]
 
@@ -26,7 +32,7 @@ WRITE_TIMEOUT_MS = 3000
 
 
 def test_outage_gives_503_then_recovers():
-    pid = int(os.environ["MNEMO_TEST_S3_PID"])
+    pid = int(os.environ[PID_VAR])
     srv = MnemoServer(name="mnemo-outage", extra_args=["--write-timeout-ms", str(WRITE_TIMEOUT_MS)]).start()
     try:
         http = srv.http

@@ -363,34 +363,149 @@ async fn deleting_a_conversation_removes_every_item_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_see_only_their_conversations() {
+    /// A denied access must look exactly like an absent object: `NotFound`, never another error
+    /// (which would confirm the conversation exists).
+    fn not_found<T: std::fmt::Debug>(res: Result<T, StoreError>, what: &str) {
+        assert!(
+            matches!(res, Err(StoreError::NotFound(_))),
+            "{what}: expected NotFound, got {res:?}"
+        );
+    }
+
     let b = backend();
-    let store = open(&b).await;
+    let mut store = open(&b).await;
     let t = TenantId::default_tenant();
+    let other = TenantId::new("other").unwrap();
     let alice = Scope::user(t.clone(), "alice").unwrap();
     let bob = Scope::user(t.clone(), "bob").unwrap();
-    let (conv, _) = store
-        .create_conversation(&alice, Default::default(), vec![item("secret")])
+    let whole_tenant = Scope::tenant(t.clone());
+    let other_tenant = Scope::tenant(other.clone());
+    let other_alice = Scope::user(other.clone(), "alice").unwrap();
+
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("topic".into(), "secret".into());
+    let (conv, stored) = store
+        .create_conversation(&alice, metadata, vec![item("secret"), item("more")])
         .await
         .unwrap();
-    assert!(matches!(
-        store.get_conversation(&bob, &conv.id).await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(store
-        .list_items(&bob, &conv.id, None, 10, Order::Asc)
+    let item_ids: Vec<String> = stored.iter().map(|i| i.id.clone()).collect();
+    // The others have data of their own, which they do see: NotFound below is not a blanket
+    // answer.
+    let (bobs, _) = store
+        .create_conversation(&bob, Default::default(), vec![item("bob's")])
         .await
-        .is_err());
-    assert!(store
-        .append_items(&bob, &conv.id, vec![item("x")])
+        .unwrap();
+    let (others, _) = store
+        .create_conversation(&other_alice, Default::default(), vec![item("other's")])
         .await
-        .is_err());
-    assert!(store.delete_conversation(&bob, &conv.id).await.is_err());
-    let other_tenant = Scope::tenant(TenantId::new("other").unwrap());
-    assert!(store
-        .get_conversation(&other_tenant, &conv.id)
+        .unwrap();
+    assert_eq!(store.get_conversation(&bob, &bobs.id).await.unwrap(), bobs);
+    assert_eq!(
+        store
+            .get_conversation(&other_alice, &others.id)
+            .await
+            .unwrap(),
+        others
+    );
+    assert_eq!(
+        store
+            .get_conversation(&other_tenant, &others.id)
+            .await
+            .unwrap(),
+        others
+    );
+    not_found(
+        store.get_conversation(&alice, &bobs.id).await,
+        "alice reads bob's",
+    );
+    let log_before = store
+        .change_log()
+        .read(store.engine(), &t, 0, 1000)
         .await
-        .is_err());
-    assert!(store.get_conversation(&alice, &conv.id).await.is_ok());
+        .unwrap();
+
+    // Every access by another user of the tenant, or by anyone of another tenant (its
+    // application, or a user with the same name), is NotFound: first with alice's conversation
+    // in the tail cache, then after a reopen with a cold cache.
+    for round in ["warm cache", "after reopen"] {
+        for (who, s) in [
+            ("bob", &bob),
+            ("other tenant", &other_tenant),
+            ("alice of the other tenant", &other_alice),
+        ] {
+            let w = |op: &str| format!("{round}: {who} {op}");
+            not_found(store.get_conversation(s, &conv.id).await, &w("get"));
+            for order in [Order::Asc, Order::Desc] {
+                not_found(
+                    store.list_items(s, &conv.id, None, 10, order).await,
+                    &w("list"),
+                );
+                not_found(
+                    store
+                        .list_items(s, &conv.id, Some(&item_ids[0]), 10, order)
+                        .await,
+                    &w("list after"),
+                );
+            }
+            not_found(
+                store.get_item(s, &conv.id, &item_ids[0]).await,
+                &w("get_item"),
+            );
+            not_found(
+                store.append_items(s, &conv.id, vec![item("x")]).await,
+                &w("append"),
+            );
+            let mut changed = serde_json::Map::new();
+            changed.insert("topic".into(), "changed".into());
+            not_found(
+                store.update_conversation(s, &conv.id, changed).await,
+                &w("update"),
+            );
+            not_found(
+                store.delete_item(s, &conv.id, &item_ids[0]).await,
+                &w("delete_item"),
+            );
+            not_found(store.delete_conversation(s, &conv.id).await, &w("delete"));
+        }
+
+        // Nothing they tried changed anything: alice (and the tenant) still have the same
+        // record and items, and no change-log entry was written.
+        for s in [&alice, &whole_tenant] {
+            assert_eq!(
+                store.get_conversation(s, &conv.id).await.unwrap(),
+                conv,
+                "{round}"
+            );
+            for order in [Order::Asc, Order::Desc] {
+                let page = store
+                    .list_items(s, &conv.id, None, 10, order)
+                    .await
+                    .unwrap();
+                let mut got: Vec<String> = page.items.iter().map(|i| i.id.clone()).collect();
+                if order == Order::Desc {
+                    got.reverse();
+                }
+                assert_eq!(got, item_ids, "{round}: items after the denied writes");
+                assert!(!page.has_more);
+            }
+            for (id, it) in item_ids.iter().zip(&stored) {
+                assert_eq!(
+                    &store.get_item(s, &conv.id, id).await.unwrap(),
+                    it,
+                    "{round}"
+                );
+            }
+        }
+        let log = store
+            .change_log()
+            .read(store.engine(), &t, 0, 1000)
+            .await
+            .unwrap();
+        assert_eq!(log, log_before, "{round}: denied writes logged something");
+
+        store.close().await.unwrap();
+        store = open(&b).await;
+    }
     store.close().await.unwrap();
 }
 
