@@ -418,11 +418,7 @@ async fn users_see_only_their_conversations() {
         store.get_conversation(&alice, &bobs.id).await,
         "alice reads bob's",
     );
-    let log_before = store
-        .change_log()
-        .read(store.engine(), &t, 0, 1000)
-        .await
-        .unwrap();
+    let log_before = store.change_log().read(&t, 0, 1000).await.unwrap();
 
     // Every access by another user of the tenant, or by anyone of another tenant (its
     // application, or a user with the same name), is NotFound: first with alice's conversation
@@ -496,11 +492,7 @@ async fn users_see_only_their_conversations() {
                 );
             }
         }
-        let log = store
-            .change_log()
-            .read(store.engine(), &t, 0, 1000)
-            .await
-            .unwrap();
+        let log = store.change_log().read(&t, 0, 1000).await.unwrap();
         assert_eq!(log, log_before, "{round}: denied writes logged something");
 
         store.close().await.unwrap();
