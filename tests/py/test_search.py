@@ -292,6 +292,7 @@ def test_bad_search_input_is_400(server, uid):
     assert http.get(f"/v1/kv/users/{user}/m", headers={"X-Mnemo-User": user}).status_code == 404
 
 
+@pytest.mark.storage
 def test_index_is_rebuilt_after_kill9(fresh_server):
     """kill -9 while eight users append items with vectors, then restart: the index holds exactly
     what the store holds. That is every acknowledged item, plus those of the appends in flight
