@@ -470,11 +470,22 @@ impl Store {
             let range = (Bound::Included(start), Bound::Excluded(keys::tenants_end()));
             let rows = self.engine.scan(range, false, 1).await?;
             let Some(kv) = rows.first() else { break };
-            let Some((tenant, next)) = keys::parse_tenant(&kv.key) else {
-                return Err(StoreError::corrupt("tenant key"));
-            };
-            out.push(tenant);
-            start = next;
+            match keys::parse_tenant(&kv.key) {
+                (Some(tenant), Some(next)) => {
+                    out.push(tenant);
+                    start = next;
+                }
+                // Keys are built from validated tenant ids only: report stray keys and walk on
+                // past them, so one bad key does not hide every tenant after it.
+                (None, Some(next)) => {
+                    tracing::error!(key = ?kv.key, "corrupt record: stored key with an invalid tenant id; skipped");
+                    start = next;
+                }
+                (_, None) => {
+                    tracing::error!(key = ?kv.key, "corrupt record: stored key without a tenant separator");
+                    break;
+                }
+            }
         }
         Ok(out)
     }

@@ -179,16 +179,23 @@ pub fn tenants_end() -> Vec<u8> {
     b"t\x01".to_vec()
 }
 
-/// The tenant of a tenant key, and the first key after all of that tenant's keys (where a
-/// walk over the tenants continues).
-pub fn parse_tenant(key: &[u8]) -> Option<(TenantId, Vec<u8>)> {
-    let rest = key.strip_prefix(tenants_start().as_slice())?;
-    let end = rest.iter().position(|b| *b == SEP)?;
-    let tenant = TenantId::new(std::str::from_utf8(&rest[..end]).ok()?).ok()?;
+/// The tenant of a tenant key (`None` if the key is not one, or its tenant is not a valid
+/// id), and the first key after all keys of that tenant part, where a walk over the tenants
+/// continues (`None` if the key has no tenant part at all).
+pub fn parse_tenant(key: &[u8]) -> (Option<TenantId>, Option<Vec<u8>>) {
+    let Some(rest) = key.strip_prefix(tenants_start().as_slice()) else {
+        return (None, None);
+    };
+    let Some(end) = rest.iter().position(|b| *b == SEP) else {
+        return (None, None);
+    };
+    let tenant = std::str::from_utf8(&rest[..end])
+        .ok()
+        .and_then(|t| TenantId::new(t).ok());
     let mut next = tenants_start();
     next.extend_from_slice(&rest[..end]);
     next.push(SEP + 1);
-    Some((tenant, next))
+    (tenant, Some(next))
 }
 
 /// Prefix of all pending conversation purges.
@@ -268,8 +275,11 @@ mod tests {
             parse_item_id(&t, "c", &item_id(&t, "c", "msg_1")),
             Some("msg_1")
         );
-        let (tenant, next) = parse_tenant(&kv(&t, "x")).unwrap();
-        assert_eq!(tenant, t);
+        let (tenant, next) = parse_tenant(&kv(&t, "x"));
+        let next = next.unwrap();
+        assert_eq!(tenant, Some(t.clone()));
+        assert_eq!(parse_tenant(b"t\0bad tenant\0k").0, None);
+        assert!(parse_tenant(b"t\0bad tenant\0k").1.is_some());
         assert!(next > log(&t, u64::MAX) && next > kv(&t, "\u{10ffff}"));
         assert!(next <= space(&TenantId::new("acme0").unwrap(), Space::Conversation));
         assert!(next < tenants_end());
