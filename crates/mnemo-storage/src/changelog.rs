@@ -10,7 +10,7 @@
 //! acknowledged (durable) entries, at its own pace, and reads them with [`ChangeLog::read`];
 //! the search index is one subscriber among several.
 
-use crate::clock::{next_seq, now_ms};
+use crate::clock::{next_seq, now_ms, now_us};
 use crate::engine::{prefix_range, Engine, PendingWrite};
 use crate::ids::TenantId;
 use crate::records::{from_json, to_json};
@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
+
+/// How much longer than the retention entries are kept.
+pub const RETENTION_GRACE: Duration = Duration::from_secs(3600);
 
 /// What a change did. Stored as the entry's `op` field with the variant's fields beside it
 /// (the names are the stored format: keep them).
@@ -288,6 +291,33 @@ impl ChangeLog {
         newest_seq(&self.engine, tenant, keys::Space::Log).await
     }
 
+    /// The present as a log position when no write of `tenant` is in flight in this process
+    /// (every entry it wrote is acknowledged): every later entry takes a larger sequence
+    /// number, so a reader may move its position here without skipping one. `None` while
+    /// writes are in flight (or one failed with an unknown outcome, until a later write is
+    /// acknowledged).
+    pub async fn quiet_head(&self, tenant: &TenantId) -> Result<Option<u64>> {
+        // Under the lock that numbers writes: no entry is being numbered meanwhile.
+        let last = self.last_seq.lock().await;
+        let written = last.get(tenant).copied();
+        match written {
+            Some(w) if w > self.acknowledged(tenant) => Ok(None),
+            _ => Ok(Some(now_us().max(written.unwrap_or(0)))),
+        }
+    }
+
+    /// The newest durable entry's position (0: none).
+    pub async fn durable_head(&self, tenant: &TenantId) -> Result<u64> {
+        let newest = self
+            .engine
+            .scan(prefix_range(keys::space(tenant, keys::Space::Log)), true, 1)
+            .await?;
+        Ok(newest
+            .first()
+            .and_then(|kv| keys::seq_in_space(tenant, keys::Space::Log, &kv.key))
+            .unwrap_or(0))
+    }
+
     /// Adds `entries` to `batch` and writes it to the memtable, atomically and in log order.
     pub(crate) async fn write(
         &self,
@@ -301,8 +331,10 @@ impl ChangeLog {
             None => newest_seq(&self.engine, tenant, keys::Space::Log).await?,
         };
         let opts = PutOptions {
+            // Entries outlive the retention readers are promised by a grace period, so the
+            // oldest valid cursor handed to a reader stays readable while it comes back.
             ttl: Ttl::ExpireAfterMillis(
-                u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX),
+                u64::try_from((self.retention + RETENTION_GRACE).as_millis()).unwrap_or(u64::MAX),
             ),
         };
         for mut e in entries {
@@ -324,7 +356,7 @@ impl ChangeLog {
         })
     }
 
-    /// How long entries are kept.
+    /// How long entries are kept for readers (they are stored [`RETENTION_GRACE`] longer).
     pub fn retention(&self) -> Duration {
         self.retention
     }
