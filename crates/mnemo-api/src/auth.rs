@@ -45,17 +45,20 @@ pub enum Permission {
     Search,
     /// Administration of the tenant (erase users, read the audit log).
     Admin,
+    /// Read the change feed.
+    ChangesRead,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::ConversationsRead,
         Permission::ConversationsWrite,
         Permission::MemoryRead,
         Permission::MemoryWrite,
         Permission::Search,
         Permission::Admin,
+        Permission::ChangesRead,
     ];
 
     /// The name used in configuration files (`conversations.read`, …).
@@ -67,6 +70,7 @@ impl Permission {
             Permission::MemoryWrite => "memory.write",
             Permission::Search => "search",
             Permission::Admin => "admin",
+            Permission::ChangesRead => "changes.read",
         }
     }
 
@@ -120,13 +124,14 @@ impl FromIterator<Permission> for Permissions {
 /// | `Memory.ReadWrite` | memory.read, memory.write |
 /// | `Search` | search |
 /// | `Admin` | admin |
+/// | `Changes.Read` | changes.read |
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PermissionMap(HashMap<String, Permissions>);
 
 impl Default for PermissionMap {
     fn default() -> Self {
         use Permission::*;
-        let entries: [(&str, &[Permission]); 6] = [
+        let entries: [(&str, &[Permission]); 7] = [
             ("Conversations.Read", &[ConversationsRead]),
             (
                 "Conversations.ReadWrite",
@@ -136,6 +141,7 @@ impl Default for PermissionMap {
             ("Memory.ReadWrite", &[MemoryRead, MemoryWrite]),
             ("Search", &[Search]),
             ("Admin", &[Admin]),
+            ("Changes.Read", &[ChangesRead]),
         ];
         PermissionMap(
             entries
@@ -277,6 +283,7 @@ pub mod need {
         MemoryWrite => MemoryWrite,
         Search => Search,
         Admin => Admin,
+        ChangesRead => ChangesRead,
     }
 }
 

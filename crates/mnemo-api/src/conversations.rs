@@ -75,7 +75,7 @@ fn check_metadata(m: Option<Map<String, Value>>) -> ApiResult<Map<String, Value>
     Ok(m)
 }
 
-fn conversation_json(rec: &ConversationRecord) -> Value {
+pub(crate) fn conversation_json(rec: &ConversationRecord) -> Value {
     json!({
         "id": rec.id,
         "object": "conversation",

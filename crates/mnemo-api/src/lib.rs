@@ -19,6 +19,7 @@
 
 mod admin;
 pub mod auth;
+mod changes;
 mod connection;
 mod conversations;
 mod error;
@@ -119,6 +120,8 @@ pub fn router(state: AppState) -> Router {
             get(conversations::get_item).delete(conversations::delete_item),
         )
         .route("/v1/search", post(search::search))
+        .route("/v1/changes", get(changes::list))
+        .route("/v1/changes/stream", get(changes::stream))
         .route("/v1/kv", get(kv::list))
         .route(
             "/v1/kv/batch",

@@ -431,6 +431,7 @@ impl SearchService {
                 ChangeOp::KvPut {
                     key,
                     json_object: Some(false),
+                    ..
                 } => {
                     // Not a JSON object: not searchable (removes an earlier version).
                     ops.push(IndexOp::Delete {

@@ -84,6 +84,10 @@ pub enum ChangeOp {
         /// re-reading values that cannot be. `None` in entries of older versions.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         json_object: Option<bool>,
+        /// The version written (its ETag is [`crate::KvRecord::etag`] of it). `None` in
+        /// entries of older versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
     },
     /// A memory key was deleted.
     #[serde(rename = "kv.deleted")]
@@ -412,7 +416,8 @@ mod tests {
             e.op,
             ChangeOp::KvPut {
                 key: "notes".into(),
-                json_object: None
+                json_object: None,
+                version: None
             }
         );
         let json = serde_json::to_value(ChangeEntry::new(

@@ -83,6 +83,9 @@ pub struct EngineConfig {
     /// under a heavy write load this bounds the stall (see RFC 0006). Each look is an
     /// object-store read: 100 ms on a local store, 1 s (SlateDB's manifest poll) on a remote one.
     pub compaction_poll: Duration,
+    /// How long the change log keeps entries for its readers (they are stored an hour
+    /// longer, see [`crate::changelog::RETENTION_GRACE`]).
+    pub change_retention: Duration,
 }
 
 impl EngineConfig {
@@ -104,6 +107,7 @@ impl EngineConfig {
             } else {
                 Duration::from_millis(100)
             },
+            change_retention: crate::DEFAULT_LOG_RETENTION,
             location,
         }
     }

@@ -356,6 +356,7 @@ impl Store {
                             ChangeOp::KvPut {
                                 key: key.clone(),
                                 json_object: Some(json_object),
+                                version: Some(rec.version),
                             },
                             &key,
                         ));

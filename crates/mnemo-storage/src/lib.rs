@@ -91,10 +91,11 @@ impl Store {
     /// Opens the engine, then finishes any conversation purge a crash interrupted.
     pub async fn open(config: EngineConfig) -> Result<Store> {
         let tails = tail_cache::TailCache::new(config.tail_cache_bytes);
+        let retention = config.change_retention;
         let kv_cache = kv_cache::KvCache::new(config.kv_cache_bytes);
         let engine = Engine::open(config).await?;
         let store = Store {
-            log: ChangeLog::new(engine.clone(), DEFAULT_LOG_RETENTION),
+            log: ChangeLog::new(engine.clone(), retention),
             engine,
             conv_locks: StripedLocks::new(LOCK_STRIPES),
             tails,

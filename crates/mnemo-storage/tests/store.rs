@@ -1241,6 +1241,7 @@ async fn every_mutation_is_logged_with_its_owner() {
             ChangeOp::KvPut {
                 key: id("users/alice/notes"),
                 json_object: Some(false),
+                version: None,
             },
             Some("alice"),
         ),
@@ -1248,13 +1249,21 @@ async fn every_mutation_is_logged_with_its_owner() {
             ChangeOp::KvPut {
                 key: id("shared"),
                 json_object: Some(false),
+                version: None,
             },
             None,
         ),
     ];
+    // Versions are random: each put names one, compared as absent here.
     let got: Vec<(ChangeOp, Option<&str>)> = log
         .iter()
-        .map(|e| (e.op.clone(), e.owner.as_deref()))
+        .map(|e| {
+            let mut op = e.op.clone();
+            if let ChangeOp::KvPut { version, .. } = &mut op {
+                assert!(version.take().is_some(), "a put names its version");
+            }
+            (op, e.owner.as_deref())
+        })
         .collect();
     assert_eq!(got, expected);
 

@@ -61,6 +61,10 @@ pub struct ServeArgs {
         env = "MNEMO_SEARCH_SNAPSHOT_INTERVAL_SECS"
     )]
     search_snapshot_interval_secs: u64,
+    /// How long the change feed keeps changes, in hours (fractions allowed). A reader whose
+    /// cursor is older gets 410 `cursor_expired`.
+    #[arg(long, default_value_t = 168.0, env = "MNEMO_CHANGES_RETENTION_HOURS")]
+    changes_retention_hours: f64,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
     /// environment variables override it.
@@ -98,6 +102,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
     };
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    if !(args.changes_retention_hours > 0.0 && args.changes_retention_hours <= 24.0 * 3650.0) {
+        anyhow::bail!("--changes-retention-hours must be more than 0 and at most 87600");
+    }
+    config.change_retention = Duration::from_secs_f64(args.changes_retention_hours * 3600.0);
     if let Some(ms) = args.compaction_poll_ms {
         config.compaction_poll = Duration::from_millis(ms.max(1));
     }
