@@ -104,6 +104,7 @@ fn event_type(op: &ChangeOp) -> &'static str {
         ChangeOp::ItemsDeleted { .. } | ChangeOp::ItemsPurged { .. } => "item.deleted",
         ChangeOp::KvPut { .. } => "memory.put",
         ChangeOp::KvDeleted { .. } => "memory.deleted",
+        ChangeOp::KvExpired { .. } => "memory.expired",
         ChangeOp::UserErased {} => "user.erased",
     }
 }
@@ -128,17 +129,10 @@ async fn event_json(st: &AppState, scope: &Scope, e: &ChangeEntry, body: bool) -
         ChangeOp::KvPut { key, version, .. } => {
             ev.insert("key".into(), json!(key));
             if let Some(v) = version {
-                let etag = KvRecord {
-                    version: *v,
-                    updated_at_ms: 0,
-                    content_type: String::new(),
-                    value: Default::default(),
-                }
-                .etag();
-                ev.insert("etag".into(), json!(etag));
+                ev.insert("etag".into(), json!(KvRecord::etag_of(*v)));
             }
         }
-        ChangeOp::KvDeleted { key } => {
+        ChangeOp::KvDeleted { key } | ChangeOp::KvExpired { key } => {
             ev.insert("key".into(), json!(key));
         }
         _ => {}

@@ -440,7 +440,9 @@ impl SearchService {
                         id: key.clone(),
                     });
                 }
-                ChangeOp::KvPut { key, .. } | ChangeOp::KvDeleted { key } => {
+                ChangeOp::KvPut { key, .. }
+                | ChangeOp::KvDeleted { key }
+                | ChangeOp::KvExpired { key } => {
                     let current = match self.store.kv_get(&scope, key).await {
                         Ok(entry) => memory_doc(tenant, &entry),
                         Err(StoreError::NotFound(_)) => None,

@@ -80,7 +80,9 @@ impl Scope {
     /// by that user. Tenant-wide scopes see every change of their tenant.
     pub fn can_see_change(&self, entry: &ChangeEntry) -> bool {
         match &entry.op {
-            ChangeOp::KvPut { key, .. } | ChangeOp::KvDeleted { key } => self.can_read_key(key),
+            ChangeOp::KvPut { key, .. }
+            | ChangeOp::KvDeleted { key }
+            | ChangeOp::KvExpired { key } => self.can_read_key(key),
             _ => self.can_see(entry.owner.as_deref()),
         }
     }

@@ -95,6 +95,12 @@ pub enum ChangeOp {
         /// The key.
         key: String,
     },
+    /// A memory value's TTL passed and the store removed it.
+    #[serde(rename = "kv.expired")]
+    KvExpired {
+        /// The key.
+        key: String,
+    },
     /// Everything a user owned was erased (the conversation and key deletions precede this
     /// entry); the entry's owner is the user.
     #[serde(rename = "user.erased")]
@@ -144,7 +150,10 @@ impl ChangeEntry {
             | ChangeOp::ItemsPurged {
                 conversation_id, ..
             } => Some(conversation_id),
-            ChangeOp::KvPut { .. } | ChangeOp::KvDeleted { .. } | ChangeOp::UserErased {} => None,
+            ChangeOp::KvPut { .. }
+            | ChangeOp::KvDeleted { .. }
+            | ChangeOp::KvExpired { .. }
+            | ChangeOp::UserErased {} => None,
         }
     }
 }

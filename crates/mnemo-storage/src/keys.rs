@@ -198,6 +198,40 @@ pub fn parse_tenant(key: &[u8]) -> (Option<TenantId>, Option<Vec<u8>>) {
     (tenant, Some(next))
 }
 
+/// Prefix of the expiry index: `s \0 expiry \0 <expires_at_ms: u64 BE> <tenant> \0 <key>`,
+/// one entry per memory value written with a TTL, in expiry order across tenants.
+pub fn expiry_prefix() -> Vec<u8> {
+    b"s\0expiry\0".to_vec()
+}
+
+/// Key of an expiry-index entry.
+pub fn expiry(at_ms: u64, tenant: &TenantId, key: &str) -> Vec<u8> {
+    let mut k = expiry_until(at_ms);
+    k.extend_from_slice(tenant.as_str().as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The first expiry-index key of values expiring at `at_ms` (the exclusive end of every
+/// entry due before it).
+pub fn expiry_until(at_ms: u64) -> Vec<u8> {
+    let mut k = expiry_prefix();
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k
+}
+
+/// Splits an expiry-index key into expiry time, tenant and memory key.
+pub fn parse_expiry(key: &[u8]) -> Option<(u64, TenantId, String)> {
+    let rest = key.strip_prefix(expiry_prefix().as_slice())?;
+    let at = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let rest = &rest[8..];
+    let pos = rest.iter().position(|b| *b == SEP)?;
+    let tenant = TenantId::new(std::str::from_utf8(&rest[..pos]).ok()?).ok()?;
+    let key = std::str::from_utf8(&rest[pos + 1..]).ok()?.to_string();
+    Some((at, tenant, key))
+}
+
 /// Prefix of all pending conversation purges.
 pub fn purges_prefix() -> Vec<u8> {
     b"s\0purge\0".to_vec()
@@ -283,6 +317,18 @@ mod tests {
         assert!(next > log(&t, u64::MAX) && next > kv(&t, "\u{10ffff}"));
         assert!(next <= space(&TenantId::new("acme0").unwrap(), Space::Conversation));
         assert!(next < tenants_end());
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_and_parse_back() {
+        let t = TenantId::new("acme").unwrap();
+        let k = expiry(1_000, &t, "users/a/x");
+        assert_eq!(
+            parse_expiry(&k),
+            Some((1_000, t.clone(), "users/a/x".to_string()))
+        );
+        assert!(k < expiry_until(1_001) && k >= expiry_until(1_000));
+        assert!(expiry(999, &TenantId::new("zzz").unwrap(), "z") < k);
     }
 
     #[test]

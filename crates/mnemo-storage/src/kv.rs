@@ -9,6 +9,7 @@ use crate::access::{kv_owner, user_space, USER_SPACE_PREFIX};
 use crate::changelog::{ChangeEntry, ChangeOp};
 use crate::clock::now_ms;
 use crate::engine::{prefix_range, KeyRange, KeyValue};
+use crate::expiry::EXPIRY_GRACE;
 use crate::ids::Scope;
 use crate::kv_cache::{CachedKv, KvChange};
 use crate::records::KvRecord;
@@ -140,19 +141,34 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn decode_entry(scope: &Scope, kv: KeyValue) -> Result<KvEntry> {
+/// Decodes a stored memory entry; `None` once its own expiry time has passed (the expiry
+/// sweep removes it soon after, see [`crate::expiry`]).
+pub(crate) fn decode_entry(scope: &Scope, kv: KeyValue) -> Result<Option<KvEntry>> {
     let key = keys::parse_kv(&scope.tenant, &kv.key)
         .ok_or_else(|| StoreError::corrupt("memory key is not UTF-8"))?
         .to_string();
-    Ok(KvEntry {
+    let record = KvRecord::decode(kv.value)?;
+    if record.expired(now_ms()) {
+        return Ok(None);
+    }
+    Ok(Some(KvEntry {
         key,
-        record: KvRecord::decode(kv.value)?,
-        expires_at_ms: kv.expire_ts,
+        expires_at_ms: record.expires_at_ms.or(kv.expire_ts),
+        record,
+    }))
+}
+
+/// The newest record of a key for a read-check-write under its lock; `None` if absent or
+/// expired.
+async fn latest_record(store: &Store, key: &[u8]) -> Result<Option<KvRecord>> {
+    Ok(match store.engine.get_latest(key).await? {
+        Some(kv) => Some(KvRecord::decode(kv.value)?).filter(|r| !r.expired(now_ms())),
+        None => None,
     })
 }
 
 /// The change-log entry of a memory write: its owner is the key's user space, if any.
-fn kv_change(op: ChangeOp, key: &str) -> ChangeEntry {
+pub(crate) fn kv_change(op: ChangeOp, key: &str) -> ChangeEntry {
     let owner = kv_owner(key).filter(|o| !o.is_empty()).map(str::to_owned);
     ChangeEntry::new(op, owner)
 }
@@ -193,7 +209,7 @@ impl Store {
             .get_entry(&keys::kv(&scope.tenant, key))
             .await?
             .ok_or_else(not_found)?;
-        let entry = decode_entry(scope, kv)?;
+        let entry = decode_entry(scope, kv)?.ok_or_else(not_found)?;
         if let Some(miss) = miss {
             let cached = CachedKv::new(key, entry.record.clone(), entry.expires_at_ms);
             self.kv_cache.fill(miss, t, key, cached);
@@ -248,11 +264,9 @@ impl Store {
         let k = keys::kv(&scope.tenant, key);
         let (pending, cached) = {
             let _g = self.kv_locks.lock(&k).await;
-            let current = self.engine.get_latest(&k).await?;
-            let Some(cur) = current else {
+            let Some(cur) = latest_record(self, &k).await? else {
                 return Err(StoreError::NotFound("key".into()));
             };
-            let cur = KvRecord::decode(cur.value)?;
             condition
                 .check(Some(&cur))
                 .map_err(|message| StoreError::PreconditionFailed {
@@ -310,10 +324,7 @@ impl Store {
                 if *cond == Condition::default() {
                     continue;
                 }
-                let current = match self.engine.get_latest(k).await? {
-                    Some(kv) => Some(KvRecord::decode(kv.value)?),
-                    None => None,
-                };
+                let current = latest_record(self, k).await?;
                 cond.check(current.as_ref())
                     .map_err(|message| StoreError::PreconditionFailed {
                         message,
@@ -334,22 +345,36 @@ impl Store {
                         ttl,
                         ..
                     } => {
+                        let expires_at_ms = ttl.map(|d| {
+                            now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                        });
                         let rec = KvRecord {
                             version: new_version(),
                             updated_at_ms: now,
                             content_type,
+                            expires_at_ms,
                             value,
                         };
                         changes.push(match ttl {
                             None => KvChange::Put(CachedKv::new(&key, rec.clone(), None)),
                             Some(_) => KvChange::Dropped,
                         });
+                        // The store expires the value itself (with a change-log entry); the
+                        // engine's TTL, a grace period later, only reclaims what the sweep
+                        // might miss.
                         let opts = PutOptions {
                             ttl: match ttl {
-                                Some(d) => Ttl::ExpireAfterMillis(d.as_millis() as u64),
+                                Some(d) => Ttl::ExpireAfterMillis(
+                                    u64::try_from((d + EXPIRY_GRACE).as_millis())
+                                        .unwrap_or(u64::MAX),
+                                ),
                                 None => Ttl::NoExpiry,
                             },
                         };
+                        if let Some(at) = expires_at_ms {
+                            let at = u64::try_from(at).unwrap_or(0);
+                            batch.put(keys::expiry(at, t, &key), rec.version.to_be_bytes());
+                        }
                         batch.put_with_options(k, rec.encode()?, &opts);
                         let json_object = rec.value.trim_ascii_start().first() == Some(&b'{');
                         entries.push(kv_change(
@@ -471,7 +496,7 @@ impl Store {
         rows.truncate(limit);
         let entries = rows
             .into_iter()
-            .map(|kv| decode_entry(scope, kv))
+            .filter_map(|kv| decode_entry(scope, kv).transpose())
             .collect::<Result<Vec<_>>>()?;
         Ok(KvPage { entries, has_more })
     }

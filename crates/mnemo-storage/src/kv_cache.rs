@@ -108,6 +108,7 @@ mod tests {
 
     fn value(v: &str, expires_at_ms: Option<i64>) -> CachedKv {
         let record = KvRecord {
+            expires_at_ms: None,
             version: 1,
             updated_at_ms: 0,
             content_type: "application/json".into(),

@@ -40,6 +40,7 @@ pub mod engine;
 mod engine_metrics;
 pub mod erase;
 mod error;
+pub mod expiry;
 pub mod feed;
 pub mod ids;
 pub mod keys;

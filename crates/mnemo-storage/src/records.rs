@@ -34,6 +34,9 @@ const ITEM_V3: u8 = 3;
 /// `ITEM_V3` origin byte: the server's built-in embedder computed the vector.
 const ORIGIN_BUILTIN: u8 = 1;
 const KV_V1: u8 = 1;
+/// Like v1, plus the expiry time (ms since the Unix epoch) after the update time: written for
+/// values with a TTL, which the store expires itself (see `crate::expiry`).
+const KV_V2: u8 = 2;
 
 /// A conversation record (stored as JSON).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -180,6 +183,8 @@ pub struct KvRecord {
     pub updated_at_ms: i64,
     /// Media type given at write time.
     pub content_type: String,
+    /// When the value expires, ms since the Unix epoch (values written with a TTL).
+    pub expires_at_ms: Option<i64>,
     /// The value.
     pub value: Bytes,
 }
@@ -188,10 +193,17 @@ impl KvRecord {
     /// Encodes the stored value. Fails with [`StoreError::Invalid`] for a content type too
     /// long for the record.
     pub fn encode(&self) -> Result<Bytes> {
-        let mut b = BytesMut::with_capacity(19 + self.content_type.len() + self.value.len());
-        b.put_u8(KV_V1);
+        let mut b = BytesMut::with_capacity(27 + self.content_type.len() + self.value.len());
+        b.put_u8(if self.expires_at_ms.is_some() {
+            KV_V2
+        } else {
+            KV_V1
+        });
         b.put_u64(self.version);
         b.put_i64(self.updated_at_ms);
+        if let Some(at) = self.expires_at_ms {
+            b.put_i64(at);
+        }
         put_str(&mut b, "content type", &self.content_type)?;
         b.put_slice(&self.value);
         Ok(b.freeze())
@@ -199,23 +211,36 @@ impl KvRecord {
 
     /// Decodes a stored value.
     pub fn decode(mut v: Bytes) -> Result<Self> {
-        if v.remaining() < 17 || v.get_u8() != KV_V1 {
+        let format = if v.remaining() >= 17 { v.get_u8() } else { 0 };
+        if !matches!(format, KV_V1 | KV_V2) || (format == KV_V2 && v.remaining() < 24) {
             return Err(StoreError::corrupt("memory record version"));
         }
         let version = v.get_u64();
         let updated_at_ms = v.get_i64();
+        let expires_at_ms = (format == KV_V2).then(|| v.get_i64());
         let content_type = get_str(&mut v)?;
         Ok(KvRecord {
             version,
             updated_at_ms,
             content_type,
+            expires_at_ms,
             value: v,
         })
     }
 
+    /// True once the value's own expiry time has passed.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
     /// The strong ETag, `"<16 hex digits>"`.
     pub fn etag(&self) -> String {
-        format!("\"{:016x}\"", self.version)
+        Self::etag_of(self.version)
+    }
+
+    /// The ETag of a version.
+    pub fn etag_of(version: u64) -> String {
+        format!("\"{version:016x}\"")
     }
 }
 
@@ -281,9 +306,20 @@ mod tests {
             version: 0xdead_beef,
             updated_at_ms: 5,
             content_type: "text/plain".into(),
+            expires_at_ms: None,
             value: Bytes::from((0..=255u8).collect::<Vec<_>>()),
         };
         assert_eq!(KvRecord::decode(r.encode().unwrap()).unwrap(), r);
+        let expiring = KvRecord {
+            expires_at_ms: Some(1_765_000_000_000),
+            ..r.clone()
+        };
+        assert_eq!(expiring.encode().unwrap()[0], KV_V2);
+        assert_eq!(
+            KvRecord::decode(expiring.encode().unwrap()).unwrap(),
+            expiring
+        );
+        assert!(expiring.expired(1_765_000_000_000) && !expiring.expired(1_764_999_999_999));
         assert_eq!(r.etag(), "\"00000000deadbeef\"");
         // Lengths that do not fit the record are refused, not truncated.
         let long = KvRecord {

@@ -240,10 +240,7 @@ impl ReadView {
     pub async fn memory(&self, scope: &Scope, prefix: &str) -> Result<Rows<KvEntry>> {
         let decode: Decode<KvEntry> = {
             let scope = scope.clone();
-            Box::new(move |kv| {
-                let entry = decode_entry(&scope, kv)?;
-                Ok(scope.can_read_key(&entry.key).then_some(entry))
-            })
+            Box::new(move |kv| Ok(decode_entry(&scope, kv)?.filter(|e| scope.can_read_key(&e.key))))
         };
         let range = prefix_range(keys::kv(&scope.tenant, prefix));
         self.rows(range, None, decode).await

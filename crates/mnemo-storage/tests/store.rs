@@ -1628,3 +1628,87 @@ async fn the_change_feed_is_ordered_scoped_and_resumable() {
     }
     store.close().await.unwrap();
 }
+
+/// A value's TTL passing is a change: the sweep deletes it with a `kv.expired` entry (owner
+/// included), values overwritten or deleted before their time produce none, and expiries due
+/// while the server was down are caught up after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiries_are_logged_once_and_survive_a_restart() {
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("ttl").unwrap();
+    let alice = Scope::user(t.clone(), "alice").unwrap();
+    let put_ttl = |key: &'static str, ms: u64| {
+        let (store, s) = (&store, &alice);
+        async move {
+            store
+                .kv_put(
+                    s,
+                    key,
+                    Bytes::from_static(b"v"),
+                    "text/plain".into(),
+                    Some(Duration::from_millis(ms)),
+                    Condition::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    put_ttl("users/alice/expires", 1000).await;
+    put_ttl("users/alice/overwritten", 1000).await;
+    put_text(&store, &alice, "users/alice/overwritten", b"kept")
+        .await
+        .unwrap();
+    put_ttl("users/alice/deleted", 1000).await;
+    store
+        .kv_delete(&alice, "users/alice/deleted", Condition::default())
+        .await
+        .unwrap();
+    put_ttl("users/alice/later", 1500).await;
+    let before = store.change_log().newest(&t).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past its time the value is absent at once, before any sweep.
+    assert!(matches!(
+        store.kv_get(&alice, "users/alice/expires").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.expire_due().await.unwrap(), 1);
+    assert_eq!(
+        store.expire_due().await.unwrap(),
+        0,
+        "an expiry is logged once"
+    );
+    let log = store.change_log().read(&t, before, 100).await.unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(
+        log[0].op,
+        ChangeOp::KvExpired {
+            key: "users/alice/expires".into()
+        }
+    );
+    assert_eq!(log[0].owner.as_deref(), Some("alice"));
+    assert_eq!(
+        store
+            .kv_get(&alice, "users/alice/overwritten")
+            .await
+            .unwrap()
+            .record
+            .value,
+        "kept"
+    );
+    // `later` comes due while the store is closed; the first sweep after reopening logs it.
+    store.close().await.unwrap();
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let store = open(&b).await;
+    assert_eq!(store.expire_due().await.unwrap(), 1);
+    let log = store.change_log().read(&t, before, 100).await.unwrap();
+    assert_eq!(
+        log.last().map(|e| &e.op),
+        Some(&ChangeOp::KvExpired {
+            key: "users/alice/later".into()
+        })
+    );
+    assert_eq!(store.expire_due().await.unwrap(), 0);
+    store.close().await.unwrap();
+}

@@ -115,6 +115,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening store {description}"))?,
     );
+    // Values written with a TTL are expired by the store, with a change-log entry each.
+    let _expiry = store.spawn_expiry();
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
