@@ -457,9 +457,18 @@ impl SearchService {
                         },
                     });
                 }
-                // The conversation's deletion came first and removed its documents; an
-                // erasure's deletions precede it.
-                ChangeOp::ItemsPurged { .. } | ChangeOp::UserErased {} => {}
+                // An erasure removes the log's earlier entries about the user, so a tail that
+                // was behind may never see their deletions: forget everything they own.
+                ChangeOp::UserErased {} => {
+                    if let Some(owner) = &e.owner {
+                        ops.push(IndexOp::DeleteOwner {
+                            tenant: t.clone(),
+                            owner: owner.clone(),
+                        });
+                    }
+                }
+                // The conversation's deletion came first and removed its documents.
+                ChangeOp::ItemsPurged { .. } => {}
             }
         }
         Ok(ops)

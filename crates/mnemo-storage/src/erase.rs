@@ -1,12 +1,14 @@
 //! Erasing a user: every conversation they own and their `users/<user>/` memory space.
 
-use crate::access::user_space;
+use crate::access::{kv_owner, user_space};
 use crate::changelog::{ChangeEntry, ChangeOp};
 use crate::engine::prefix_range;
 use crate::ids::TenantId;
+use crate::records::from_json;
 use crate::{keys, Result, Store, StoreError};
 use serde::Serialize;
 use slatedb::WriteBatch;
+use std::ops::Bound;
 
 /// Owner-index entries read per round of an erasure.
 const ERASE_CHUNK: usize = 256;
@@ -23,8 +25,10 @@ pub struct Erased {
 impl Store {
     /// Erases everything a user owns in a tenant: every conversation of the owner index (each
     /// deleted like `DELETE /v1/conversations/{id}`, items purged) and every key of the
-    /// user's memory space `users/<user>/`, then logs [`ChangeOp::UserErased`]. Idempotent:
-    /// running it again after a crash finishes the job.
+    /// user's memory space `users/<user>/`, removes every change-log entry that names the
+    /// user (their conversations, items, keys, user id), then logs [`ChangeOp::UserErased`]:
+    /// the one trace of them the log keeps. Idempotent: running it again after a crash
+    /// finishes the job.
     pub async fn erase_user(&self, tenant: &TenantId, user: &str) -> Result<Erased> {
         let scope = crate::Scope::user(tenant.clone(), user)?;
         let tenant_scope = crate::Scope::tenant(tenant.clone());
@@ -84,6 +88,7 @@ impl Store {
             erased.kv_keys += ops.len();
             self.kv_batch(&tenant_scope, ops).await?;
         }
+        self.scrub_log(tenant, user).await?;
         let e = ChangeEntry::new(ChangeOp::UserErased {}, Some(user.to_owned()));
         self.log
             .write(tenant, WriteBatch::new(), vec![e])
@@ -91,5 +96,57 @@ impl Store {
             .durable()
             .await?;
         Ok(erased)
+    }
+}
+
+/// True when a change-log entry names `user`: it is about something the user owns.
+fn names_user(e: &ChangeEntry, user: &str) -> bool {
+    let key_owner = match &e.op {
+        ChangeOp::KvPut { key, .. } | ChangeOp::KvDeleted { key } | ChangeOp::KvExpired { key } => {
+            kv_owner(key)
+        }
+        _ => None,
+    };
+    e.owner.as_deref() == Some(user) || key_owner == Some(user)
+}
+
+impl Store {
+    /// Deletes every change-log entry of `tenant` that names `user`. Readers that were
+    /// behind never see them; the `user.erased` entry that follows tells them to forget the
+    /// user. Walks the tenant's whole retained log.
+    async fn scrub_log(&self, tenant: &TenantId, user: &str) -> Result<usize> {
+        let (_, end) = prefix_range(keys::space(tenant, keys::Space::Log));
+        let mut after = 0;
+        let mut removed = 0;
+        loop {
+            let start = Bound::Excluded(keys::log(tenant, after));
+            let rows = self
+                .engine
+                .scan_latest((start, end.clone()), false, ERASE_CHUNK)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(removed);
+            };
+            after = keys::seq_in_space(tenant, keys::Space::Log, &last.key)
+                .ok_or_else(|| StoreError::corrupt("change-log key"))?;
+            let mut batch = WriteBatch::new();
+            let mut n = 0;
+            for kv in &rows {
+                // An entry that does not decode cannot be shown to name anyone; it is logged
+                // by the decoder and left.
+                match from_json::<ChangeEntry>("change-log entry", &kv.value) {
+                    Ok(e) if names_user(&e, user) => {
+                        batch.delete(&kv.key);
+                        n += 1;
+                    }
+                    _ => {}
+                }
+            }
+            if n > 0 {
+                // The log's own entries: removing them is not itself a change to log.
+                self.engine.write(batch).await?.durable().await?;
+                removed += n;
+            }
+        }
     }
 }
