@@ -6,6 +6,7 @@ erasure of earlier entries, the 16-writer rebuild and kill -9 resumption tests, 
 retention with a short retention.
 """
 import json
+import random
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ import uuid
 import pytest
 import sseclient
 
-from conftest import assert_json_error, httpx
+from conftest import MnemoServer, assert_json_error, httpx
 
 
 def _all_events(http, headers, after=None, limit=3):
@@ -128,3 +129,175 @@ def test_bad_feed_parameters_are_clear_errors(server, http, params, status, para
     assert err["param"] == param
     if status == 410:
         assert err["code"] == "cursor_expired" and "c1" in err["message"]
+
+
+def _sse_events(base_url, params, headers, stop, out, ready):
+    """Follows the stream, appending each event's JSON to `out`, until `stop(event)` holds."""
+    with httpx.Client(base_url=base_url, timeout=httpx.Timeout(60, read=90)) as c:
+        with c.stream("GET", "/v1/changes/stream", params=params, headers=headers) as resp:
+            assert resp.status_code == 200, resp.read()
+            ready.set()
+            for ev in sseclient.SSEClient(resp.iter_bytes()).events():
+                e = json.loads(ev.data)
+                assert ev.id == e["id"]
+                out.append(e)
+                if stop(e):
+                    return
+
+
+def test_the_stream_rebuilds_the_final_state_under_16_writers(server, http):
+    """A consumer follows the SSE stream while 16 writers create, update and delete
+    conversations and items, write, batch, delete and let expire memory keys, and one user is
+    erased; the events, applied in order, give exactly the state the REST API holds."""
+    run = uuid.uuid4().hex[:8]
+    users = [f"w{i}-{run}" for i in range(16)]
+    start = http.get("/v1/changes", params={"after": "now"}).json()["next_cursor"]
+    sentinel = f"users/{users[0]}/sentinel-{run}"
+    events, ready = [], threading.Event()
+    consumer = threading.Thread(target=_sse_events, args=(
+        server.base_url, {"after": start}, {}, lambda e: e.get("key") == sentinel, events, ready))
+    consumer.start()
+    assert ready.wait(10)
+    convs = {u: [] for u in users}
+    ttl_keys = []
+    errors = []
+
+    def writer(i):
+        u = users[i]
+        h = {"X-Mnemo-User": u}
+        rnd = random.Random(i)
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=30) as c:
+                for n in range(12):
+                    op = rnd.choice(["conv", "items", "update", "del_item", "del_conv", "kv", "batch", "ttl", "del_kv"])
+                    mine = convs[u]
+                    if op == "conv" or not mine:
+                        r = c.post("/v1/conversations", json={"items": [{"type": "message", "role": "user",
+                                                                         "content": f"{u} {n}"}]}, headers=h)
+                        mine.append(r.json()["id"])
+                    elif op == "items":
+                        c.post(f"/v1/conversations/{rnd.choice(mine)}/items", json={"items": [
+                            {"type": "message", "role": "user", "content": f"a {n}"},
+                            {"type": "message", "role": "assistant", "content": f"b {n}"}]}, headers=h)
+                    elif op == "update":
+                        c.post(f"/v1/conversations/{rnd.choice(mine)}", json={"metadata": {"n": str(n)}}, headers=h)
+                    elif op == "del_item":
+                        cid = rnd.choice(mine)
+                        items = c.get(f"/v1/conversations/{cid}/items", headers=h).json()["data"]
+                        if items:
+                            c.delete(f"/v1/conversations/{cid}/items/{items[0]['id']}", headers=h)
+                    elif op == "del_conv":
+                        c.delete(f"/v1/conversations/{mine.pop(rnd.randrange(len(mine)))}", headers=h)
+                    elif op == "kv":
+                        c.put(f"/v1/kv/users/{u}/k{rnd.randrange(4)}", content=f"{n}".encode(), headers=h)
+                    elif op == "batch":
+                        c.post("/v1/kv/batch", json={"operations": [
+                            {"op": "put", "key": f"users/{u}/b{n}", "value": "x"},
+                            {"op": "delete", "key": f"users/{u}/k{rnd.randrange(4)}"}]}, headers=h)
+                    elif op == "ttl":
+                        c.put(f"/v1/kv/users/{u}/t{n}", params={"ttl_seconds": 1}, content=b"t", headers=h)
+                        ttl_keys.append(f"users/{u}/t{n}")
+                    else:
+                        c.delete(f"/v1/kv/users/{u}/k{rnd.randrange(4)}", headers=h)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    erased = users[-1]
+    assert http.delete(f"/v1/admin/users/{erased}").status_code == 200
+    # Every TTL (1 s) passes and the sweep logs it before the last write.
+    due = {k for k in ttl_keys if not k.startswith(f"users/{erased}/")}
+    deadline = time.monotonic() + 30
+    while due and time.monotonic() < deadline:
+        logged, _ = _all_events(http, {}, after=start, limit=1000)
+        due -= {e["key"] for e in logged if e["type"] == "memory.expired"}
+        time.sleep(0.2)
+    assert not due, f"no memory.expired within 30 s for {sorted(due)}"
+    http.put(f"/v1/kv/{sentinel}", content=b"end", headers={"X-Mnemo-User": users[0]})
+    consumer.join(60)
+    assert not consumer.is_alive(), "the stream never delivered the last write"
+
+    # Apply the events in order.
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    state_convs, state_items, state_keys = set(), {}, set()
+    for e in events:
+        t = e["type"]
+        if t == "conversation.created":
+            state_convs.add(e["conversation_id"])
+            state_items.setdefault(e["conversation_id"], [])
+        elif t == "conversation.deleted":
+            state_convs.discard(e["conversation_id"])
+            state_items.pop(e["conversation_id"], None)
+        elif t == "item.created":
+            state_items.setdefault(e["conversation_id"], []).extend(e["item_ids"])
+        elif t == "item.deleted":
+            state_items[e["conversation_id"]] = [i for i in state_items.get(e["conversation_id"], [])
+                                                 if i not in e["item_ids"]]
+        elif t == "memory.put":
+            state_keys.add(e["key"])
+        elif t in ("memory.deleted", "memory.expired"):
+            state_keys.discard(e["key"])
+        elif t == "user.erased":
+            gone = {c for c in state_convs if any(ev.get("conversation_id") == c and ev.get("user_id") == e["user_id"]
+                                                  for ev in events)}
+            state_convs -= gone
+            state_keys = {k for k in state_keys if not k.startswith(f"users/{e['user_id']}/")}
+    assert any(e["type"] == "memory.expired" for e in events)
+    assert any(e["type"] == "user.erased" and e["user_id"] == erased for e in events)
+
+    # The state the REST API holds.
+    rest_keys = set()
+    for u in users:
+        h = {"X-Mnemo-User": u}
+        rest_keys |= {d["key"] for d in http.get("/v1/kv", params={"prefix": f"users/{u}/", "limit": 1000},
+                                                  headers=h).json()["data"]}
+        for cid in convs[u]:
+            r = http.get(f"/v1/conversations/{cid}/items", params={"order": "asc", "limit": 100}, headers=h)
+            if u == erased:
+                assert r.status_code == 404
+                assert cid not in state_convs
+                continue
+            assert r.status_code == 200 and cid in state_convs
+            assert [i["id"] for i in r.json()["data"]] == state_items[cid]
+    mine = {c for c in state_convs if any(c in convs[u] for u in users)}
+    assert mine == {c for u in users if u != erased for c in convs[u]}
+    assert {k for k in state_keys if any(k.startswith(f"users/{u}/") for u in users)} == rest_keys
+
+
+def test_a_reader_resumes_across_kill9_without_gaps(fresh_server):
+    h = fresh_server.http
+    start = h.get("/v1/changes", params={"after": "now"}).json()["next_cursor"]
+    for i in range(20):
+        assert h.put(f"/v1/kv/r{i:02d}", content=b"v").status_code == 200
+    first = h.get("/v1/changes", params={"after": start, "limit": 7}).json()
+    assert [e["key"] for e in first["data"]] == [f"r{i:02d}" for i in range(7)]
+    fresh_server.kill9()
+    fresh_server.start()
+    h = fresh_server.http
+    for i in range(20, 25):
+        assert h.put(f"/v1/kv/r{i:02d}", content=b"v").status_code == 200
+    events, _ = _all_events(h, {}, after=first["next_cursor"], limit=4)
+    assert [e["key"] for e in events] == [f"r{i:02d}" for i in range(7, 25)]
+
+
+def test_an_expired_cursor_is_410_with_the_oldest_valid_one():
+    srv = MnemoServer(name="mnemo-short-retention", extra_args=["--changes-retention-hours", "0.0005"]).start()
+    try:
+        h = srv.http
+        cursor = h.get("/v1/changes", params={"after": "now"}).json()["next_cursor"]
+        h.put("/v1/kv/a", content=b"v")
+        time.sleep(2.5)  # retention is 1.8 s
+        r = h.get("/v1/changes", params={"after": cursor})
+        err = assert_json_error(r, 410, code="cursor_expired")
+        oldest = err["message"].split()[-1]
+        ok = h.get("/v1/changes", params={"after": oldest})
+        assert ok.status_code == 200 and ok.json()["next_cursor"]
+        sse = h.get("/v1/changes/stream", params={"after": cursor})
+        assert_json_error(sse, 410, code="cursor_expired")
+    finally:
+        srv.close()

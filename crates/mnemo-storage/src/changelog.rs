@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex as SyncMutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 
-/// How much longer than the retention entries are kept.
+/// How much longer than the retention entries are kept, at most: a tenth of the retention,
+/// up to an hour ([`ChangeLog::grace`]).
 pub const RETENTION_GRACE: Duration = Duration::from_secs(3600);
 
 /// What a change did. Stored as the entry's `op` field with the variant's fields beside it
@@ -347,7 +348,7 @@ impl ChangeLog {
             // Entries outlive the retention readers are promised by a grace period, so the
             // oldest valid cursor handed to a reader stays readable while it comes back.
             ttl: Ttl::ExpireAfterMillis(
-                u64::try_from((self.retention + RETENTION_GRACE).as_millis()).unwrap_or(u64::MAX),
+                u64::try_from((self.retention + self.grace()).as_millis()).unwrap_or(u64::MAX),
             ),
         };
         for mut e in entries {
@@ -369,9 +370,15 @@ impl ChangeLog {
         })
     }
 
-    /// How long entries are kept for readers (they are stored [`RETENTION_GRACE`] longer).
+    /// How long entries are kept for readers (they are stored [`ChangeLog::grace`] longer).
     pub fn retention(&self) -> Duration {
         self.retention
+    }
+
+    /// How much longer than the retention entries are stored: a tenth of the retention, at
+    /// most [`RETENTION_GRACE`]. A reader told the oldest valid cursor has this long to use it.
+    pub fn grace(&self) -> Duration {
+        (self.retention / 10).min(RETENTION_GRACE)
     }
 
     /// Whether the log still holds the entry at `seq`. Entries expire in commit order (each

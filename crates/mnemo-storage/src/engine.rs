@@ -84,7 +84,7 @@ pub struct EngineConfig {
     /// object-store read: 100 ms on a local store, 1 s (SlateDB's manifest poll) on a remote one.
     pub compaction_poll: Duration,
     /// How long the change log keeps entries for its readers (they are stored an hour
-    /// longer, see [`crate::changelog::RETENTION_GRACE`]).
+    /// longer, see [`crate::ChangeLog::grace`]).
     pub change_retention: Duration,
 }
 

@@ -6,8 +6,9 @@
 //! to read never falls behind the retention window.
 //!
 //! * **Positions** are the log's sequence numbers, a hybrid logical clock close to the commit
-//!   time in microseconds. A cursor older than the retention window answers
-//!   [`FeedError::Expired`] with the oldest cursor that is still whole.
+//!   time in microseconds. A cursor older than the retention window (plus the grace period
+//!   entries are stored beyond it, [`crate::ChangeLog::grace`]) answers [`FeedError::Expired`]
+//!   with the oldest cursor that is still whole.
 //! * **Nothing acknowledged is skipped.** A cursor never passes an entry that could still
 //!   become durable: when writes of the tenant are in flight, an empty answer keeps the cursor
 //!   where it was; when none are, it moves to the present, and every later write takes a
@@ -126,8 +127,12 @@ impl Store {
     ) -> Result<FeedPage, FeedError> {
         let tenant = &scope.tenant;
         let log = self.change_log();
-        let retention_us = u64::try_from(log.retention().as_micros()).unwrap_or(u64::MAX);
-        let horizon = now_us().saturating_sub(retention_us);
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let now = now_us();
+        // Entries younger than the retention are promised; they are stored a grace period
+        // longer, so the oldest valid cursor handed out stays usable while the reader returns.
+        let horizon = now.saturating_sub(micros(log.retention()));
+        let stored = horizon.saturating_sub(micros(log.grace()));
         let from = match start {
             FeedStart::Oldest => Cursor::START,
             FeedStart::Now => match log.quiet_head(tenant).await? {
@@ -135,7 +140,7 @@ impl Store {
                 // Writes in flight: start after the newest durable entry, before them.
                 None => Cursor(log.durable_head(tenant).await?),
             },
-            FeedStart::After(c) if c != Cursor::START && c.0 < horizon => {
+            FeedStart::After(c) if c != Cursor::START && c.0 < stored => {
                 return Err(FeedError::Expired {
                     oldest: Cursor(horizon),
                 })
