@@ -448,3 +448,37 @@ def test_search_is_confined_to_the_caller(jwt_server, idp):
     assert found(bearer(x_app)) == sorted([conv_a, conv_b])
     # Without the Search permission: 403.
     assert h.post("/v1/search", json=body, headers=bearer(idp.app(["Conversations.Read"]))).status_code == 403
+
+
+def test_the_change_feed_is_confined_to_the_caller(jwt_server, idp):
+    a, b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+    scp = "Conversations.ReadWrite Memory.ReadWrite Changes.Read"
+    h = jwt_server.http
+    x_app = idp.app(["Changes.Read", "Memory.ReadWrite"])
+    y_app = idp.app(["Changes.Read", "Memory.ReadWrite"], tenant="tenant-y")
+    start_x = h.get("/v1/changes", params={"after": "now"}, headers=bearer(x_app)).json()["next_cursor"]
+    start_y = h.get("/v1/changes", params={"after": "now"}, headers=bearer(y_app)).json()["next_cursor"]
+    conv_a = sdk(jwt_server, idp.user(a, scp=scp)).conversations.create(
+        items=[{"type": "message", "role": "user", "content": "hi"}]).id
+    assert h.put(f"/v1/kv/users/{b}/note", content=b"v", headers=bearer(idp.user(b, scp=scp))).status_code == 200
+    assert h.put("/v1/kv/y-shared", content=b"v", headers=bearer(y_app)).status_code == 200
+
+    def events(headers, after):
+        r = h.get("/v1/changes", params={"after": after, "limit": 1000}, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    # Each user sees their own changes and nothing of the other user or tenant.
+    seen_a = events(bearer(idp.user(a, scp=scp)), start_x)
+    assert {e.get("conversation_id") for e in seen_a} == {conv_a}
+    assert all(e["user_id"] == a for e in seen_a)
+    seen_b = events(bearer(idp.user(b, scp=scp)), start_x)
+    assert [(e["type"], e["key"]) for e in seen_b] == [("memory.put", f"users/{b}/note")]
+    # A user token naming another user is refused.
+    assert h.get("/v1/changes", headers=bearer(idp.user(b, scp=scp), user=a)).status_code == 403
+    # The tenant's application sees both users, or one it names; the other tenant sees its own.
+    assert {e.get("user_id") for e in events(bearer(x_app), start_x)} >= {a, b}
+    assert {e["user_id"] for e in events(bearer(x_app, user=a), start_x)} == {a}
+    assert [e["key"] for e in events(bearer(y_app), start_y)] == ["y-shared"]
+    # Without the permission: 403.
+    assert h.get("/v1/changes", headers=bearer(idp.user(a))).status_code == 403

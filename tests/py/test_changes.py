@@ -301,3 +301,23 @@ def test_an_expired_cursor_is_410_with_the_oldest_valid_one():
         assert_json_error(sse, 410, code="cursor_expired")
     finally:
         srv.close()
+
+
+def test_include_body_gives_the_object_as_it_is_now(server, http):
+    user = f"body-{uuid.uuid4().hex[:8]}"
+    h = {"X-Mnemo-User": user}
+    start = http.get("/v1/changes", params={"after": "now"}, headers=h).json()["next_cursor"]
+    conv = http.post("/v1/conversations", json={"metadata": {"a": "b"}, "items": [
+        {"type": "message", "role": "user", "content": "hello"}]}, headers=h).json()
+    http.put(f"/v1/kv/users/{user}/note", content=b"text", headers=h)
+    http.put(f"/v1/kv/users/{user}/gone", content=b"x", headers=h)
+    http.delete(f"/v1/kv/users/{user}/gone", headers=h)
+    data = http.get("/v1/changes", params={"after": start, "include": "body"}, headers=h).json()["data"]
+    by_type = {(e["type"], e.get("key")): e for e in data}
+    assert by_type[("conversation.created", None)]["body"] == http.get(
+        f"/v1/conversations/{conv['id']}", headers=h).json()
+    items = by_type[("item.created", None)]["body"]
+    assert [i["content"][0]["text"] if isinstance(i["content"], list) else i["content"] for i in items] == ["hello"]
+    note = by_type[("memory.put", f"users/{user}/note")]["body"]
+    assert note["value"] == "text" and note["etag"] == by_type[("memory.put", f"users/{user}/note")]["etag"]
+    assert by_type[("memory.put", f"users/{user}/gone")]["body"] is None
