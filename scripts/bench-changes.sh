@@ -23,10 +23,27 @@ echo "command: bash scripts/bench-changes.sh $SECS $ROUNDS"
 load() { "$BIN/mnemo-bench" load --url "http://127.0.0.1:$port" --workload append --clients 64 --seconds "$SECS" --targets 1000 | tail -n 1; }
 for round in $(seq 1 "$ROUNDS"); do
   echo; echo "round $round, no consumer:"; load
+  # The cost of serving a stream, with a consumer that does no work of its own (curl).
+  cursor=$(curl -s "http://127.0.0.1:$port/v1/changes?after=now" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
+  curl -sN "http://127.0.0.1:$port/v1/changes/stream?after=$cursor" >"$dir/stream-$round" &
+  curl_pid=$!
+  sleep 1
+  echo "round $round, one consumer (curl, no parsing):"; load
+  sleep 1; kill $curl_pid 2>/dev/null || true; wait $curl_pid 2>/dev/null || true
+  echo "curl received $(grep -c '^id:' "$dir/stream-$round") events"
+  # Delivery delay, with a consumer that parses every event (Python, sseclient-py); it shares
+  # the machine's two cores with the server and the writers.
   cursor=$(curl -s "http://127.0.0.1:$port/v1/changes?after=now" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["next_cursor"])')
   "$PY" - "$port" "$cursor" "$dir/delays-$round" <<'PYEOF' &
-import json, sys, time
+import json, signal, sys, time
 import sseclient
+
+
+def stop(*_):
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, stop)
 try:
     import httpx2 as httpx
 except ImportError:
@@ -47,8 +64,8 @@ open(out, "w").write("\n".join(map(str, delays)))
 PYEOF
   cpid=$!
   sleep 1
-  echo "round $round, one consumer:"; load
-  sleep 1; kill -INT $cpid 2>/dev/null || true; wait $cpid 2>/dev/null || true
+  echo "round $round, one consumer (Python, parsing):"; load
+  sleep 1; kill -TERM $cpid 2>/dev/null || true; wait $cpid 2>/dev/null || true
   "$PY" - "$dir/delays-$round" <<'PYEOF'
 import sys
 d = sorted(int(x) for x in open(sys.argv[1]).read().split())
