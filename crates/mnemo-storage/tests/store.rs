@@ -1672,7 +1672,8 @@ async fn expiries_are_logged_once_and_survive_a_restart() {
         .kv_delete(&alice, "users/alice/deleted", Condition::default())
         .await
         .unwrap();
-    put_ttl("users/alice/later", 1500).await;
+    // Far enough out that slow object stores (the S3 emulator) cannot make it due early.
+    put_ttl("users/alice/later", 3000).await;
     let before = store.change_log().newest(&t).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Past its time the value is absent at once, before any sweep.
@@ -1707,7 +1708,7 @@ async fn expiries_are_logged_once_and_survive_a_restart() {
     // `later` comes due while the store is closed; the first sweep after reopening logs it.
     store.close().await.unwrap();
     drop(store);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let store = open(&b).await;
     assert_eq!(store.expire_due().await.unwrap(), 1);
     let log = store.change_log().read(&t, before, 100).await.unwrap();
