@@ -381,10 +381,16 @@ impl ChangeLog {
         (self.retention / 10).min(RETENTION_GRACE)
     }
 
-    /// Whether the log still holds the entry at `seq`. Entries expire in commit order (each
-    /// lives `retention` from its commit), so if it does, every later entry is there too and
-    /// replaying from `seq` misses nothing.
+    /// Whether the log is whole after position `seq`: replaying from it misses nothing but the
+    /// entries an erasure removed (its `user.erased` entry follows them). Entries expire in
+    /// commit order, each `retention` plus the grace period after its commit, so this holds
+    /// while `seq` is younger than the retention, or while its entry is still stored. (An
+    /// erasure may have removed the entry at `seq` itself: that alone does not cut the log.)
     pub async fn retains(&self, tenant: &TenantId, seq: u64) -> Result<bool> {
+        let retention_us = u64::try_from(self.retention.as_micros()).unwrap_or(u64::MAX);
+        if seq >= now_us().saturating_sub(retention_us) {
+            return Ok(true);
+        }
         Ok(self.engine.get(&keys::log(tenant, seq)).await?.is_some())
     }
 
