@@ -191,6 +191,19 @@ impl PendingWrite<'_> {
     }
 }
 
+/// Runs an engine read, failing with [`StoreError::Unavailable`] after `timeout`.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, slatedb::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::unavailable(format!(
+            "read did not complete within {timeout:?}"
+        ))),
+    }
+}
+
 /// Options of every scan: in key order or reversed, blocks kept in the block cache.
 pub(crate) fn scan_options(durability: DurabilityLevel, descending: bool) -> ScanOptions {
     ScanOptions {
@@ -414,13 +427,7 @@ impl Engine {
         &self,
         fut: impl std::future::Future<Output = Result<T, slatedb::Error>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.config.write_timeout, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(StoreError::unavailable(format!(
-                "read did not complete within {:?}",
-                self.config.write_timeout
-            ))),
-        }
+        bounded(self.config.write_timeout, fut).await
     }
 
     /// Scans up to `limit` durable entries in `range`, in key order or reversed.

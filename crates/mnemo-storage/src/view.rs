@@ -8,7 +8,7 @@
 //! ([`crate::access`]): rows the scope may not read are never returned.
 
 use crate::changelog::ChangeEntry;
-use crate::engine::{is_empty, live, prefix_range, scan_options, KeyRange};
+use crate::engine::{bounded, is_empty, live, prefix_range, scan_options, KeyRange};
 use crate::ids::Scope;
 use crate::kv::{decode_entry, KvEntry};
 use crate::records::{from_json, ConversationRecord, StoredItem};
@@ -127,18 +127,6 @@ impl<T> Rows<T> {
                 Err(e) => Some((Err(e), None)),
             }
         })
-    }
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, slatedb::Error>>,
-) -> Result<T> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(StoreError::unavailable(format!(
-            "read did not complete within {timeout:?}"
-        ))),
     }
 }
 
