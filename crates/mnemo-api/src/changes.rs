@@ -198,8 +198,8 @@ async fn current_body(st: &AppState, scope: &Scope, e: &ChangeEntry) -> ApiResul
 async fn read_page(st: &AppState, scope: &Scope, q: &FeedQuery) -> ApiResult<FeedPage> {
     let log = st.store.change_log();
     // Subscribed before the first read, so an acknowledgement between the read and the wait
-    // is not missed.
-    let sub = log.subscribe();
+    // is not missed; a read that does not wait needs no subscription.
+    let sub = (!q.wait.is_zero()).then(|| log.subscribe());
     let deadline = tokio::time::Instant::now() + q.wait;
     let mut start = q.start;
     loop {
@@ -211,6 +211,9 @@ async fn read_page(st: &AppState, scope: &Scope, q: &FeedQuery) -> ApiResult<Fee
         if !page.entries.is_empty() || page.has_more {
             return Ok(page);
         }
+        let Some(sub) = &sub else {
+            return Ok(page);
+        };
         start = FeedStart::After(page.next);
         loop {
             if tokio::time::timeout_at(deadline, sub.changed())
