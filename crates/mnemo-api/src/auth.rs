@@ -319,6 +319,16 @@ pub async fn authenticate(config: &AuthConfig, parts: &Parts) -> ApiResult<Ident
                 auth_error(&AuthError::Malformed("authorization header is not ASCII"))
             })?),
         };
+    authenticate_header(config, header).await
+}
+
+/// Authenticates a credential given outside HTTP (the password of a Postgres connection): a
+/// bearer token or API key, verified exactly like an `Authorization: Bearer` header.
+pub async fn authenticate_credential(config: &AuthConfig, credential: &str) -> ApiResult<Identity> {
+    authenticate_header(config, Some(&format!("Bearer {credential}"))).await
+}
+
+async fn authenticate_header(config: &AuthConfig, header: Option<&str>) -> ApiResult<Identity> {
     let principal = match &config.authenticator {
         Authenticator::None => {
             return Ok(Identity {

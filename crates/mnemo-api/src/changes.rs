@@ -94,21 +94,6 @@ fn feed_error(e: FeedError) -> ApiError {
     }
 }
 
-/// The public event type of an entry.
-fn event_type(op: &ChangeOp) -> &'static str {
-    match op {
-        ChangeOp::ConversationCreated { .. } => "conversation.created",
-        ChangeOp::ConversationUpdated { .. } => "conversation.updated",
-        ChangeOp::ConversationDeleted { .. } => "conversation.deleted",
-        ChangeOp::ItemsAdded { .. } => "item.created",
-        ChangeOp::ItemsDeleted { .. } | ChangeOp::ItemsPurged { .. } => "item.deleted",
-        ChangeOp::KvPut { .. } => "memory.put",
-        ChangeOp::KvDeleted { .. } => "memory.deleted",
-        ChangeOp::KvExpired { .. } => "memory.expired",
-        ChangeOp::UserErased {} => "user.erased",
-    }
-}
-
 /// An entry as a client sees it; with `body`, the object as the REST API returns it now
 /// (null if it is gone: its deletion event follows).
 async fn event_json(st: &AppState, scope: &Scope, e: &ChangeEntry, body: bool) -> ApiResult<Value> {
@@ -116,7 +101,7 @@ async fn event_json(st: &AppState, scope: &Scope, e: &ChangeEntry, body: bool) -
     ev.insert("id".into(), json!(Cursor::after_seq(e.seq).encode()));
     ev.insert("seq".into(), json!(e.seq));
     ev.insert("at".into(), json!(e.at_ms / 1000));
-    ev.insert("type".into(), json!(event_type(&e.op)));
+    ev.insert("type".into(), json!(e.op.event_type()));
     if let Some(c) = e.conversation_id() {
         ev.insert("conversation_id".into(), json!(c));
     }

@@ -1,7 +1,7 @@
 //! # mnemo-api
 //!
 //! mnemo's HTTP API on [axum]: the OpenAI Conversations API under `/v1/conversations`, the
-//! key-value memory API under `/v1/kv`, search under `/v1/search`, administration under
+//! key-value memory API under `/v1/kv`, search under `/v1/search`, SQL under `/v1/sql`, the change feed under `/v1/changes`, administration under
 //! `/v1/admin`, `/healthz` and `/metrics`. This crate is routes, extractors, request
 //! validation and error shapes only: handlers validate input, call [`mnemo_storage::Store`]
 //! or [`mnemo_index::SearchService`] and shape the response. Every error is a JSON body in
@@ -28,6 +28,7 @@ mod items;
 mod kv;
 pub mod metrics;
 mod search;
+pub mod sql;
 
 pub use error::{ApiError, ApiResult};
 
@@ -38,8 +39,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use mnemo_index::SearchService;
+use mnemo_sql::SqlEngine;
 use mnemo_storage::Store;
 use std::sync::Arc;
+
+/// Default of [`AppState::sql_max_rows`].
+pub const DEFAULT_SQL_MAX_ROWS: usize = 10_000;
 
 /// Shared state of all handlers.
 #[derive(Clone)]
@@ -52,6 +57,10 @@ pub struct AppState {
     pub auth: Arc<auth::AuthConfig>,
     /// The search service, when enabled.
     pub search: Option<Arc<SearchService>>,
+    /// The SQL engine, when enabled.
+    pub sql: Option<Arc<SqlEngine>>,
+    /// Most rows of a JSON answer of `/v1/sql` (`truncated: true` past it).
+    pub sql_max_rows: usize,
 }
 
 impl AppState {
@@ -63,7 +72,16 @@ impl AppState {
             metrics: metrics::install(),
             auth: Arc::new(auth::AuthConfig::none()),
             search: None,
+            sql: None,
+            sql_max_rows: DEFAULT_SQL_MAX_ROWS,
         }
+    }
+
+    /// Enables `/v1/sql`, with at most `max_rows` rows in a JSON answer.
+    pub fn with_sql(mut self, engine: Arc<SqlEngine>, max_rows: usize) -> Self {
+        self.sql = Some(engine);
+        self.sql_max_rows = max_rows;
+        self
     }
 
     /// Enables search.
@@ -120,6 +138,7 @@ pub fn router(state: AppState) -> Router {
             get(conversations::get_item).delete(conversations::delete_item),
         )
         .route("/v1/search", post(search::search))
+        .route("/v1/sql", post(sql::query))
         .route("/v1/changes", get(changes::list))
         .route("/v1/changes/stream", get(changes::stream))
         .route("/v1/kv", get(kv::list))

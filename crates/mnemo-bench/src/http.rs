@@ -30,12 +30,26 @@ impl Client {
 
     /// Sends a request and returns the body of a 2xx response (error otherwise).
     pub async fn send(&mut self, method: &str, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
-        let req = Request::builder()
+        self.send_as(method, path, body, None).await
+    }
+
+    /// Like [`Client::send`], acting for `user` (`X-Mnemo-User`) when given.
+    pub async fn send_as(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        user: Option<&str>,
+    ) -> anyhow::Result<Bytes> {
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(Full::new(body))?;
+            .header("content-type", "application/json");
+        if let Some(u) = user {
+            req = req.header("x-mnemo-user", u);
+        }
+        let req = req.body(Full::new(body))?;
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();

@@ -20,6 +20,7 @@ mod peers;
 mod quiet;
 mod report;
 mod run;
+mod sqlbench;
 mod systems;
 
 use anyhow::Context;
@@ -47,6 +48,8 @@ enum Command {
     Compare(CompareArgs),
     /// Drive one running mnemo server with a write workload.
     Load(load::LoadArgs),
+    /// SQL over the same data in mnemo and PostgreSQL (S1–S4).
+    Sql(sqlbench::SqlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -90,7 +93,7 @@ struct CompareArgs {
     write_docs: Option<PathBuf>,
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let sh = |c: &str| {
         std::process::Command::new("sh")
             .args(["-c", c])
@@ -289,5 +292,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Compare(a) => compare(a).await,
         Command::Load(a) => load::run(a).await,
+        Command::Sql(a) => sqlbench::run(a).await,
     }
 }

@@ -170,12 +170,20 @@ pub fn goals(samples: &[Sample]) -> String {
 /// Replaces the text between `<!-- bench:begin -->` and `<!-- bench:end -->` in `path`
 /// (appending the markers if absent).
 pub fn write_docs(path: &std::path::Path, section: &str) -> anyhow::Result<()> {
-    const BEGIN: &str = "<!-- bench:begin -->";
-    const END: &str = "<!-- bench:end -->";
+    write_block(path, "bench", section)
+}
+
+/// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `path`
+/// (appending the markers if absent).
+pub fn write_block(path: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
     let doc = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("{}{BEGIN}\n{section}\n{}", &doc[..b], &doc[e..]),
-        _ => format!("{doc}\n{BEGIN}\n{section}\n{END}\n"),
+    let new = match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{section}\n{}", &doc[..b], &doc[e..]),
+        _ => format!("{doc}\n{begin}\n{section}\n{end}\n"),
     };
     std::fs::write(path, new)?;
     Ok(())

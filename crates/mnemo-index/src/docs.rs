@@ -39,6 +39,41 @@ pub fn parse_vector(v: &Value) -> Result<Vec<f32>, VectorError> {
         .collect()
 }
 
+/// The text of an item's JSON, its text parts joined with newlines: message text (`text`,
+/// `refusal`, `transcript`, a string `content`), function-call `arguments` and `output`,
+/// reasoning `summary` text. Type tags and other fields are not text.
+pub fn item_text(v: &Value) -> String {
+    let mut text = String::new();
+    text_parts(v, &mut text);
+    text
+}
+
+fn text_parts(v: &Value, out: &mut String) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| text_parts(x, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x) {
+                    (
+                        "text" | "refusal" | "transcript" | "arguments" | "output" | "content"
+                        | "summary",
+                        Value::String(s),
+                    ) => {
+                        if !out.is_empty() {
+                            out.push('\n');
+                        }
+                        out.push_str(s);
+                    }
+                    ("embedding", _) => {}
+                    (_, Value::Array(_) | Value::Object(_)) => text_parts(x, out),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Collects the searchable text of a JSON value: every string under the keys that carry
 /// content in OpenAI items (`text`, `content`, `arguments`, `output`, `refusal`,
 /// `transcript`, `summary`), or every string of a memory object except `embedding`.
@@ -141,6 +176,17 @@ mod tests {
     use bytes::Bytes;
 
     #[test]
+    fn item_text_is_the_text_parts_only() {
+        let v = serde_json::json!({"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "a"}, {"type": "input_image", "image_url": "x"},
+            {"type": "output_text", "text": "b", "annotations": []}]});
+        assert_eq!(item_text(&v), "a\nb");
+        let call = serde_json::json!({"type": "function_call", "name": "f", "arguments": "{}"});
+        assert_eq!(item_text(&call), "{}");
+        assert_eq!(item_text(&serde_json::json!({"content": "plain"})), "plain");
+    }
+
+    #[test]
     fn vectors_are_validated() {
         assert_eq!(
             parse_vector(&serde_json::json!([1, 2.5])),
@@ -173,6 +219,7 @@ mod tests {
             owner: None,
             last_seq: 1,
             last_item: None,
+            updated_ms: None,
         };
         let mut item = StoredItem {
             id: "msg_1".into(),

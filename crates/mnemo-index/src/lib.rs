@@ -28,7 +28,9 @@ pub mod embed;
 mod error;
 pub mod snapshot;
 
-pub use docs::{item_doc, item_json, memory_doc, parse_vector, VectorError, MAX_DIMENSIONS};
+pub use docs::{
+    item_doc, item_json, item_text, memory_doc, parse_vector, VectorError, MAX_DIMENSIONS,
+};
 pub use error::IndexError;
 pub use snapshot::SnapshotOptions;
 
@@ -570,6 +572,19 @@ impl SearchService {
                 tracing::error!(error = %e, "embedding a query failed");
                 IndexError::Embedding(e.to_string())
             })?;
+        Ok(Some(v.as_ref().clone()))
+    }
+
+    /// Like [`SearchService::query_vector`], on the calling thread (for callers that are
+    /// already off the async runtime, or plan once per query).
+    pub fn query_vector_blocking(&self, text: &str) -> Result<Option<Vec<f32>>, IndexError> {
+        let Some(p) = &self.embed else {
+            return Ok(None);
+        };
+        let v = p.query_vector(text).map_err(|e| {
+            tracing::error!(error = %e, "embedding a query failed");
+            IndexError::Embedding(e.to_string())
+        })?;
         Ok(Some(v.as_ref().clone()))
     }
 

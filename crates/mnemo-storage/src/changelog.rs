@@ -108,6 +108,24 @@ pub enum ChangeOp {
     UserErased {},
 }
 
+impl ChangeOp {
+    /// The public name of the change, as the change feed and the SQL `changes` table show it
+    /// (`conversation.created`, `item.created`, `memory.put`, …).
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            ChangeOp::ConversationCreated { .. } => "conversation.created",
+            ChangeOp::ConversationUpdated { .. } => "conversation.updated",
+            ChangeOp::ConversationDeleted { .. } => "conversation.deleted",
+            ChangeOp::ItemsAdded { .. } => "item.created",
+            ChangeOp::ItemsDeleted { .. } | ChangeOp::ItemsPurged { .. } => "item.deleted",
+            ChangeOp::KvPut { .. } => "memory.put",
+            ChangeOp::KvDeleted { .. } => "memory.deleted",
+            ChangeOp::KvExpired { .. } => "memory.expired",
+            ChangeOp::UserErased {} => "user.erased",
+        }
+    }
+}
+
 /// One change, as stored in the log.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChangeEntry {

@@ -126,13 +126,15 @@ impl Store {
         items: Vec<NewItem>,
     ) -> Result<(ConversationRecord, Vec<StoredItem>)> {
         check_unique_in_request(&items)?;
+        let now = now_ms();
         let mut rec = ConversationRecord {
             id: ids::generate("conv_"),
-            created_at: now_ms() / 1000,
+            created_at: now / 1000,
             metadata,
             owner: scope.user.clone(),
             last_seq: 0,
             last_item: None,
+            updated_ms: Some(now),
         };
         let t = &scope.tenant;
         let mut batch = WriteBatch::new();
@@ -169,6 +171,7 @@ impl Store {
             let _g = self.conv_locks.lock(id).await;
             let mut rec = self.latest_conversation(scope, id).await?;
             rec.metadata = metadata;
+            rec.updated_ms = Some(now_ms().max(rec.updated_ms.unwrap_or(0)));
             let mut batch = WriteBatch::new();
             batch.put(
                 keys::conversation(&scope.tenant, id),
@@ -657,7 +660,12 @@ fn stage_items(
     rec: &mut ConversationRecord,
     items: Vec<NewItem>,
 ) -> Result<Vec<StoredItem>> {
-    let now = now_ms();
+    // Append times never decrease along a conversation, even if the clock steps back, so its
+    // key order (seq) is also its time order.
+    let now = now_ms().max(rec.updated_ms.unwrap_or(0));
+    if !items.is_empty() {
+        rec.updated_ms = Some(now);
+    }
     let mut out = Vec::with_capacity(items.len());
     for it in items {
         rec.last_seq += 1;

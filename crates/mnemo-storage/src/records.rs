@@ -56,6 +56,23 @@ pub struct ConversationRecord {
     /// Id of the newest item at the time of the last append (the next item's parent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_item: Option<String>,
+    /// Time of the last change to the record (creation, metadata update or append),
+    /// milliseconds since the Unix epoch. Absent in records written before it existed:
+    /// [`ConversationRecord::updated_at_ms`] falls back to the creation time.
+    #[serde(
+        default,
+        rename = "updated_at_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub updated_ms: Option<i64>,
+}
+
+impl ConversationRecord {
+    /// Time of the last change to the record, milliseconds since the Unix epoch.
+    pub fn updated_at_ms(&self) -> i64 {
+        self.updated_ms
+            .unwrap_or(self.created_at.saturating_mul(1000))
+    }
 }
 
 /// A stored conversation item: envelope plus the item's JSON exactly as served.

@@ -261,6 +261,7 @@ mod tests {
             owner: None,
             last_seq,
             last_item: None,
+            updated_ms: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! scans and index rebuilds read through views. Each scan applies the scope's access rule
 //! ([`crate::access`]): rows the scope may not read are never returned.
 
+use crate::audit::AuditEntry;
 use crate::changelog::ChangeEntry;
 use crate::engine::{bounded, is_empty, live, prefix_range, scan_options, KeyRange};
 use crate::ids::Scope;
@@ -149,10 +150,20 @@ impl ReadView {
         follow: Option<Follow>,
         decode: Decode<T>,
     ) -> Result<Rows<T>> {
+        self.rows_ordered(range, false, follow, decode).await
+    }
+
+    async fn rows_ordered<T>(
+        &self,
+        range: KeyRange,
+        descending: bool,
+        follow: Option<Follow>,
+        decode: Decode<T>,
+    ) -> Result<Rows<T>> {
         let iter = if is_empty(&range) {
             None
         } else {
-            let opts = scan_options(DurabilityLevel::Memory, false);
+            let opts = scan_options(DurabilityLevel::Memory, descending);
             Some(bounded(self.timeout, self.snapshot.scan_with_options(range, &opts)).await?)
         };
         Ok(Rows {
@@ -216,11 +227,87 @@ impl ReadView {
     /// conversation (or it does not exist in this view).
     pub async fn items(&self, scope: &Scope, conversation_id: &str) -> Result<Rows<StoredItem>> {
         self.conversation(scope, conversation_id).await?;
+        self.items_of(scope, conversation_id, false).await
+    }
+
+    /// The items of a conversation, newest first (reads stop when the caller stops asking).
+    /// Like [`ReadView::items`], not found if the scope may not see the conversation.
+    pub async fn items_newest_first(
+        &self,
+        scope: &Scope,
+        conversation_id: &str,
+    ) -> Result<Rows<StoredItem>> {
+        self.conversation(scope, conversation_id).await?;
+        self.items_of(scope, conversation_id, true).await
+    }
+
+    /// The items of a conversation the caller has already read (and checked) the record of
+    /// in this view, oldest or newest first.
+    pub async fn items_of(
+        &self,
+        scope: &Scope,
+        conversation_id: &str,
+        newest_first: bool,
+    ) -> Result<Rows<StoredItem>> {
+        if !crate::ids::is_valid_id(conversation_id) {
+            return Err(StoreError::NotFound("conversation".into()));
+        }
         let decode: Decode<StoredItem> = Box::new(|kv| {
             let seq = keys::item_seq(&kv.key).ok_or_else(|| StoreError::corrupt("item key"))?;
             StoredItem::decode(seq, kv.value).map(Some)
         });
         let range = prefix_range(keys::items_prefix(&scope.tenant, conversation_id));
+        self.rows_ordered(range, newest_first, None, decode).await
+    }
+
+    /// One item of a conversation the caller has already read (and checked) the record of in
+    /// this view; `None` if the view does not hold it.
+    pub async fn item(
+        &self,
+        scope: &Scope,
+        conversation_id: &str,
+        item_id: &str,
+    ) -> Result<Option<StoredItem>> {
+        if !crate::ids::is_valid_id(conversation_id) || !crate::ids::is_valid_id(item_id) {
+            return Ok(None);
+        }
+        let t = &scope.tenant;
+        let index = keys::item_id(t, conversation_id, item_id);
+        let Some(kv) = bounded(self.timeout, self.snapshot.get_key_value(&index))
+            .await?
+            .filter(live)
+        else {
+            return Ok(None);
+        };
+        let seq: [u8; 8] = kv
+            .value
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::corrupt("item id index entry"))?;
+        let seq = u64::from_be_bytes(seq);
+        let key = keys::item(t, conversation_id, seq);
+        match bounded(self.timeout, self.snapshot.get_key_value(&key))
+            .await?
+            .filter(live)
+        {
+            Some(kv) => StoredItem::decode(seq, kv.value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The tenant's admin audit log, oldest first. The caller checks that the scope may read
+    /// it (administrators only); a user scope sees nothing.
+    pub async fn audit(&self, scope: &Scope) -> Result<Rows<AuditEntry>> {
+        let decode: Decode<AuditEntry> =
+            Box::new(|kv| from_json("audit entry", &kv.value).map(Some));
+        let range = if scope.user.is_some() {
+            (
+                std::ops::Bound::Excluded(Vec::new()),
+                std::ops::Bound::Excluded(Vec::new()),
+            )
+        } else {
+            prefix_range(keys::space(&scope.tenant, keys::Space::Audit))
+        };
         self.rows(range, None, decode).await
     }
 

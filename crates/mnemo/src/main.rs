@@ -3,6 +3,7 @@
 
 mod auth_config;
 mod keys;
+mod pg;
 mod search_config;
 mod serve;
 

@@ -65,6 +65,21 @@ pub struct ServeArgs {
     /// cursor is older gets 410 `cursor_expired`.
     #[arg(long, default_value_t = 168.0, env = "MNEMO_CHANGES_RETENTION_HOURS")]
     changes_retention_hours: f64,
+    /// Serve SQL over the PostgreSQL wire protocol on this address (conventionally
+    /// 127.0.0.1:5433). The password is a bearer token or API key; the user name is the user
+    /// the connection acts for (`mnemo`: none, tenant-wide). Default: off.
+    #[arg(long, env = "MNEMO_PG_LISTEN")]
+    pg_listen: Option<SocketAddr>,
+    /// A SQL query (planning and its whole answer) is stopped after this many ms.
+    #[arg(long, default_value_t = 30_000, env = "MNEMO_SQL_TIMEOUT_MS")]
+    sql_timeout_ms: u64,
+    /// Memory one SQL query's sorts, joins and aggregations may hold, in MiB.
+    #[arg(long, default_value_t = 512, env = "MNEMO_SQL_MEMORY_LIMIT_MB")]
+    sql_memory_limit_mb: usize,
+    /// Most rows of a JSON answer of /v1/sql (`truncated: true` past it; Arrow answers and
+    /// the Postgres protocol are not capped).
+    #[arg(long, default_value_t = mnemo_api::DEFAULT_SQL_MAX_ROWS, env = "MNEMO_SQL_MAX_ROWS")]
+    sql_max_rows: usize,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
     /// environment variables override it.
@@ -127,10 +142,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let search = mnemo_index::SearchService::start_with(store.clone(), search_options)
         .await
         .context("starting search")?;
+    if args.sql_timeout_ms == 0 || args.sql_memory_limit_mb == 0 || args.sql_max_rows == 0 {
+        anyhow::bail!(
+            "--sql-timeout-ms, --sql-memory-limit-mb and --sql-max-rows must be at least 1"
+        );
+    }
+    let sql = Arc::new(mnemo_sql::SqlEngine::new(
+        store.clone(),
+        Some(search.clone()),
+        mnemo_sql::SqlConfig {
+            timeout: Duration::from_millis(args.sql_timeout_ms),
+            memory_limit_bytes: args.sql_memory_limit_mb << 20,
+            ..mnemo_sql::SqlConfig::default()
+        },
+    ));
+    let _pg = match args.pg_listen {
+        Some(addr) => Some(crate::pg::start(addr, sql.clone(), &auth.config).await?),
+        None => None,
+    };
     let app = mnemo_api::router(
         mnemo_api::AppState::new(store.clone())
             .with_auth(auth.config)
-            .with_search(search.clone()),
+            .with_search(search.clone())
+            .with_sql(sql, args.sql_max_rows),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
