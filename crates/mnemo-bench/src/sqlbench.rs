@@ -55,6 +55,8 @@ const CONVERSATIONS_PER_USER: usize = 10;
 const HEAVY_CONVERSATIONS: usize = 100;
 const DIMS: usize = 384;
 const LOADERS: usize = 16;
+/// Every JSON answer of `/v1/sql` has this member.
+const SQL_RESULT: &[u8] = br#""object":"sql.result""#;
 
 const S1_MNEMO: &str =
     "SELECT item_id, role, text FROM items WHERE conversation_id = $1 ORDER BY seq DESC LIMIT 50";
@@ -336,9 +338,47 @@ fn mnemo_runner(
                         .send_as("POST", "/v1/sql", Bytes::from(body), user)
                         .await?;
                     anyhow::ensure!(
-                        out.starts_with(b"{\"object\":\"sql.result\""),
-                        "unexpected answer"
+                        out.windows(SQL_RESULT.len()).any(|w| w == SQL_RESULT),
+                        "unexpected answer: {}",
+                        String::from_utf8_lossy(&out)
                     );
+                    Ok(())
+                })
+            });
+            Ok(run)
+        })
+    }
+}
+
+/// Parameters of one PostgreSQL query.
+type PgParams = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+type Opener = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Runner>> + Send>>;
+
+/// A PostgreSQL client running the prepared `query` with `bind(i)`'s parameters, and
+/// checking the row count when `rows` is given.
+fn pg_runner(
+    conn: String,
+    query: &'static str,
+    bind: Arc<dyn Fn(u64) -> PgParams + Send + Sync>,
+    rows: Option<usize>,
+) -> impl Fn(usize) -> Opener + Clone + Send + Sync + 'static {
+    move |_w| {
+        let (conn, bind) = (conn.clone(), bind.clone());
+        Box::pin(async move {
+            let client = Arc::new(pg(&conn).await?);
+            let stmt = client.prepare(query).await?;
+            let run: Runner = Box::new(move |i| {
+                let (client, stmt, params) = (client.clone(), stmt.clone(), bind(i));
+                Box::pin(async move {
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                        .iter()
+                        .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    let got = client.query(&stmt, &refs).await?;
+                    if let Some(n) = rows {
+                        anyhow::ensure!(got.len() == n, "{query}: {} rows, not {n}", got.len());
+                    }
                     Ok(())
                 })
             });
@@ -409,27 +449,15 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
             mnemo_runner(authority.clone(), S1_MNEMO, None, params),
         )
         .await?;
-        let conn2 = conn.clone();
-        let (lat_p, rate_p) = timed(clients, seconds, move |_w| {
-            let conn = conn2.clone();
-            Box::pin(async move {
-                let client = Arc::new(pg(&conn).await?);
-                let stmt = client.prepare(S1_PG).await?;
-                let run: Runner = Box::new(move |i| {
-                    let (client, stmt) = (client.clone(), stmt.clone());
-                    Box::pin(async move {
-                        let n = StdRng::seed_from_u64(i).random_range(0..plain.max(1));
-                        let rows = client.query(&stmt, &[&format!("c{n:07}")]).await?;
-                        anyhow::ensure!(rows.len() == 50, "S1 returned {} rows", rows.len());
-                        Ok(())
-                    })
-                });
-                anyhow::Ok(run)
-            })
-                as std::pin::Pin<
-                    Box<dyn std::future::Future<Output = anyhow::Result<Runner>> + Send>,
-                >
-        })
+        let bind: Arc<dyn Fn(u64) -> PgParams + Send + Sync> = Arc::new(move |i| {
+            let n = StdRng::seed_from_u64(i).random_range(0..plain.max(1));
+            vec![Box::new(format!("c{n:07}"))]
+        });
+        let (lat_p, rate_p) = timed(
+            clients,
+            seconds,
+            pg_runner(conn.clone(), S1_PG, bind, Some(50)),
+        )
         .await?;
         rows.push(Row {
             workload: "S1",
@@ -464,24 +492,8 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         mnemo_runner(authority.clone(), S2_MNEMO, Some("heavy"), none),
     )
     .await?;
-    let conn2 = conn.clone();
-    let (lat_p, _) = timed(1, seconds, move |_w| {
-        let conn = conn2.clone();
-        Box::pin(async move {
-            let client = Arc::new(pg(&conn).await?);
-            let stmt = client.prepare(S2_PG).await?;
-            let run: Runner = Box::new(move |_| {
-                let (client, stmt) = (client.clone(), stmt.clone());
-                Box::pin(async move {
-                    client.query(&stmt, &[&"heavy"]).await?;
-                    Ok(())
-                })
-            });
-            anyhow::Ok(run)
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Runner>> + Send>>
-    })
-    .await?;
+    let heavy: Arc<dyn Fn(u64) -> PgParams + Send + Sync> = Arc::new(|_| vec![Box::new("heavy")]);
+    let (lat_p, _) = timed(1, seconds, pg_runner(conn.clone(), S2_PG, heavy, Some(2))).await?;
     rows.push(Row {
         workload: "S2",
         what: "one user's 10,000 items by role: p50 ms".into(),
@@ -536,25 +548,13 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         mnemo_runner(authority.clone(), S4_MNEMO, Some("heavy"), q),
     )
     .await?;
-    let conn2 = conn.clone();
-    let (lat_p, _) = timed(1, seconds, move |_w| {
-        let conn = conn2.clone();
-        Box::pin(async move {
-            let client = Arc::new(pg(&conn).await?);
-            let stmt = client.prepare(S4_PG).await?;
-            let run: Runner = Box::new(move |i| {
-                let (client, stmt) = (client.clone(), stmt.clone());
-                Box::pin(async move {
-                    let v = vector(&mut StdRng::seed_from_u64(1_000_000 + i));
-                    client.query(&stmt, &[&"heavy", &v]).await?;
-                    Ok(())
-                })
-            });
-            anyhow::Ok(run)
-        })
-            as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Runner>> + Send>>
-    })
-    .await?;
+    let bind: Arc<dyn Fn(u64) -> PgParams + Send + Sync> = Arc::new(|i| {
+        vec![
+            Box::new("heavy"),
+            Box::new(vector(&mut StdRng::seed_from_u64(1_000_000 + i))),
+        ]
+    });
+    let (lat_p, _) = timed(1, seconds, pg_runner(conn.clone(), S4_PG, bind, Some(10))).await?;
     rows.push(Row {
         workload: "S4",
         what: "top 10 by cosine over one user's 10,000 vectors: p50 ms".into(),

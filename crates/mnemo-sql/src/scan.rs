@@ -348,7 +348,49 @@ enum Flow {
     Stop,
 }
 
+/// A batch being built: its rows so far and its columns.
+trait Columns: Default {
+    fn len(&self) -> usize;
+    fn columns(self) -> Vec<ArrayRef>;
+}
+
+macro_rules! columns {
+    ($($t:ty),*) => {$(
+        impl Columns for $t {
+            fn len(&self) -> usize {
+                self.rows
+            }
+            fn columns(self) -> Vec<ArrayRef> {
+                self.finish()
+            }
+        }
+    )*};
+}
+columns!(
+    ConversationColumns,
+    ItemColumns,
+    MemoryColumns,
+    ChangeColumns,
+    AuditColumns
+);
+
 impl Producer {
+    /// Sends the batch being built if it is full or completes the fetch.
+    async fn flush_if_full<C: Columns>(&mut self, b: &mut C) -> Flow {
+        if b.len() >= BATCH_ROWS || !self.wanted(b.len()) {
+            self.flush(b).await
+        } else {
+            Flow::More
+        }
+    }
+
+    /// Sends the batch being built and starts a new one.
+    async fn flush<C: Columns>(&mut self, b: &mut C) -> Flow {
+        let full = std::mem::take(b);
+        let rows = full.len();
+        self.send(full.columns(), rows).await
+    }
+
     async fn run(mut self) {
         let kind = self.plan.kind;
         let result = match kind {
@@ -443,15 +485,11 @@ impl Producer {
                 0
             };
             b.push(&rec, count);
-            if b.rows >= BATCH_ROWS || !self.wanted(b.rows) {
-                let (cols, n) = std::mem::take(&mut b).finish();
-                if let Flow::Stop = self.send(cols, n).await {
-                    return Ok(());
-                }
+            if let Flow::Stop = self.flush_if_full(&mut b).await {
+                return Ok(());
             }
         }
-        let (cols, n) = b.finish();
-        self.send(cols, n).await;
+        self.flush(&mut b).await;
         Ok(())
     }
 
@@ -482,16 +520,12 @@ impl Producer {
                     continue;
                 }
                 b.push(&rec, &item, decode);
-                if b.rows >= BATCH_ROWS || !self.wanted(b.rows) {
-                    let (cols, n) = std::mem::take(&mut b).finish();
-                    if let Flow::Stop = self.send(cols, n).await {
-                        return Ok(());
-                    }
+                if let Flow::Stop = self.flush_if_full(&mut b).await {
+                    return Ok(());
                 }
             }
         }
-        let (cols, n) = b.finish();
-        self.send(cols, n).await;
+        self.flush(&mut b).await;
         Ok(())
     }
 
@@ -536,8 +570,7 @@ impl Producer {
                 None => continue,
             }
         }
-        let (cols, n) = b.finish();
-        self.send(cols, n).await;
+        self.flush(&mut b).await;
         Ok(())
     }
 
@@ -554,15 +587,11 @@ impl Producer {
                 continue;
             }
             b.push(&e);
-            if b.rows >= BATCH_ROWS || !self.wanted(b.rows) {
-                let (cols, n) = std::mem::take(&mut b).finish();
-                if let Flow::Stop = self.send(cols, n).await {
-                    return Ok(());
-                }
+            if let Flow::Stop = self.flush_if_full(&mut b).await {
+                return Ok(());
             }
         }
-        let (cols, n) = b.finish();
-        self.send(cols, n).await;
+        self.flush(&mut b).await;
         Ok(())
     }
 
@@ -582,15 +611,11 @@ impl Producer {
                 continue;
             }
             b.push(&e);
-            if b.rows >= BATCH_ROWS || !self.wanted(b.rows) {
-                let (cols, n) = std::mem::take(&mut b).finish();
-                if let Flow::Stop = self.send(cols, n).await {
-                    return Ok(());
-                }
+            if let Flow::Stop = self.flush_if_full(&mut b).await {
+                return Ok(());
             }
         }
-        let (cols, n) = b.finish();
-        self.send(cols, n).await;
+        self.flush(&mut b).await;
         Ok(())
     }
 
@@ -610,15 +635,11 @@ impl Producer {
                 continue;
             }
             b.push(&e);
-            if b.rows >= BATCH_ROWS || !self.wanted(b.rows) {
-                let (cols, n) = std::mem::take(&mut b).finish();
-                if let Flow::Stop = self.send(cols, n).await {
-                    return Ok(());
-                }
+            if let Flow::Stop = self.flush_if_full(&mut b).await {
+                return Ok(());
             }
         }
-        let (cols, n) = b.finish();
-        self.send(cols, n).await;
+        self.flush(&mut b).await;
         Ok(())
     }
 }
@@ -710,18 +731,15 @@ impl ConversationColumns {
         self.item_count.append_value(item_count);
     }
 
-    fn finish(mut self) -> (Vec<ArrayRef>, usize) {
-        (
-            vec![
-                Arc::new(self.id.finish()),
-                Arc::new(self.user_id.finish()),
-                Arc::new(self.created_at.finish()),
-                Arc::new(self.updated_at.finish()),
-                Arc::new(self.metadata.finish()),
-                Arc::new(self.item_count.finish()),
-            ],
-            self.rows,
-        )
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.created_at.finish()),
+            Arc::new(self.updated_at.finish()),
+            Arc::new(self.metadata.finish()),
+            Arc::new(self.item_count.finish()),
+        ]
     }
 }
 
@@ -817,23 +835,20 @@ impl ItemColumns {
         }
     }
 
-    fn finish(mut self) -> (Vec<ArrayRef>, usize) {
-        (
-            vec![
-                Arc::new(self.conversation_id.finish()),
-                Arc::new(self.item_id.finish()),
-                Arc::new(self.seq.finish()),
-                Arc::new(self.parent_id.finish()),
-                Arc::new(self.kind.finish()),
-                Arc::new(self.role.finish()),
-                Arc::new(self.text.finish()),
-                Arc::new(self.content.finish()),
-                Arc::new(self.created_at.finish()),
-                Arc::new(self.user_id.finish()),
-                Arc::new(self.embedding.finish()),
-            ],
-            self.rows,
-        )
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.conversation_id.finish()),
+            Arc::new(self.item_id.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.parent_id.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.role.finish()),
+            Arc::new(self.text.finish()),
+            Arc::new(self.content.finish()),
+            Arc::new(self.created_at.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.embedding.finish()),
+        ]
     }
 }
 
@@ -891,22 +906,19 @@ impl MemoryColumns {
         self.expires_at.append_option(e.expires_at_ms);
     }
 
-    fn finish(mut self) -> (Vec<ArrayRef>, usize) {
-        (
-            vec![
-                Arc::new(self.key.finish()),
-                Arc::new(self.user_id.finish()),
-                Arc::new(self.value.finish()),
-                Arc::new(self.value_text.finish()),
-                Arc::new(self.value_json.finish()),
-                Arc::new(self.content_type.finish()),
-                Arc::new(self.etag.finish()),
-                Arc::new(self.size.finish()),
-                Arc::new(self.updated_at.finish()),
-                Arc::new(self.expires_at.finish()),
-            ],
-            self.rows,
-        )
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.key.finish()),
+            Arc::new(self.user_id.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.value_text.finish()),
+            Arc::new(self.value_json.finish()),
+            Arc::new(self.content_type.finish()),
+            Arc::new(self.etag.finish()),
+            Arc::new(self.size.finish()),
+            Arc::new(self.updated_at.finish()),
+            Arc::new(self.expires_at.finish()),
+        ]
     }
 }
 
@@ -961,19 +973,16 @@ impl ChangeColumns {
         self.user_id.append_option(e.owner.as_deref());
     }
 
-    fn finish(mut self) -> (Vec<ArrayRef>, usize) {
-        (
-            vec![
-                Arc::new(self.seq.finish()),
-                Arc::new(self.at.finish()),
-                Arc::new(self.op.finish()),
-                Arc::new(self.conversation_id.finish()),
-                Arc::new(self.item_ids.finish()),
-                Arc::new(self.key.finish()),
-                Arc::new(self.user_id.finish()),
-            ],
-            self.rows,
-        )
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.seq.finish()),
+            Arc::new(self.at.finish()),
+            Arc::new(self.op.finish()),
+            Arc::new(self.conversation_id.finish()),
+            Arc::new(self.item_ids.finish()),
+            Arc::new(self.key.finish()),
+            Arc::new(self.user_id.finish()),
+        ]
     }
 }
 
@@ -1018,18 +1027,15 @@ impl AuditColumns {
             .append_option((!e.details.is_null()).then(|| e.details.to_string()));
     }
 
-    fn finish(mut self) -> (Vec<ArrayRef>, usize) {
-        (
-            vec![
-                Arc::new(self.seq.finish()),
-                Arc::new(self.at.finish()),
-                Arc::new(self.actor.finish()),
-                Arc::new(self.actor_kind.finish()),
-                Arc::new(self.action.finish()),
-                Arc::new(self.target.finish()),
-                Arc::new(self.details.finish()),
-            ],
-            self.rows,
-        )
+    fn finish(mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.seq.finish()),
+            Arc::new(self.at.finish()),
+            Arc::new(self.actor.finish()),
+            Arc::new(self.actor_kind.finish()),
+            Arc::new(self.action.finish()),
+            Arc::new(self.target.finish()),
+            Arc::new(self.details.finish()),
+        ]
     }
 }
