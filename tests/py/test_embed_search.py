@@ -293,3 +293,36 @@ def test_kill9_during_background_embedding_then_restart(fresh_esrv):
     hits = strong_search(srv.http, {"query": "a reminder", "mode": "vector", "top_k": 1000})
     assert len(hits) == total
     assert metric(srv, "mnemo_embedded_total") == 0
+
+
+def test_sql_embed_and_search_use_the_built_in_model(esrv):
+    """`embed()` is the server's model; `search()` is `/v1/search` as a table; vector ordering
+    over a user's built-in embeddings is planned onto the index."""
+    user = f"sql-{uuid.uuid4().hex[:8]}"
+    h = {"X-Mnemo-User": user}
+    conv = esrv.http.post("/v1/conversations", headers=h, json={"items": [
+        {"type": "message", "role": "user", "content": t} for t in [TRAVEL] + DISTRACTORS]}).json()
+
+    def sql(query):
+        r = esrv.http.post("/v1/sql", headers=h, json={"query": query})
+        assert r.status_code == 200, r.text
+        return r.json()["rows"]
+
+    def lit(text):
+        return "'" + text.replace("'", "''") + "'"
+
+    closer = sql(f"SELECT cosine_similarity(embed({lit(QUERY)}), embed({lit(TRAVEL)})) > "
+                 f"cosine_similarity(embed({lit(QUERY)}), embed({lit(DISTRACTORS[0])}))")
+    assert closer == [[True]]
+    # Strong consistency: every item has its built-in vector before the SQL reads.
+    r = esrv.http.post("/v1/search", headers=h, json={"query": QUERY, "mode": "vector", "top_k": 5,
+                                                      "consistency": "strong"})
+    rest = [hit["item_id"] for hit in r.json()["data"]]
+    got = sql(f"SELECT s.item_id, i.text FROM search('{QUERY}', mode => 'vector', top_k => 5) s "
+              "JOIN items i ON i.item_id = s.item_id ORDER BY s.rank")
+    assert [g[0] for g in got] == rest and got[0][1] == TRAVEL
+    q = f"SELECT text FROM items ORDER BY cosine_similarity(embedding, embed('{QUERY}')) DESC LIMIT 1"
+    assert sql(q) == [[TRAVEL]]
+    plan = "\n".join(row[1] for row in sql("EXPLAIN " + q))
+    assert "nearest=exact vector search" in plan, plan
+    assert conv["id"]

@@ -274,3 +274,38 @@ def test_psql_and_psycopg_with_parameters(srv, data, pg_port):
             conn.execute("DELETE FROM items")
         assert e.value.sqlstate == "25006"
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_vector_ordering_is_exact_and_planned_onto_the_index(srv):
+    rnd = random.Random(3)
+    u = f"vec-{uuid.uuid4().hex[:8]}"
+    h = {"X-Mnemo-User": u}
+    conv = srv.http.post("/v1/conversations", json={}, headers=h).json()["id"]
+    vecs = {}
+    for _ in range(2):
+        batch = [{"type": "message", "role": "user", "content": f"v{k}",
+                  "embedding": [rnd.uniform(-1, 1) for _ in range(8)]} for k in range(15)]
+        r = srv.http.post(f"/v1/conversations/{conv}/items", json={"items": batch}, headers=h)
+        assert r.status_code == 200, r.text
+        for item, sent in zip(r.json()["data"], batch):
+            vecs[item["id"]] = sent["embedding"]
+    q = [rnd.uniform(-1, 1) for _ in range(8)]
+
+    def cos(a, b):
+        dot = sum(x * y for x, y in zip(a, b))
+        return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+    expect = sorted(vecs, key=lambda i: cos(vecs[i], q), reverse=True)[:5]
+    query = "SELECT item_id, cosine_similarity(embedding, $1) AS s FROM items ORDER BY s DESC LIMIT 5"
+    got = rows(srv, query, [q], user=u)
+    assert [g[0] for g in got] == expect
+    assert all(g[1] == pytest.approx(cos(vecs[g[0]], q), abs=1e-4) for g in got)
+    plan = "\n".join(r[1] for r in rows(srv, "EXPLAIN " + query, [q], user=u))
+    assert "nearest=exact vector search (top 5 of 8 dims)" in plan, plan
+    # Another filter keeps the scan (the index's top k would not be the same rows), same answer.
+    scoped = query.replace("FROM items", "FROM items WHERE conversation_id = $2")
+    plan = "\n".join(r[1] for r in rows(srv, "EXPLAIN " + scoped, [q, conv], user=u))
+    assert "nearest" not in plan
+    assert [g[0] for g in rows(srv, scoped, [q, conv], user=u)] == expect
+    assert rows(srv, "SELECT cosine_similarity([1, 0], [0, 2]), cosine_similarity([1], [1, 2]), "
+                     "cosine_similarity(NULL, [1]), cosine_similarity([0, 0], [1, 1])") == [[0.0, None, None, None]]

@@ -93,7 +93,7 @@ fn vector(rng: &mut StdRng) -> Vec<f32> {
 }
 
 fn role(seq: usize) -> &'static str {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         "user"
     } else {
         "assistant"

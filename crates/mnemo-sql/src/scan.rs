@@ -647,7 +647,7 @@ impl Producer {
 /// The conversations a scan walks: named ids, or every one the scope may see.
 enum ConversationSource {
     Ids(std::vec::IntoIter<String>),
-    All(Rows<ConversationRecord>),
+    All(Box<Rows<ConversationRecord>>),
 }
 
 impl ConversationSource {
@@ -664,7 +664,7 @@ impl ConversationSource {
                 }
                 ConversationSource::Ids(ids.into_iter())
             }
-            None => ConversationSource::All(ctx.view.conversations(scope).await?),
+            None => ConversationSource::All(Box::new(ctx.view.conversations(scope).await?)),
         })
     }
 

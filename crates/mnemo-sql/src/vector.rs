@@ -20,6 +20,7 @@ use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -75,7 +76,9 @@ fn down_to_scan(
             .data;
         return down_to_scan(rewritten, p.input());
     }
-    if plan.downcast_ref::<RepartitionExec>().is_some() {
+    if plan.downcast_ref::<RepartitionExec>().is_some()
+        || plan.downcast_ref::<CooperativeExec>().is_some()
+    {
         return down_to_scan(expr, plan.children().first()?);
     }
     None
