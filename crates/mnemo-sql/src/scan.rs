@@ -462,6 +462,17 @@ impl Producer {
         }
     }
 
+    /// Which parts of an item the projection needs.
+    fn item_decode(&self) -> ItemDecode {
+        let (text, content) = (self.projected("text"), self.projected("content"));
+        ItemDecode {
+            json: text || content || self.projected("type") || self.projected("role"),
+            text,
+            content,
+            embedding: self.projected("embedding"),
+        }
+    }
+
     async fn conversations(&mut self) -> Result<(), StoreError> {
         let Some(scope) = self.scan_scope().filter(|_| !self.plan.empty) else {
             return Ok(());
@@ -500,12 +511,7 @@ impl Producer {
         if let Some((vector, k)) = self.plan.nearest.clone() {
             return self.nearest_items(&scope, vector, k).await;
         }
-        let decode = ItemDecode {
-            json: ["type", "role", "text", "content"]
-                .iter()
-                .any(|c| self.projected(c)),
-            embedding: self.projected("embedding"),
-        };
+        let decode = self.item_decode();
         let mut b = ItemColumns::default();
         let mut source = ConversationSource::open(&self.ctx, &scope, &self.plan).await?;
         while let Some(rec) = source.next(&self.ctx, &scope).await? {
@@ -544,12 +550,7 @@ impl Producer {
                 return Ok(());
             }
         };
-        let decode = ItemDecode {
-            json: ["type", "role", "text", "content"]
-                .iter()
-                .any(|c| self.projected(c)),
-            embedding: self.projected("embedding"),
-        };
+        let decode = self.item_decode();
         let mut b = ItemColumns::default();
         for (conversation_id, item_id) in hits {
             let rec = match self.ctx.view.conversation(scope, &conversation_id).await {
@@ -748,6 +749,10 @@ impl ConversationColumns {
 struct ItemDecode {
     /// Parse the item's JSON (type, role, text, content).
     json: bool,
+    /// Build the text column.
+    text: bool,
+    /// Build the content column.
+    content: bool,
     /// Build the embedding column.
     embedding: bool,
 }
@@ -813,9 +818,15 @@ impl ItemColumns {
                     .append_option(v.get("type").and_then(Value::as_str));
                 self.role
                     .append_option(v.get("role").and_then(Value::as_str));
-                self.text.append_value(mnemo_index::item_text(v));
-                self.content
-                    .append_option(v.get("content").map(Value::to_string));
+                if decode.text {
+                    self.text.append_value(mnemo_index::item_text(v));
+                } else {
+                    self.text.append_null();
+                }
+                match v.get("content").filter(|_| decode.content) {
+                    Some(c) => self.content.append_value(c.to_string()),
+                    None => self.content.append_null(),
+                }
             }
             None => {
                 self.kind.append_null();
