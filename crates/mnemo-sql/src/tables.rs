@@ -263,6 +263,8 @@ enum Narrowing {
     From(Bound<i64>),
     /// An upper bound on the time column, ms.
     Until(Bound<i64>),
+    /// Both bounds (inclusive) of an equality on the time column, ms.
+    Between(i64, i64),
     /// A lower bound on `seq` (changes, audit).
     SeqFrom(i64),
 }
@@ -368,12 +370,10 @@ impl Table {
                     Narrowing::Until(Bound::Included(millis_of(value, false)?)),
                     false,
                 )),
-                Operator::Eq => {
-                    let (lo, hi) = (millis_of(value, true)?, millis_of(value, false)?);
-                    // Two narrowings from one filter: the upper bound is added by `plan`.
-                    let _ = hi;
-                    Some((Narrowing::From(Bound::Included(lo)), false))
-                }
+                Operator::Eq => Some((
+                    Narrowing::Between(millis_of(value, true)?, millis_of(value, false)?),
+                    false,
+                )),
                 _ => None,
             },
             _ => None,
@@ -407,14 +407,11 @@ impl Table {
                 },
                 Narrowing::From(b) => plan.from = tighter_lower(plan.from, b),
                 Narrowing::Until(b) => plan.until = tighter_upper(plan.until, b),
-                Narrowing::SeqFrom(s) => plan.seq_from = plan.seq_from.max(Some(s)),
-            }
-            if let Some((column, Operator::Eq, value)) = column_op_literal(f) {
-                if column == self.kind.time_column() {
-                    if let Some(hi) = millis_of(value, false) {
-                        plan.until = tighter_upper(plan.until, Bound::Included(hi));
-                    }
+                Narrowing::Between(lo, hi) => {
+                    plan.from = tighter_lower(plan.from, Bound::Included(lo));
+                    plan.until = tighter_upper(plan.until, Bound::Included(hi));
                 }
+                Narrowing::SeqFrom(s) => plan.seq_from = plan.seq_from.max(Some(s)),
             }
         }
         plan
