@@ -208,9 +208,47 @@ def test_explain_shows_pushdown_and_one_conversation_reads_only_its_items(srv, d
     analyzed = "\n".join(r[1] for r in rows(srv, f"EXPLAIN ANALYZE SELECT item_id FROM items WHERE conversation_id = '{conv}' "
                                                  "ORDER BY seq DESC LIMIT 1"))
     assert "newest_first" in analyzed and re.search(r"rows_read=1\b", analyzed), analyzed
+    # A walk over many conversations is split among the session's partitions.
+    plan = "\n".join(r[1] for r in rows(srv, "EXPLAIN SELECT role, count(*) FROM items GROUP BY role", user=u))
+    assert "partitions=2" in plan, plan
     # A user filter walks that user's conversations only.
     plan = "\n".join(r[1] for r in rows(srv, "EXPLAIN SELECT id FROM conversations WHERE user_id = $1", [u]))
     assert f"user={u}" in plan
+
+
+def metric(srv, name, labels=""):
+    text = srv.http.get("/metrics").text
+    m = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_a_statement_is_planned_once_and_each_run_binds_its_own_values(srv, data):
+    """A statement run again reuses its plan: each run reads only the conversation its
+    parameter names, a null parameter matches nothing (not everything), and a plan with now()
+    is planned again each time rather than keeping the first run's time."""
+    u = data["users"][1]
+    convs = [c["id"] for c in data["convs"][u]]
+    q = f"SELECT count(*) FROM items WHERE conversation_id = $1 -- {data['tag']}"
+    rows(srv, q, [convs[0]], user=u)
+    for conv in convs[1:]:
+        hits, read = metric(srv, "mnemo_sql_plans_total", '{cache="hit"}'), \
+            metric(srv, "mnemo_sql_rows_read_total", '{table="items"}')
+        assert rows(srv, q, [conv], user=u) == [[len(data["items"][conv])]]
+        assert metric(srv, "mnemo_sql_plans_total", '{cache="hit"}') == hits + 1
+        # The filter over $1 was pushed into the scan of the reused plan.
+        assert metric(srv, "mnemo_sql_rows_read_total", '{table="items"}') - read == len(data["items"][conv])
+    assert rows(srv, q, [None], user=u) == [[0]]
+    q_in = "SELECT count(*) FROM items WHERE conversation_id IN ($1, $2)"
+    assert rows(srv, q_in, [convs[0], None], user=u) == [[len(data["items"][convs[0]])]]
+    assert rows(srv, q_in, [None, None], user=u) == [[0]]
+    assert rows(srv, "SELECT count(*) FROM conversations WHERE user_id = $1", [None]) == [[0]]
+    # A time bound over a parameter narrows the scan as a constant does.
+    q_t = "SELECT count(*) FROM items WHERE conversation_id = $1 AND created_at > $2"
+    assert rows(srv, q_t, [convs[0], "2999-01-01T00:00:00Z"], user=u) == [[0]]
+    assert rows(srv, q_t, [convs[0], "2000-01-01T00:00:00Z"], user=u) == [[len(data["items"][convs[0]])]]
+    first = rows(srv, "SELECT CAST(now() AS VARCHAR)")
+    time.sleep(0.01)
+    assert rows(srv, "SELECT CAST(now() AS VARCHAR)") != first
 
 
 def test_bad_sql_is_a_clear_400(srv):

@@ -461,7 +461,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         .await?;
         rows.push(Row {
             workload: "S1",
-            what: format!("newest 50 items of a conversation, {clients} clients: queries/s"),
+            what: format!("newest 50 items of a conversation, clients={clients}: queries/s"),
             mnemo: rate_m,
             postgres: rate_p,
             unit: "/s",
@@ -469,7 +469,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         });
         rows.push(Row {
             workload: "S1",
-            what: format!("  p50 / p99 ms, {clients} clients"),
+            what: format!("  p50 ms, clients={clients}"),
             mnemo: ms(&lat_m, 0.5),
             postgres: ms(&lat_p, 0.5),
             unit: "ms p50",
@@ -477,7 +477,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         });
         rows.push(Row {
             workload: "S1",
-            what: format!("  p99 ms, {clients} clients"),
+            what: format!("  p99 ms, clients={clients}"),
             mnemo: ms(&lat_m, 0.99),
             postgres: ms(&lat_p, 0.99),
             unit: "ms p99",

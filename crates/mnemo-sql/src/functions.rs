@@ -242,15 +242,7 @@ static SEARCH_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// `search(query [, mode [, top_k [, source]]])`, also with named arguments `mode =>`,
 /// `top_k =>`, `source =>` (see `crate::statement`).
 #[derive(Debug)]
-pub(crate) struct SearchFunction {
-    ctx: Arc<QueryContext>,
-}
-
-impl SearchFunction {
-    pub fn new(ctx: Arc<QueryContext>) -> Self {
-        SearchFunction { ctx }
-    }
-}
+pub(crate) struct SearchFunction;
 
 /// The argument names of `search()`, in positional order.
 pub(crate) const SEARCH_ARGS: [&str; 4] = ["query", "mode", "top_k", "source"];
@@ -330,7 +322,6 @@ impl TableFunctionImpl for SearchFunction {
             }
         };
         Ok(Arc::new(SearchTable {
-            ctx: self.ctx.clone(),
             text,
             mode,
             top_k,
@@ -339,10 +330,9 @@ impl TableFunctionImpl for SearchFunction {
     }
 }
 
-/// The result of one `search()` call, computed when the query runs.
+/// The result of one `search()` call, computed when the query runs, for its caller.
 #[derive(Debug)]
 struct SearchTable {
-    ctx: Arc<QueryContext>,
     text: String,
     mode: Mode,
     top_k: usize,
@@ -361,12 +351,12 @@ impl TableProvider for SearchTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let ctx = &self.ctx;
+        let ctx = QueryContext::of(state)?;
         let needs = match self.source {
             Source::Items => ctx.access.conversations,
             Source::Memory => ctx.access.memory,

@@ -12,7 +12,9 @@
 
 mod error;
 mod functions;
+mod item_json;
 mod params;
+mod plan_cache;
 mod scan;
 mod statement;
 mod tables;
@@ -29,13 +31,16 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::{FunctionRegistry, TaskContext};
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::prelude::SessionConfig;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use mnemo_index::SearchService;
 use mnemo_storage::{Scope, Store};
+use plan_cache::{PlanCache, Prepared};
 use std::sync::Arc;
 use std::time::Duration;
 use tables::{QueryContext, Table};
@@ -99,16 +104,24 @@ pub struct SqlEngine {
     store: Arc<Store>,
     search: Option<Arc<SearchService>>,
     config: SqlConfig,
+    /// Functions, tables and rules every query shares; each query runs in a copy of it
+    /// that carries the query's own [`QueryContext`].
+    base: SessionState,
+    /// Plans by statement text.
+    plans: PlanCache,
 }
 
 impl SqlEngine {
     /// An engine over `store`; with a search service, `search()`, `embed()` and vector
     /// ordering use its index.
     pub fn new(store: Arc<Store>, search: Option<Arc<SearchService>>, config: SqlConfig) -> Self {
+        let base = base_state(&config, search.clone());
         SqlEngine {
             store,
             search,
             config,
+            base,
+            plans: PlanCache::default(),
         }
     }
 
@@ -118,7 +131,7 @@ impl SqlEngine {
     }
 
     /// A session for one query of `scope`, over a fresh view of the store.
-    async fn session(&self, scope: Scope, access: Access) -> Result<SessionContext, SqlError> {
+    async fn session(&self, scope: Scope, access: Access) -> Result<SessionState, SqlError> {
         let view = self.store.read_view().await?;
         let ctx = Arc::new(QueryContext {
             view,
@@ -126,6 +139,92 @@ impl SqlEngine {
             access,
             search: self.search.clone(),
         });
+        let mut state = self.base.clone();
+        state.config_mut().set_extension(ctx);
+        // `now()` and friends are the time the query started.
+        state.mark_start_execution();
+        Ok(state)
+    }
+
+    /// The plan of `sql`: from the cache when the same text was planned before.
+    async fn prepare(&self, state: &SessionState, sql: &str) -> Result<Arc<Prepared>, SqlError> {
+        if let Some(hit) = self.plans.get(sql) {
+            metrics::counter!("mnemo_sql_plans_total", "cache" => "hit").increment(1);
+            return Ok(hit);
+        }
+        let statement = statement::parse(sql)?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| self.classify(e))?;
+        let params = plan
+            .get_parameter_types()
+            .map_err(|e| SqlError::Param(e.strip_backtrace()))?;
+        let reusable = plan_cache::reusable(&plan);
+        // A plan is optimized once, with its parameters unbound, when nothing in it
+        // depends on the moment it runs. Otherwise (or when the optimizer needs the
+        // parameters' values to type them) each run optimizes it after binding.
+        let optimized = if reusable {
+            state.optimize(&plan).ok()
+        } else {
+            None
+        };
+        let prepared = Arc::new(match optimized {
+            Some(plan) => Prepared {
+                plan,
+                optimized: true,
+                params,
+            },
+            None => Prepared {
+                plan,
+                optimized: false,
+                params,
+            },
+        });
+        let cache = if reusable {
+            self.plans.insert(sql, prepared.clone());
+            "miss"
+        } else {
+            "bypass"
+        };
+        metrics::counter!("mnemo_sql_plans_total", "cache" => cache).increment(1);
+        Ok(prepared)
+    }
+
+    fn classify(&self, e: datafusion::error::DataFusionError) -> SqlError {
+        SqlError::from_datafusion(e, self.config.memory_limit_bytes)
+    }
+
+    /// The physical plan of `prepared` with `params` bound, ready to run in `state`.
+    async fn physical(
+        &self,
+        state: &SessionState,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
+        let mut plan = prepared.plan.clone();
+        if !params.is_empty() || !prepared.params.is_empty() {
+            let params = params::typed(&prepared.params, params)?;
+            plan = plan
+                .with_param_values(params)
+                .map_err(|e| SqlError::Param(e.strip_backtrace()))?;
+            if prepared.optimized {
+                // Constant folding over the bound values (`embed($1)`, casts).
+                plan = plan_cache::simplify(state, plan).map_err(|e| self.classify(e))?;
+            }
+        }
+        if !prepared.optimized {
+            plan = state.optimize(&plan).map_err(|e| self.classify(e))?;
+        }
+        state
+            .query_planner()
+            .create_physical_plan(&plan, state)
+            .await
+            .map_err(|e| self.classify(e))
+    }
+
+    /// What one query may use while it runs: its own memory pool, no spilling to disk.
+    fn task(&self, state: &SessionState) -> Result<Arc<TaskContext>, SqlError> {
         // No spilling to disk: a query that needs more than its memory limit fails with
         // `SqlError::MemoryLimit` rather than filling the node's temporary directory.
         let runtime = RuntimeEnvBuilder::new()
@@ -135,41 +234,16 @@ impl SqlEngine {
             )
             .build_arc()
             .map_err(|e| SqlError::Internal(e.to_string()))?;
-        let config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_default_catalog_and_schema("mnemo", "public")
-            .with_target_partitions(self.config.target_partitions.max(1));
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(vector::NearestItems))
-            .build();
-        let mut session = SessionContext::new_with_state(state);
-        for kind in TableKind::ALL {
-            session
-                .register_table(kind.name(), Arc::new(Table::new(kind, ctx.clone())))
-                .map_err(|e| SqlError::Internal(e.to_string()))?;
-        }
-        session.register_udf(ScalarUDF::from(functions::CosineSimilarity::new()));
-        session.register_udf(ScalarUDF::from(functions::Embed::new(self.search.clone())));
-        session.register_udtf("search", Arc::new(functions::SearchFunction::new(ctx)));
-        datafusion_functions_json::register_all(&mut session)
-            .map_err(|e| SqlError::Internal(e.to_string()))?;
-        Ok(session)
-    }
-
-    async fn plan(&self, session: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
-        let statement = statement::parse(sql)?;
-        session
-            .state()
-            .statement_to_plan(statement)
-            .await
-            .map_err(|e| self.classify(e))
-    }
-
-    fn classify(&self, e: datafusion::error::DataFusionError) -> SqlError {
-        SqlError::from_datafusion(e, self.config.memory_limit_bytes)
+        Ok(Arc::new(TaskContext::new(
+            None,
+            state.session_id().to_owned(),
+            state.config().clone(),
+            state.scalar_functions().clone(),
+            state.higher_order_functions().clone(),
+            state.aggregate_functions().clone(),
+            state.window_functions().clone(),
+            runtime,
+        )))
     }
 
     /// Runs a read-only statement for `scope` with parameters bound to `$1…`. The answer
@@ -184,19 +258,10 @@ impl SqlEngine {
         let ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         let started = tokio::time::timeout_at(deadline, async {
-            let session = self.session(scope, access).await?;
-            let mut plan = self.plan(&session, sql).await?;
-            if !params.is_empty() {
-                let params = params::typed(&plan, params)?;
-                plan = plan
-                    .with_param_values(params)
-                    .map_err(|e| SqlError::Param(e.strip_backtrace()))?;
-            }
-            let frame = session
-                .execute_logical_plan(plan)
-                .await
-                .map_err(|e| self.classify(e))?;
-            frame.execute_stream().await.map_err(|e| self.classify(e))
+            let state = self.session(scope, access).await?;
+            let prepared = self.prepare(&state, sql).await?;
+            let plan = self.physical(&state, &prepared, params).await?;
+            execute_stream(plan, self.task(&state)?).map_err(|e| self.classify(e))
         })
         .await;
         let stream = match started {
@@ -227,16 +292,47 @@ impl SqlEngine {
         access: Access,
         sql: &str,
     ) -> Result<Described, SqlError> {
-        let session = self.session(scope, access).await?;
-        let plan = self.plan(&session, sql).await?;
-        let types = plan
-            .get_parameter_types()
-            .map_err(|e| SqlError::Param(e.strip_backtrace()))?;
+        let state = self.session(scope, access).await?;
+        let prepared = self.prepare(&state, sql).await?;
+        let types = &prepared.params;
         let mut params = Vec::with_capacity(types.len());
         for i in 1..=types.len() {
             params.push(types.get(&format!("${i}")).cloned().flatten());
         }
-        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let schema = Arc::new(prepared.plan.schema().as_arrow().clone());
         Ok(Described { params, schema })
     }
+}
+
+/// The session every query starts from: DataFusion's functions and rules, mnemo's tables
+/// and functions, and the engine's settings.
+fn base_state(config: &SqlConfig, search: Option<Arc<SearchService>>) -> SessionState {
+    let session = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("mnemo", "public")
+        .with_target_partitions(config.target_partitions.max(1));
+    let mut state = SessionStateBuilder::new()
+        .with_config(session)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(vector::NearestItems))
+        .build();
+    let schema = state
+        .catalog_list()
+        .catalog("mnemo")
+        .and_then(|c| c.schema("public"));
+    if let Some(schema) = schema {
+        for kind in TableKind::ALL {
+            // The names are distinct, so registering cannot collide.
+            let _ = schema.register_table(kind.name().to_owned(), Arc::new(Table::new(kind)));
+        }
+    }
+    let _ = state.register_udf(Arc::new(
+        ScalarUDF::from(functions::CosineSimilarity::new()),
+    ));
+    let _ = state.register_udf(Arc::new(ScalarUDF::from(functions::Embed::new(search))));
+    state.register_udtf("search", Arc::new(functions::SearchFunction));
+    if let Err(e) = datafusion_functions_json::register_all(&mut state) {
+        tracing::error!(error = %e, "the JSON functions could not be registered");
+    }
+    state
 }

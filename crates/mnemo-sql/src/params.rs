@@ -37,12 +37,9 @@ pub fn json_param(v: &Value) -> Result<ScalarValue, SqlError> {
 /// The parameters converted to the types the plan expects at their positions (where the
 /// planner inferred one).
 pub(crate) fn typed(
-    plan: &datafusion::logical_expr::LogicalPlan,
+    types: &std::collections::HashMap<String, Option<datafusion::arrow::datatypes::DataType>>,
     params: Vec<ScalarValue>,
 ) -> Result<Vec<ScalarValue>, SqlError> {
-    let types = plan
-        .get_parameter_types()
-        .map_err(|e| SqlError::Param(e.strip_backtrace()))?;
     if types.len() != params.len() {
         return Err(SqlError::Param(format!(
             "the query has {} parameters but {} values were given",

@@ -60,6 +60,9 @@ pub(crate) struct ScanPlan {
     pub fetch: Option<usize>,
     /// Top-k items by vector similarity, from the search index (see `crate::vector`).
     pub nearest: Option<(Vec<f32>, usize)>,
+    /// Parts the scan is split into, each read by its own task: conversations are dealt
+    /// out among them in turn. One for scans that must keep an order or stop early.
+    pub partitions: usize,
     /// The filters that narrowed the scan, for EXPLAIN.
     pub pushed: Vec<String>,
 }
@@ -78,6 +81,7 @@ impl ScanPlan {
             newest_first: false,
             fetch: None,
             nearest: None,
+            partitions: 1,
             pushed: Vec::new(),
         }
     }
@@ -114,12 +118,7 @@ impl ScanExec {
             Some(p) => Arc::new(full.project(p)?),
             None => full,
         };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = properties(&schema, &plan);
         Ok(ScanExec {
             ctx,
             plan,
@@ -133,10 +132,10 @@ impl ScanExec {
     fn with_plan(&self, plan: ScanPlan) -> Arc<ScanExec> {
         Arc::new(ScanExec {
             ctx: self.ctx.clone(),
+            properties: properties(&self.schema, &plan),
             plan,
             projection: self.projection.clone(),
             schema: self.schema.clone(),
-            properties: self.properties.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
@@ -171,6 +170,7 @@ impl ScanExec {
     pub fn nearest(&self, vector: Vec<f32>, k: usize) -> Arc<ScanExec> {
         let mut plan = self.plan.clone();
         plan.nearest = Some((vector, k));
+        plan.partitions = 1;
         self.with_plan(plan)
     }
 
@@ -178,6 +178,15 @@ impl ScanExec {
     pub fn column_name(&self, index: usize) -> Option<&str> {
         self.schema.fields().get(index).map(|f| f.name().as_str())
     }
+}
+
+fn properties(schema: &SchemaRef, plan: &ScanPlan) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema.clone()),
+        Partitioning::UnknownPartitioning(plan.partitions.max(1)),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
 }
 
 impl DisplayAs for ScanExec {
@@ -210,6 +219,9 @@ impl DisplayAs for ScanExec {
         }
         if let Some(n) = p.fetch {
             write!(f, ", fetch={n}")?;
+        }
+        if p.partitions > 1 {
+            write!(f, ", partitions={}", p.partitions)?;
         }
         if let Some((v, k)) = &p.nearest {
             write!(
@@ -268,6 +280,8 @@ impl ExecutionPlan for ScanExec {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // A scan that stops early reads in one part, in order, and stops at the fetch.
+        plan.partitions = 1;
         Some(self.with_plan(plan))
     }
 
@@ -294,6 +308,7 @@ impl ExecutionPlan for ScanExec {
         }
         let mut plan = self.plan.clone();
         plan.newest_first = first.options.descending;
+        plan.partitions = 1;
         let inner: Arc<dyn ExecutionPlan> = self.with_plan(plan);
         Ok(if order.len() == 1 {
             SortOrderPushdownResult::Exact { inner }
@@ -311,12 +326,16 @@ impl ExecutionPlan for ScanExec {
         partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
+        if partition >= self.plan.partitions.max(1) {
+            return Err(SqlError::Internal(format!("no part {partition} of a scan")).into());
+        }
         let rows_read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
         let (tx, rx) = mpsc::channel::<DfResult<RecordBatch>>(2);
         let producer = Producer {
             ctx: self.ctx.clone(),
             plan: self.plan.clone(),
             projection: self.projection.clone(),
+            partition,
             tx,
             rows_read,
             emitted: 0,
@@ -337,6 +356,8 @@ struct Producer {
     ctx: Arc<QueryContext>,
     plan: ScanPlan,
     projection: Option<Vec<usize>>,
+    /// Which part of the scan this task reads.
+    partition: usize,
     tx: mpsc::Sender<DfResult<RecordBatch>>,
     rows_read: Count,
     emitted: usize,
@@ -449,6 +470,11 @@ impl Producer {
         }
     }
 
+    /// Whether the `ordinal`th conversation of the scan (from 0) falls to this part.
+    fn mine(&self, ordinal: usize) -> bool {
+        ordinal % self.plan.partitions.max(1) == self.partition
+    }
+
     /// Rows still wanted before the fetch is met.
     fn wanted(&self, in_batch: usize) -> bool {
         self.plan.fetch.is_none_or(|n| self.emitted + in_batch < n)
@@ -466,7 +492,7 @@ impl Producer {
     fn item_decode(&self) -> ItemDecode {
         let (text, content) = (self.projected("text"), self.projected("content"));
         ItemDecode {
-            json: text || content || self.projected("type") || self.projected("role"),
+            json: text || self.projected("type") || self.projected("role"),
             text,
             content,
             embedding: self.projected("embedding"),
@@ -480,7 +506,12 @@ impl Producer {
         let count_items = self.projected("item_count");
         let mut b = ConversationColumns::default();
         let mut source = ConversationSource::open(&self.ctx, &scope, &self.plan).await?;
+        let mut ordinal = 0;
         while let Some(rec) = source.next(&self.ctx, &scope).await? {
+            ordinal += 1;
+            if !self.mine(ordinal - 1) {
+                continue;
+            }
             self.rows_read.add(1);
             if !self.plan.in_time(rec.created_at.saturating_mul(1000)) {
                 continue;
@@ -514,7 +545,12 @@ impl Producer {
         let decode = self.item_decode();
         let mut b = ItemColumns::default();
         let mut source = ConversationSource::open(&self.ctx, &scope, &self.plan).await?;
+        let mut ordinal = 0;
         while let Some(rec) = source.next(&self.ctx, &scope).await? {
+            ordinal += 1;
+            if !self.mine(ordinal - 1) {
+                continue;
+            }
             let mut items = self
                 .ctx
                 .view
@@ -747,7 +783,7 @@ impl ConversationColumns {
 /// Which expensive parts of an item a scan needs.
 #[derive(Clone, Copy)]
 struct ItemDecode {
-    /// Parse the item's JSON (type, role, text, content).
+    /// Read the item's JSON for type, role and text.
     json: bool,
     /// Build the text column.
     text: bool,
@@ -807,34 +843,30 @@ impl ItemColumns {
         self.seq
             .append_value(i64::try_from(item.seq).unwrap_or(i64::MAX));
         self.parent_id.append_option(item.parent.as_deref());
-        let json = if decode.json {
-            serde_json::from_slice::<Value>(&item.json).ok()
+        let fields = if decode.json {
+            crate::item_json::read(&item.json, decode.text)
         } else {
             None
         };
-        match &json {
-            Some(v) => {
-                self.kind
-                    .append_option(v.get("type").and_then(Value::as_str));
-                self.role
-                    .append_option(v.get("role").and_then(Value::as_str));
-                if decode.text {
-                    self.text.append_value(mnemo_index::item_text(v));
-                } else {
-                    self.text.append_null();
-                }
-                match v.get("content").filter(|_| decode.content) {
-                    Some(c) => self.content.append_value(c.to_string()),
-                    None => self.content.append_null(),
-                }
+        match fields {
+            Some(f) => {
+                self.kind.append_option(f.kind);
+                self.role.append_option(f.role);
+                self.text.append_option(f.text);
             }
             None => {
                 self.kind.append_null();
                 self.role.append_null();
                 self.text.append_null();
-                self.content.append_null();
             }
         }
+        // `content` is JSON text: the item's own, parsed only when the column is selected.
+        let content = decode
+            .content
+            .then(|| serde_json::from_slice::<Value>(&item.json).ok())
+            .flatten()
+            .and_then(|mut v| v.get_mut("content").map(Value::take));
+        self.content.append_option(content.map(|c| c.to_string()));
         self.created_at.append_value(item.created_at_ms);
         self.user_id.append_option(rec.owner.as_deref());
         match (&item.vector, decode.embedding) {

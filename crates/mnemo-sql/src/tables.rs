@@ -1,9 +1,11 @@
 //! The tables: their schemas, which of a query's filters each turns into key ranges, and
-//! the [`TableProvider`]s built per query from the caller's scope.
+//! the [`TableProvider`]s that read them.
 //!
-//! A provider holds the query's [`QueryContext`]: one [`ReadView`] of the store and the
-//! verified scope. Every scan reads through that view with that scope, so the access rule of
-//! `mnemo-storage` decides what a query can see; no filter, join or function can widen it.
+//! A provider holds no data and no caller: it is shared by every query, and so are the plans
+//! built over it. When a query runs, its scan takes the query's [`QueryContext`] (one
+//! [`ReadView`] of the store and the verified scope) from the session, and reads through that
+//! view with that scope, so the access rule of `mnemo-storage` decides what a query can see;
+//! no filter, join or function can widen it.
 
 use crate::scan::{ScanExec, ScanPlan};
 use crate::{Access, SqlError};
@@ -21,7 +23,8 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::{Arc, LazyLock};
 
-/// What every table of one query shares: the consistent view and the caller's scope.
+/// What every table of one query shares: the consistent view and the caller's scope. It is
+/// an extension of the query's session configuration; [`QueryContext::of`] finds it.
 pub(crate) struct QueryContext {
     /// The store at the moment the query started.
     pub view: ReadView,
@@ -176,11 +179,20 @@ impl TableKind {
     }
 }
 
-/// One table of one query.
+impl QueryContext {
+    /// The context of the query `session` runs. Every session the engine plans in has one.
+    pub(crate) fn of(session: &dyn Session) -> DfResult<Arc<QueryContext>> {
+        session
+            .config()
+            .get_extension::<QueryContext>()
+            .ok_or_else(|| SqlError::Internal("a scan outside of a query".into()).into())
+    }
+}
+
+/// One table, shared by every query; its scans read the running query's view.
 #[derive(Debug)]
 pub(crate) struct Table {
     kind: TableKind,
-    ctx: Arc<QueryContext>,
 }
 
 impl std::fmt::Debug for QueryContext {
@@ -192,8 +204,8 @@ impl std::fmt::Debug for QueryContext {
 }
 
 impl Table {
-    pub(crate) fn new(kind: TableKind, ctx: Arc<QueryContext>) -> Self {
-        Table { kind, ctx }
+    pub(crate) fn new(kind: TableKind) -> Self {
+        Table { kind }
     }
 }
 
@@ -207,6 +219,61 @@ fn column_op_literal(e: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
         (Expr::Literal(v, _), Expr::Column(c)) => Some((c.name.as_str(), op.swap()?, v)),
         _ => None,
     }
+}
+
+/// Whether a filter is never true: a null or false constant, or a comparison with null.
+fn never_true(e: &Expr) -> bool {
+    match e {
+        Expr::Literal(v, _) => v.is_null() || *v == ScalarValue::Boolean(Some(false)),
+        e => column_op_literal(e).is_some_and(|(_, op, v)| {
+            v.is_null()
+                && matches!(
+                    op,
+                    Operator::Eq
+                        | Operator::NotEq
+                        | Operator::Lt
+                        | Operator::LtEq
+                        | Operator::Gt
+                        | Operator::GtEq
+                )
+        }),
+    }
+}
+
+/// `e` with each parameter (`$1`…) replaced by an example value of its type. Plans are made
+/// before parameters are bound (and reused with other values), so whether a filter narrows
+/// a scan is decided on the filter's shape; a value of the same type narrows it the same way
+/// (a null, which narrows nothing, is handled by the scan: see [`never_true`]). `None` when
+/// a parameter's type is unknown.
+fn bound_example(e: &Expr) -> Option<std::borrow::Cow<'_, Expr>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    if !e
+        .exists(|e| Ok(matches!(e, Expr::Placeholder(_))))
+        .unwrap_or(true)
+    {
+        return Some(std::borrow::Cow::Borrowed(e));
+    }
+    e.clone()
+        .transform(|e| match e {
+            Expr::Placeholder(p) => {
+                let t = p.field.as_ref().map(|f| f.data_type().clone());
+                let v = match t {
+                    Some(DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) => {
+                        ScalarValue::Utf8(Some("p".to_owned()))
+                    }
+                    Some(t) => ScalarValue::new_zero(&t)?,
+                    None => {
+                        return Err(datafusion::error::DataFusionError::Plan(
+                            "untyped parameter".into(),
+                        ))
+                    }
+                };
+                Ok(Transformed::yes(Expr::Literal(v, None)))
+            }
+            e => Ok(Transformed::no(e)),
+        })
+        .ok()
+        .map(|t| std::borrow::Cow::Owned(t.data))
 }
 
 fn string_of(v: &ScalarValue) -> Option<&str> {
@@ -285,9 +352,11 @@ impl Table {
             if !id_column || list.negated {
                 return None;
             }
+            // A null in the list matches nothing.
             let ids = list
                 .list
                 .iter()
+                .filter(|v| !matches!(v, Expr::Literal(v, _) if v.is_null()))
                 .map(|v| match v {
                     Expr::Literal(v, _) => string_of(v).map(str::to_owned),
                     _ => None,
@@ -385,6 +454,12 @@ impl Table {
         let mut plan = ScanPlan::new(self.kind);
         for f in filters {
             let Some((n, _)) = self.narrowing(f) else {
+                // A filter planned over a parameter may meet a null once bound; it is then
+                // never true, and the scan is the one to say so (it was pushed down exactly).
+                if never_true(f) {
+                    plan.pushed.push(f.to_string());
+                    plan.empty = true;
+                }
                 continue;
             };
             plan.pushed.push(f.to_string());
@@ -466,22 +541,25 @@ impl TableProvider for Table {
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| match self.narrowing(f) {
-                Some((_, true)) => TableProviderFilterPushDown::Exact,
-                Some((_, false)) => TableProviderFilterPushDown::Inexact,
-                None => TableProviderFilterPushDown::Unsupported,
-            })
+            .map(
+                |f| match bound_example(f).and_then(|f| self.narrowing(&f)) {
+                    Some((_, true)) => TableProviderFilterPushDown::Exact,
+                    Some((_, false)) => TableProviderFilterPushDown::Inexact,
+                    None => TableProviderFilterPushDown::Unsupported,
+                },
+            )
             .collect())
     }
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if !self.kind.allowed(&self.ctx.access) {
+        let ctx = QueryContext::of(state)?;
+        if !self.kind.allowed(&ctx.access) {
             return Err(SqlError::Forbidden {
                 table: self.kind.name(),
                 permission: self.kind.permission(),
@@ -490,11 +568,15 @@ impl TableProvider for Table {
         }
         let mut plan = self.plan(filters);
         plan.fetch = limit;
-        Ok(Arc::new(ScanExec::new(
-            self.ctx.clone(),
-            plan,
-            projection.cloned(),
-        )?))
+        // Walks over many conversations are split among the session's partitions.
+        if matches!(self.kind, TableKind::Items | TableKind::Conversations)
+            && plan.ids.is_none()
+            && limit.is_none()
+            && !plan.empty
+        {
+            plan.partitions = state.config().target_partitions().max(1);
+        }
+        Ok(Arc::new(ScanExec::new(ctx, plan, projection.cloned())?))
     }
 }
 
