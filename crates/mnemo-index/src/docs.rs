@@ -48,23 +48,36 @@ pub fn item_text(v: &Value) -> String {
     text
 }
 
+/// The keys whose string values are an item's text, at any depth (see [`item_text`]).
+pub const ITEM_TEXT_KEYS: [&str; 7] = [
+    "text",
+    "refusal",
+    "transcript",
+    "arguments",
+    "output",
+    "content",
+    "summary",
+];
+
+/// The key under which nothing is an item's text (a vector).
+pub const ITEM_NOT_TEXT_KEY: &str = "embedding";
+
+/// Appends one text part to an item's text, after a newline unless it is the first.
+pub fn push_text_part(out: &mut String, part: &str) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(part);
+}
+
 fn text_parts(v: &Value, out: &mut String) {
     match v {
         Value::Array(a) => a.iter().for_each(|x| text_parts(x, out)),
         Value::Object(o) => {
             for (k, x) in o {
                 match (k.as_str(), x) {
-                    (
-                        "text" | "refusal" | "transcript" | "arguments" | "output" | "content"
-                        | "summary",
-                        Value::String(s),
-                    ) => {
-                        if !out.is_empty() {
-                            out.push('\n');
-                        }
-                        out.push_str(s);
-                    }
-                    ("embedding", _) => {}
+                    (k, Value::String(s)) if ITEM_TEXT_KEYS.contains(&k) => push_text_part(out, s),
+                    (ITEM_NOT_TEXT_KEY, _) => {}
                     (_, Value::Array(_) | Value::Object(_)) => text_parts(x, out),
                     _ => {}
                 }

@@ -29,7 +29,8 @@ mod error;
 pub mod snapshot;
 
 pub use docs::{
-    item_doc, item_json, item_text, memory_doc, parse_vector, VectorError, MAX_DIMENSIONS,
+    item_doc, item_json, item_text, memory_doc, parse_vector, push_text_part, VectorError,
+    ITEM_NOT_TEXT_KEY, ITEM_TEXT_KEYS, MAX_DIMENSIONS,
 };
 pub use error::IndexError;
 pub use snapshot::SnapshotOptions;

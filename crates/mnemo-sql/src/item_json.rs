@@ -6,6 +6,7 @@
 //! `serde_json::Value`): the same keys, objects visited in key order, and the last of
 //! duplicate keys winning, as a `Value` would have them.
 
+use mnemo_index::{push_text_part, ITEM_NOT_TEXT_KEY, ITEM_TEXT_KEYS};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -135,19 +136,11 @@ pub(crate) fn read(json: &[u8], text: bool) -> Option<ItemFields<'_>> {
     Some(ItemFields { kind, role, text })
 }
 
-/// The text parts under one object entry, as `mnemo_index::item_text` collects them.
+/// The text parts under one object entry, by the rule of `mnemo_index::item_text`.
 fn text_entry(key: &str, v: &Json, out: &mut String) {
     match (key, v) {
-        (
-            "text" | "refusal" | "transcript" | "arguments" | "output" | "content" | "summary",
-            Json::Str(s),
-        ) => {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(s);
-        }
-        ("embedding", _) => {}
+        (k, Json::Str(s)) if ITEM_TEXT_KEYS.contains(&k) => push_text_part(out, s),
+        (ITEM_NOT_TEXT_KEY, _) => {}
         (_, Json::Array(_) | Json::Object(_)) => text_parts(v, out),
         _ => {}
     }

@@ -164,22 +164,14 @@ impl SqlEngine {
         // A plan is optimized once, with its parameters unbound, when nothing in it
         // depends on the moment it runs. Otherwise (or when the optimizer needs the
         // parameters' values to type them) each run optimizes it after binding.
-        let optimized = if reusable {
-            state.optimize(&plan).ok()
-        } else {
-            None
+        let (plan, optimized) = match reusable.then(|| state.optimize(&plan).ok()).flatten() {
+            Some(optimized) => (optimized, true),
+            None => (plan, false),
         };
-        let prepared = Arc::new(match optimized {
-            Some(plan) => Prepared {
-                plan,
-                optimized: true,
-                params,
-            },
-            None => Prepared {
-                plan,
-                optimized: false,
-                params,
-            },
+        let prepared = Arc::new(Prepared {
+            plan,
+            optimized,
+            params,
         });
         let cache = if reusable {
             self.plans.insert(sql, prepared.clone());

@@ -470,11 +470,6 @@ impl Producer {
         }
     }
 
-    /// Whether the `ordinal`th conversation of the scan (from 0) falls to this part.
-    fn mine(&self, ordinal: usize) -> bool {
-        ordinal % self.plan.partitions.max(1) == self.partition
-    }
-
     /// Rows still wanted before the fetch is met.
     fn wanted(&self, in_batch: usize) -> bool {
         self.plan.fetch.is_none_or(|n| self.emitted + in_batch < n)
@@ -505,13 +500,9 @@ impl Producer {
         };
         let count_items = self.projected("item_count");
         let mut b = ConversationColumns::default();
-        let mut source = ConversationSource::open(&self.ctx, &scope, &self.plan).await?;
-        let mut ordinal = 0;
+        let mut source =
+            ConversationSource::open(&self.ctx, &scope, &self.plan, self.partition).await?;
         while let Some(rec) = source.next(&self.ctx, &scope).await? {
-            ordinal += 1;
-            if !self.mine(ordinal - 1) {
-                continue;
-            }
             self.rows_read.add(1);
             if !self.plan.in_time(rec.created_at.saturating_mul(1000)) {
                 continue;
@@ -544,13 +535,9 @@ impl Producer {
         }
         let decode = self.item_decode();
         let mut b = ItemColumns::default();
-        let mut source = ConversationSource::open(&self.ctx, &scope, &self.plan).await?;
-        let mut ordinal = 0;
+        let mut source =
+            ConversationSource::open(&self.ctx, &scope, &self.plan, self.partition).await?;
         while let Some(rec) = source.next(&self.ctx, &scope).await? {
-            ordinal += 1;
-            if !self.mine(ordinal - 1) {
-                continue;
-            }
             let mut items = self
                 .ctx
                 .view
@@ -681,10 +668,19 @@ impl Producer {
     }
 }
 
-/// The conversations a scan walks: named ids, or every one the scope may see.
-enum ConversationSource {
+/// Where a scan's conversations come from: named ids, or every one the scope may see.
+enum Conversations {
     Ids(std::vec::IntoIter<String>),
     All(Box<Rows<ConversationRecord>>),
+}
+
+/// The conversations one part of a scan walks: of those its plan names, every
+/// `plan.partitions`-th, starting at the part's own number.
+struct ConversationSource {
+    from: Conversations,
+    part: usize,
+    parts: usize,
+    seen: usize,
 }
 
 impl ConversationSource {
@@ -692,16 +688,23 @@ impl ConversationSource {
         ctx: &QueryContext,
         scope: &Scope,
         plan: &ScanPlan,
+        part: usize,
     ) -> Result<ConversationSource, StoreError> {
-        Ok(match &plan.ids {
+        let from = match &plan.ids {
             Some(ids) => {
                 let mut ids: Vec<String> = ids.iter().cloned().collect();
                 if plan.newest_first {
                     ids.reverse();
                 }
-                ConversationSource::Ids(ids.into_iter())
+                Conversations::Ids(ids.into_iter())
             }
-            None => ConversationSource::All(Box::new(ctx.view.conversations(scope).await?)),
+            None => Conversations::All(Box::new(ctx.view.conversations(scope).await?)),
+        };
+        Ok(ConversationSource {
+            from,
+            part,
+            parts: plan.partitions.max(1),
+            seen: 0,
         })
     }
 
@@ -710,9 +713,23 @@ impl ConversationSource {
         ctx: &QueryContext,
         scope: &Scope,
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        match self {
-            ConversationSource::All(rows) => rows.next().await,
-            ConversationSource::Ids(ids) => {
+        while let Some(rec) = self.next_of_all(ctx, scope).await? {
+            self.seen += 1;
+            if (self.seen - 1) % self.parts == self.part {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn next_of_all(
+        &mut self,
+        ctx: &QueryContext,
+        scope: &Scope,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        match &mut self.from {
+            Conversations::All(rows) => rows.next().await,
+            Conversations::Ids(ids) => {
                 for id in ids.by_ref() {
                     match ctx.view.conversation(scope, &id).await {
                         Ok(rec) => return Ok(Some(rec)),
