@@ -1,7 +1,11 @@
 //! Research export: consented, de-identified conversation history as Parquet datasets.
 //!
-//! This crate has no HTTP in it. It is being built in parts; today it holds the scrubber
-//! ([`scrub`]), which replaces personal data and secrets in message text with typed
-//! placeholders.
+//! This crate has no HTTP in it. It is being built in parts (see RFC 0009); today it holds
+//! the scrubber ([`scrub`]), which replaces personal data and secrets in message text with
+//! typed placeholders, and keyed pseudonyms for ids ([`pseudonym`]).
 
+mod error;
+pub mod pseudonym;
 pub mod scrub;
+
+pub use error::ExportError;

@@ -1,0 +1,9 @@
+//! Errors of the export crate.
+
+/// What can go wrong in an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The system's random source failed.
+    #[error("the random source failed")]
+    Random,
+}
