@@ -244,22 +244,37 @@ impl Scrubber {
                 }
             }
         }
-        // The most specific kind first, then the longest; keep what does not overlap.
+        // The most specific kind first; within a kind, the later start first, so that where
+        // two phone numbers (or a phone number and a card) touch, the earlier one is cut back
+        // to end before the later one rather than swallowing its first digits.
         found.sort_by(|a, b| {
-            (a.kind, a.range.start, std::cmp::Reverse(a.range.end)).cmp(&(
-                b.kind,
-                b.range.start,
-                std::cmp::Reverse(b.range.end),
-            ))
+            a.kind
+                .cmp(&b.kind)
+                .then(b.range.start.cmp(&a.range.start))
+                .then(b.range.end.cmp(&a.range.end))
         });
         let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
-        for f in found {
-            if !kept
-                .iter()
-                .any(|k| k.range.start < f.range.end && f.range.start < k.range.end)
-            {
-                kept.push(f);
+        'next: for mut f in found {
+            // A finding of the same kind wholly inside this one gives way to it.
+            let whole = f.clone();
+            let inside = |k: &Finding| {
+                k.kind == whole.kind
+                    && whole.range.start <= k.range.start
+                    && k.range.end <= whole.range.end
+            };
+            for k in kept.iter().filter(|k| !inside(k)) {
+                if k.range.start < f.range.end && f.range.start < k.range.end {
+                    if k.range.start <= f.range.start {
+                        continue 'next;
+                    }
+                    match trimmed(text, &f, k.range.start) {
+                        Some(r) => f.range = r,
+                        None => continue 'next,
+                    }
+                }
             }
+            kept.retain(|k| !inside(k));
+            kept.push(f);
         }
         kept.sort_by_key(|f| f.range.start);
         kept
@@ -282,6 +297,16 @@ impl Scrubber {
         out.push_str(&text[at..]);
         Cow::Owned(out)
     }
+}
+
+/// `f` cut to end before byte `at`, if its kind allows and what is left still qualifies
+/// (phone numbers only: any other finding cut short is not one any more).
+fn trimmed(text: &str, f: &Finding, at: usize) -> Option<Range<usize>> {
+    if f.kind != Kind::Phone {
+        return None;
+    }
+    let head = text[f.range.start..at].trim_end_matches(|c: char| !c.is_ascii_digit() && c != ')');
+    phone_in(text, f.range.start..f.range.start + head.len())
 }
 
 fn digits(s: &str) -> Vec<u8> {
@@ -377,12 +402,19 @@ fn is_card(s: &str) -> bool {
         return false;
     }
     let prefix = |n: usize| d[..n].iter().fold(0u32, |acc, &x| acc * 10 + u32::from(x));
+    // Each network's prefixes and lengths.
+    let len = d.len();
     let network = match d[0] {
-        4 => true,                                                  // Visa
-        5 => (51..=55).contains(&prefix(2)),                        // Mastercard
-        2 => (2221..=2720).contains(&prefix(4)),                    // Mastercard
-        3 => matches!(prefix(2), 34 | 37 | 35 | 36 | 38 | 30 | 39), // Amex, JCB, Diners
-        6 => matches!(prefix(2), 60 | 62 | 64 | 65),                // Discover, UnionPay
+        4 => matches!(len, 13 | 16 | 19),                     // Visa
+        5 => (51..=55).contains(&prefix(2)) && len == 16,     // Mastercard
+        2 => (2221..=2720).contains(&prefix(4)) && len == 16, // Mastercard
+        3 => match prefix(2) {
+            34 | 37 => len == 15,           // American Express
+            35 => len >= 16,                // JCB
+            30 | 36 | 38 | 39 => len >= 14, // Diners Club
+            _ => false,
+        },
+        6 => matches!(prefix(2), 60 | 62 | 64 | 65) && len >= 16, // Discover, UnionPay
         _ => false,
     };
     network && luhn(&d)

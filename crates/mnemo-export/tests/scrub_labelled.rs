@@ -406,6 +406,9 @@ fn precision_and_recall_on_a_labelled_set() {
         }
     }
     println!("{report}");
+    if std::env::var_os("SCRUB_MISSES").is_some() {
+        println!("{}", misses.join("\n"));
+    }
     assert!(
         failed.is_empty(),
         "below threshold: {failed:?}\n{report}\n{}",
