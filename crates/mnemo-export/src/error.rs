@@ -6,4 +6,7 @@ pub enum ExportError {
     /// The system's random source failed.
     #[error("the random source failed")]
     Random,
+    /// Writing or reading Parquet failed.
+    #[error("parquet: {0}")]
+    Parquet(String),
 }

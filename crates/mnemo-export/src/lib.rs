@@ -2,8 +2,10 @@
 //!
 //! This crate has no HTTP in it. It is being built in parts (see RFC 0009); today it holds
 //! the scrubber ([`scrub`]), which replaces personal data and secrets in message text with
-//! typed placeholders, and keyed pseudonyms for ids ([`pseudonym`]).
+//! typed placeholders, keyed pseudonyms for ids ([`pseudonym`]), and the dataset's layout and
+//! its Parquet files ([`dataset`]).
 
+pub mod dataset;
 mod error;
 pub mod pseudonym;
 pub mod scrub;
