@@ -39,6 +39,8 @@ pub enum Space {
     Log = b'l',
     /// Admin audit log.
     Audit = b'a',
+    /// Research consent records.
+    Consent = b'r',
 }
 
 /// `t \0 <tenant> \0 <space>`: the prefix of one keyspace of one tenant.
@@ -147,6 +149,11 @@ pub fn audit(tenant: &TenantId, seq: u64) -> Vec<u8> {
     let mut k = space(tenant, Space::Audit);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Key of a user's research consent record.
+pub fn consent(tenant: &TenantId, user: &str) -> Vec<u8> {
+    with(space(tenant, Space::Consent), &[user.as_bytes()])
 }
 
 /// Prefix of a user's entries in the owner index.

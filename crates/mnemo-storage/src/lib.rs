@@ -35,6 +35,7 @@ pub mod access;
 pub mod audit;
 pub mod changelog;
 pub mod clock;
+pub mod consent;
 pub mod conversations;
 pub mod engine;
 mod engine_metrics;
@@ -55,6 +56,7 @@ mod write_through;
 
 pub use audit::AuditEntry;
 pub use changelog::{ChangeEntry, ChangeLog, ChangeOp, Subscriber};
+pub use consent::Consent;
 pub use conversations::{ItemPage, NewItem, Order, VectorWriteBack};
 pub use engine::{Engine, EngineConfig, FlushPolicy};
 pub use erase::Erased;

@@ -26,7 +26,7 @@ pub struct ReadView {
 }
 
 /// Turns a stored row into a result row; `None` skips it (not visible to the scope).
-type Decode<T> = Box<dyn FnMut(KeyValue) -> Result<Option<T>> + Send>;
+pub(crate) type Decode<T> = Box<dyn FnMut(KeyValue) -> Result<Option<T>> + Send>;
 
 /// Turns an index row into the key of the record it points to.
 type Follow = Box<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send>;
@@ -144,7 +144,7 @@ impl Store {
 }
 
 impl ReadView {
-    async fn rows<T>(
+    pub(crate) async fn rows<T>(
         &self,
         range: KeyRange,
         follow: Option<Follow>,

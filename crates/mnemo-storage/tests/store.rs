@@ -735,6 +735,45 @@ async fn audit_log_appends_in_order_and_survives_reopen() {
     store.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_kept_per_tenant_and_user_and_read_through_views() {
+    let b = backend();
+    let t = TenantId::new("acme").unwrap();
+    let other = TenantId::new("other").unwrap();
+    {
+        let store = open(&b).await;
+        assert_eq!(store.consent(&t, "alice").await.unwrap(), None);
+        store.set_consent(&t, "alice", true).await.unwrap();
+        store.set_consent(&t, "bob", true).await.unwrap();
+        store.set_consent(&t, "bob", false).await.unwrap();
+        store.set_consent(&other, "alice", false).await.unwrap();
+        assert!(store.set_consent(&t, "", true).await.is_err());
+        store.close().await.unwrap();
+    }
+    let store = open(&b).await;
+    let alice = store.consent(&t, "alice").await.unwrap().unwrap();
+    assert!(alice.research);
+    assert!(!store.consent(&t, "bob").await.unwrap().unwrap().research);
+    assert!(
+        !store
+            .consent(&other, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .research
+    );
+    // A view sees the records as of its moment.
+    let view = store.read_view().await.unwrap();
+    store.set_consent(&t, "carol", true).await.unwrap();
+    let mut rows = view.consents(&t).await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(c) = rows.next().await.unwrap() {
+        seen.push((c.user, c.research));
+    }
+    assert_eq!(seen, vec![("alice".into(), true), ("bob".into(), false)]);
+    store.close().await.unwrap();
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Life {
     Live,
