@@ -65,6 +65,66 @@ pub async fn erase_user(
     })))
 }
 
+/// The body of `PUT /v1/admin/users/{user}/consent`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    research: bool,
+}
+
+fn consent_json(st: &AppState, user: &str, record: Option<&mnemo_storage::Consent>) -> Value {
+    json!({
+        "object": "user.consent",
+        "user": user,
+        "research": st.research_consent.allows(record),
+        "explicit": record.is_some(),
+        "policy": st.research_consent.name(),
+        "updated_at": record.map(|c| c.updated_ms.div_euclid(1000)),
+    })
+}
+
+/// `PUT /v1/admin/users/{user}/consent` `{"research": bool}`: records whether the user's
+/// history may go into research exports (audited as `user.consent`).
+pub async fn consent_put(
+    State(st): State<AppState>,
+    caller: Caller<need::Admin>,
+    user: Result<Path<String>, PathRejection>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    let user = path(user)?;
+    Scope::user(caller.identity.tenant.clone(), user.as_str())
+        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    let body: ConsentBody = crate::extract::json_body(&headers, body).await?;
+    let tenant = &caller.identity.tenant;
+    st.store
+        .audit_append(
+            tenant,
+            entry(
+                &caller.identity,
+                "user.consent",
+                Some(user.clone()),
+                json!({"research": body.research}),
+            ),
+        )
+        .await?;
+    let record = st.store.set_consent(tenant, &user, body.research).await?;
+    Ok(Json(consent_json(&st, &user, Some(&record))))
+}
+
+/// `GET /v1/admin/users/{user}/consent`: the user's research consent, theirs or the policy's.
+pub async fn consent_get(
+    State(st): State<AppState>,
+    caller: Caller<need::Admin>,
+    user: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let user = path(user)?;
+    Scope::user(caller.identity.tenant.clone(), user.as_str())
+        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    let record = st.store.consent(&caller.identity.tenant, &user).await?;
+    Ok(Json(consent_json(&st, &user, record.as_ref())))
+}
+
 /// `GET /v1/admin/audit?after=&limit=`: the tenant's audit log, oldest first.
 pub async fn audit_log(
     State(st): State<AppState>,

@@ -38,6 +38,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use mnemo_export::ConsentPolicy;
 use mnemo_index::SearchService;
 use mnemo_sql::SqlEngine;
 use mnemo_storage::Store;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub sql: Option<Arc<SqlEngine>>,
     /// Most rows of a JSON answer of `/v1/sql` (`truncated: true` past it).
     pub sql_max_rows: usize,
+    /// Research consent of users without a record (`--research-consent`).
+    pub research_consent: ConsentPolicy,
 }
 
 impl AppState {
@@ -74,7 +77,14 @@ impl AppState {
             search: None,
             sql: None,
             sql_max_rows: DEFAULT_SQL_MAX_ROWS,
+            research_consent: ConsentPolicy::default(),
         }
+    }
+
+    /// Sets the research consent of users without a record.
+    pub fn with_research_consent(mut self, policy: ConsentPolicy) -> Self {
+        self.research_consent = policy;
+        self
     }
 
     /// Enables `/v1/sql`, with at most `max_rows` rows in a JSON answer.
@@ -160,6 +170,10 @@ pub fn router(state: AppState) -> Router {
                 .route(
                     "/v1/admin/users/{user}",
                     axum::routing::delete(admin::erase_user),
+                )
+                .route(
+                    "/v1/admin/users/{user}/consent",
+                    get(admin::consent_get).put(admin::consent_put),
                 )
                 .route("/v1/admin/audit", get(admin::audit_log))
                 .route_layer(axum::middleware::from_fn_with_state(

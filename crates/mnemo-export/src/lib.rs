@@ -5,9 +5,11 @@
 //! typed placeholders, keyed pseudonyms for ids ([`pseudonym`]), and the dataset's layout and
 //! its Parquet files ([`dataset`]).
 
+pub mod consent;
 pub mod dataset;
 mod error;
 pub mod pseudonym;
 pub mod scrub;
 
+pub use consent::ConsentPolicy;
 pub use error::ExportError;

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// the Postgres protocol are not capped).
     #[arg(long, default_value_t = mnemo_api::DEFAULT_SQL_MAX_ROWS, env = "MNEMO_SQL_MAX_ROWS")]
     sql_max_rows: usize,
+    /// Research exports of users who never answered: `opt-in` (not exported) or `opt-out`
+    /// (exported unless they say no).
+    #[arg(long, default_value = "opt-in", value_parser = ["opt-in", "opt-out"], env = "MNEMO_RESEARCH_CONSENT")]
+    research_consent: String,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
     /// environment variables override it.
@@ -164,7 +168,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         mnemo_api::AppState::new(store.clone())
             .with_auth(auth.config)
             .with_search(search.clone())
-            .with_sql(sql, args.sql_max_rows),
+            .with_sql(sql, args.sql_max_rows)
+            .with_research_consent(
+                mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default(),
+            ),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
