@@ -32,6 +32,14 @@ fn entry(identity: &Identity, action: &str, target: Option<String>, details: Val
     }
 }
 
+/// The `{user}` of a path, validated the same way every scope's user is.
+fn user_of(identity: &Identity, user: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let user = path(user)?;
+    Scope::user(identity.tenant.clone(), user.as_str())
+        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    Ok(user)
+}
+
 /// `DELETE /v1/admin/users/{user}`: erases every conversation and the `users/{user}/`
 /// memory space of a user of the caller's tenant.
 pub async fn erase_user(
@@ -39,10 +47,7 @@ pub async fn erase_user(
     caller: Caller<need::Admin>,
     user: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let user = path(user)?;
-    // Validates the user id the same way every scope does.
-    Scope::user(caller.identity.tenant.clone(), user.as_str())
-        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    let user = user_of(&caller.identity, user)?;
     let tenant = &caller.identity.tenant;
     st.store
         .audit_append(
@@ -92,9 +97,7 @@ pub async fn consent_put(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    let user = path(user)?;
-    Scope::user(caller.identity.tenant.clone(), user.as_str())
-        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    let user = user_of(&caller.identity, user)?;
     let body: ConsentBody = crate::extract::json_body(&headers, body).await?;
     let tenant = &caller.identity.tenant;
     st.store
@@ -118,9 +121,7 @@ pub async fn consent_get(
     caller: Caller<need::Admin>,
     user: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let user = path(user)?;
-    Scope::user(caller.identity.tenant.clone(), user.as_str())
-        .map_err(|e| ApiError::invalid_param("user", e.to_string()))?;
+    let user = user_of(&caller.identity, user)?;
     let record = st.store.consent(&caller.identity.tenant, &user).await?;
     Ok(Json(consent_json(&st, &user, record.as_ref())))
 }
