@@ -55,3 +55,28 @@ def test_opt_out_policy_exports_users_who_never_answered():
         assert s.http.get("/v1/admin/users/bob/consent").json()["research"] is False
     finally:
         s.close()
+
+
+def test_consent_is_per_tenant_and_needs_admin():
+    from idp import IdentityProvider
+
+    idp = IdentityProvider().start()
+    s = MnemoServer(name="mnemo-consent-auth", extra_args=idp.server_args())
+    s.start()
+    try:
+        x, y = idp.app(["Admin"], tenant="tenant-x"), idp.app(["Admin"], tenant="tenant-y")
+        auth = lambda tok: {"Authorization": f"Bearer {tok}"}  # noqa: E731
+        url = "/v1/admin/users/alice/consent"
+        assert s.http.put(url, json={"research": True}, headers=auth(x)).status_code == 200
+        # The same user id in another tenant is another user.
+        assert s.http.get(url, headers=auth(y)).json()["explicit"] is False
+        assert s.http.get(url, headers=auth(x)).json()["research"] is True
+        # Users and applications without Admin cannot read or set it, for themselves or others.
+        for tok in [idp.user("alice", tenant="tenant-x", scp="Conversations.ReadWrite Memory.ReadWrite"),
+                    idp.app(["Conversations.ReadWrite"], tenant="tenant-x")]:
+            assert_json_error(s.http.put(url, json={"research": False}, headers=auth(tok)), 403)
+            assert_json_error(s.http.get(url, headers=auth(tok)), 403)
+        assert s.http.get(url, headers=auth(x)).json()["research"] is True
+    finally:
+        s.close()
+        idp.stop()
