@@ -10,6 +10,7 @@ pub mod dataset;
 mod error;
 pub mod pseudonym;
 pub mod scrub;
+pub mod target;
 
 pub use consent::ConsentPolicy;
 pub use error::ExportError;
