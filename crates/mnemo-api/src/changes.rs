@@ -120,6 +120,9 @@ async fn event_json(st: &AppState, scope: &Scope, e: &ChangeEntry, body: bool) -
         ChangeOp::KvDeleted { key } | ChangeOp::KvExpired { key } => {
             ev.insert("key".into(), json!(key));
         }
+        ChangeOp::ConsentSet { research } => {
+            ev.insert("research".into(), json!(research));
+        }
         _ => {}
     }
     if let Some(u) = &e.owner {

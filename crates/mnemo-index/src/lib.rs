@@ -472,6 +472,8 @@ impl SearchService {
                 }
                 // The conversation's deletion came first and removed its documents.
                 ChangeOp::ItemsPurged { .. } => {}
+                // Consent is not searchable content.
+                ChangeOp::ConsentSet { .. } => {}
             }
         }
         Ok(ops)

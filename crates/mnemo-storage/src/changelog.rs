@@ -106,6 +106,12 @@ pub enum ChangeOp {
     /// entry); the entry's owner is the user.
     #[serde(rename = "user.erased")]
     UserErased {},
+    /// A user's research consent was set; the entry's owner is the user.
+    #[serde(rename = "user.consent")]
+    ConsentSet {
+        /// True: their history may be exported for research.
+        research: bool,
+    },
 }
 
 impl ChangeOp {
@@ -122,6 +128,7 @@ impl ChangeOp {
             ChangeOp::KvDeleted { .. } => "memory.deleted",
             ChangeOp::KvExpired { .. } => "memory.expired",
             ChangeOp::UserErased {} => "user.erased",
+            ChangeOp::ConsentSet { .. } => "user.consent",
         }
     }
 }
@@ -172,7 +179,8 @@ impl ChangeEntry {
             ChangeOp::KvPut { .. }
             | ChangeOp::KvDeleted { .. }
             | ChangeOp::KvExpired { .. }
-            | ChangeOp::UserErased {} => None,
+            | ChangeOp::UserErased {}
+            | ChangeOp::ConsentSet { .. } => None,
         }
     }
 }

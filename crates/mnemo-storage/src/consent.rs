@@ -4,6 +4,7 @@
 //! tenant's policy (opt-in or opt-out), which the export applies; the store only keeps what
 //! was said and when.
 
+use crate::changelog::{ChangeEntry, ChangeOp};
 use crate::clock::now_ms;
 use crate::engine::prefix_range;
 use crate::ids::{Scope, TenantId};
@@ -25,7 +26,8 @@ pub struct Consent {
 }
 
 impl Store {
-    /// Records `user`'s research consent and waits until it is durable.
+    /// Records `user`'s research consent, with a [`ChangeOp::ConsentSet`] change-log entry in the
+    /// same write, and waits until it is durable.
     pub async fn set_consent(
         &self,
         tenant: &TenantId,
@@ -44,7 +46,12 @@ impl Store {
             keys::consent(tenant, user),
             to_json("consent record", &consent)?,
         );
-        self.engine.write(batch).await?.durable().await?;
+        let entry = ChangeEntry::new(ChangeOp::ConsentSet { research }, Some(user.to_owned()));
+        self.change_log()
+            .write(tenant, batch, vec![entry])
+            .await?
+            .durable()
+            .await?;
         Ok(consent)
     }
 

@@ -493,6 +493,16 @@ impl Engine {
         Ok(snapshot)
     }
 
+    /// Creates a checkpoint of the database (see [`crate::checkpoint`]).
+    pub(crate) async fn create_checkpoint(
+        &self,
+        scope: slatedb::config::CheckpointScope,
+        options: &slatedb::config::CheckpointOptions,
+    ) -> Result<slatedb::CheckpointCreateResult> {
+        let db = self.db()?;
+        self.bounded(db.create_checkpoint(scope, options)).await
+    }
+
     /// The limit on any single read (the write timeout).
     pub(crate) fn read_timeout(&self) -> Duration {
         self.config.write_timeout

@@ -26,7 +26,8 @@ impl Store {
     /// Erases everything a user owns in a tenant: every conversation of the owner index (each
     /// deleted like `DELETE /v1/conversations/{id}`, items purged) and every key of the
     /// user's memory space `users/<user>/`, removes every change-log entry that names the
-    /// user (their conversations, items, keys, user id), then logs [`ChangeOp::UserErased`]:
+    /// user (their conversations, items, keys, consent, user id), then deletes their research
+    /// consent record and logs [`ChangeOp::UserErased`]:
     /// the one trace of them the log keeps. Idempotent: running it again after a crash
     /// finishes the job.
     pub async fn erase_user(&self, tenant: &TenantId, user: &str) -> Result<Erased> {
@@ -89,9 +90,12 @@ impl Store {
             self.kv_batch(&tenant_scope, ops).await?;
         }
         self.scrub_log(tenant, user).await?;
+        // Their research consent goes with them, in the erasure's own write.
+        let mut batch = WriteBatch::new();
+        batch.delete(keys::consent(tenant, user));
         let e = ChangeEntry::new(ChangeOp::UserErased {}, Some(user.to_owned()));
         self.log
-            .write(tenant, WriteBatch::new(), vec![e])
+            .write(tenant, batch, vec![e])
             .await?
             .durable()
             .await?;

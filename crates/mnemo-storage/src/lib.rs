@@ -34,6 +34,7 @@
 pub mod access;
 pub mod audit;
 pub mod changelog;
+pub mod checkpoint;
 pub mod clock;
 pub mod consent;
 pub mod conversations;
@@ -56,6 +57,7 @@ mod write_through;
 
 pub use audit::AuditEntry;
 pub use changelog::{ChangeEntry, ChangeLog, ChangeOp, Subscriber};
+pub use checkpoint::{pin_store, Pinned};
 pub use consent::Consent;
 pub use conversations::{ItemPage, NewItem, Order, VectorWriteBack};
 pub use engine::{Engine, EngineConfig, FlushPolicy};

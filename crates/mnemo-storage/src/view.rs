@@ -15,14 +15,45 @@ use crate::kv::{decode_entry, KvEntry};
 use crate::records::{from_json, ConversationRecord, StoredItem};
 use crate::{keys, Result, Store, StoreError};
 use slatedb::config::DurabilityLevel;
-use slatedb::{DbIterator, DbSnapshot, KeyValue};
+use slatedb::{DbIterator, DbReader, DbSnapshot, KeyValue};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A consistent, durable point-in-time view of the store ([`Store::read_view`]).
 pub struct ReadView {
-    snapshot: Arc<DbSnapshot>,
+    snapshot: Source,
     timeout: Duration,
+}
+
+/// What a view reads: a snapshot of the open database, or a reader pinned to a checkpoint
+/// ([`crate::checkpoint`]).
+#[derive(Clone)]
+pub(crate) enum Source {
+    Snapshot(Arc<DbSnapshot>),
+    Reader(Arc<DbReader>),
+}
+
+impl Source {
+    async fn scan_with_options(
+        &self,
+        range: KeyRange,
+        opts: &slatedb::config::ScanOptions,
+    ) -> std::result::Result<DbIterator, slatedb::Error> {
+        match self {
+            Source::Snapshot(s) => s.scan_with_options(range, opts).await,
+            Source::Reader(r) => r.scan_with_options(range, opts).await,
+        }
+    }
+
+    async fn get_key_value(
+        &self,
+        key: &[u8],
+    ) -> std::result::Result<Option<KeyValue>, slatedb::Error> {
+        match self {
+            Source::Snapshot(s) => s.get_key_value(key).await,
+            Source::Reader(r) => r.get_key_value(key).await,
+        }
+    }
 }
 
 /// Turns a stored row into a result row; `None` skips it (not visible to the scope).
@@ -34,7 +65,7 @@ type Follow = Box<dyn Fn(&[u8]) -> Result<Vec<u8>> + Send>;
 /// Rows of one scan of a [`ReadView`], in key order, read as they are consumed.
 pub struct Rows<T> {
     iter: Option<DbIterator>,
-    snapshot: Arc<DbSnapshot>,
+    snapshot: Source,
     timeout: Duration,
     follow: Option<Follow>,
     decode: Decode<T>,
@@ -137,13 +168,20 @@ impl Store {
     /// memtable to become durable (at most one write-ahead-log upload).
     pub async fn read_view(&self) -> Result<ReadView> {
         Ok(ReadView {
-            snapshot: self.engine.snapshot().await?,
+            snapshot: Source::Snapshot(self.engine.snapshot().await?),
             timeout: self.engine.read_timeout(),
         })
     }
 }
 
 impl ReadView {
+    pub(crate) fn of_reader(reader: Arc<DbReader>, timeout: Duration) -> ReadView {
+        ReadView {
+            snapshot: Source::Reader(reader),
+            timeout,
+        }
+    }
+
     pub(crate) async fn rows<T>(
         &self,
         range: KeyRange,
@@ -319,6 +357,56 @@ impl ReadView {
         };
         let range = prefix_range(keys::kv(&scope.tenant, prefix));
         self.rows(range, None, decode).await
+    }
+
+    /// The position of `tenant`'s newest change-log entry in this view (0 when it has none):
+    /// a reader of the view has seen every change up to it.
+    pub async fn log_head(&self, tenant: &crate::TenantId) -> Result<u64> {
+        let decode: Decode<u64> = Box::new(|kv| {
+            keys::item_seq(&kv.key)
+                .map(Some)
+                .ok_or_else(|| StoreError::corrupt("change-log key"))
+        });
+        let range = prefix_range(keys::space(tenant, keys::Space::Log));
+        let mut rows = self.rows_ordered(range, true, None, decode).await?;
+        Ok(rows.next().await?.unwrap_or(0))
+    }
+
+    /// Every tenant with any data in this view, in id order (stray keys with an invalid tenant
+    /// are logged and passed over, as [`Store::tenants`] does).
+    pub async fn tenants(&self) -> Result<Vec<crate::TenantId>> {
+        let mut out = Vec::new();
+        let mut start = keys::tenants_start();
+        loop {
+            let range = (
+                std::ops::Bound::Included(start),
+                std::ops::Bound::Excluded(keys::tenants_end()),
+            );
+            let decode: Decode<Vec<u8>> = Box::new(|kv| Ok(Some(kv.key.to_vec())));
+            let mut rows = self.rows(range, None, decode).await?;
+            let Some(key) = rows.next().await? else { break };
+            match keys::parse_tenant(&key) {
+                (Some(tenant), Some(next)) => {
+                    out.push(tenant);
+                    start = next;
+                }
+                (None, Some(next)) => {
+                    tracing::error!(
+                        ?key,
+                        "corrupt record: stored key with an invalid tenant id; skipped"
+                    );
+                    start = next;
+                }
+                (_, None) => {
+                    tracing::error!(
+                        ?key,
+                        "corrupt record: stored key without a tenant separator"
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The change-log entries after position `after` that the scope may see, oldest first.

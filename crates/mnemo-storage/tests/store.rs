@@ -774,6 +774,83 @@ async fn consent_is_kept_per_tenant_and_user_and_read_through_views() {
     store.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_logged_and_goes_with_an_erasure() {
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::default_tenant();
+    store.set_consent(&t, "alice", true).await.unwrap();
+    store.set_consent(&t, "alice", false).await.unwrap();
+    let entries = store.change_log().read(&t, 0, 100).await.unwrap();
+    let said: Vec<_> = entries
+        .iter()
+        .filter(|e| e.owner.as_deref() == Some("alice"))
+        .map(|e| e.op.clone())
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            ChangeOp::ConsentSet { research: true },
+            ChangeOp::ConsentSet { research: false }
+        ]
+    );
+    assert_eq!(said[0].event_type(), "user.consent");
+    store.erase_user(&t, "alice").await.unwrap();
+    assert_eq!(store.consent(&t, "alice").await.unwrap(), None);
+    store.close().await.unwrap();
+}
+
+/// A pinned checkpoint holds every write acknowledged before it and none after, read by a
+/// separate reader, again by its id, and by a reader of the store opened as another process
+/// would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_checkpoint_holds_what_was_acknowledged_before_it() {
+    let b = backend();
+    let store = open(&b).await;
+    let s = tenant();
+    let (conv, _) = store
+        .create_conversation(
+            &s,
+            Default::default(),
+            (0..5).map(|i| item(&format!("m{i}"))).collect(),
+        )
+        .await
+        .unwrap();
+    async fn count(view: &mnemo_storage::ReadView, s: &Scope, id: &str) -> usize {
+        view.items(s, id)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .len()
+    }
+    let pinned = store
+        .pin_checkpoint(Duration::from_secs(600), "test")
+        .await
+        .unwrap();
+    store
+        .append_items(&s, &conv.id, vec![item("after")])
+        .await
+        .unwrap();
+    assert_eq!(count(pinned.view(), &s, &conv.id).await, 5);
+    let id = pinned.id().unwrap().to_owned();
+    pinned.close().await.unwrap();
+    let again = store.pin_existing(&id).await.unwrap();
+    assert_eq!(count(again.view(), &s, &conv.id).await, 5);
+    again.close().await.unwrap();
+    assert!(matches!(
+        store.pin_existing("not-a-uuid").await,
+        Err(StoreError::Invalid(_))
+    ));
+    let beside = mnemo_storage::pin_store(&b.location, None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(count(beside.view(), &s, &conv.id).await, 6);
+    beside.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Life {
     Live,
