@@ -45,7 +45,6 @@ pub static CONVERSATIONS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("created_at", ts(), false),
         Field::new("updated_at", ts(), false),
         text("metadata", false),
-        Field::new("items", DataType::Int64, false),
     ]))
 });
 
@@ -62,7 +61,6 @@ pub static ITEMS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         text("role", true),
         text("text", false),
         Field::new("created_at", ts(), false),
-        text("metadata", false),
     ]))
 });
 
@@ -98,6 +96,12 @@ pub struct Manifest {
     pub key_id: String,
     /// Every data file of this version.
     pub files: Vec<FileEntry>,
+    /// When the version was committed, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub committed_at_ms: i64,
+    /// How long files this version superseded stay for readers of older versions.
+    #[serde(default)]
+    pub grace_seconds: u64,
 }
 
 /// SHA-256 in hex.
@@ -178,7 +182,7 @@ impl FileWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow_array::{ArrayRef, StringArray, TimestampMillisecondArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     fn batch(n: usize) -> RecordBatch {
@@ -198,7 +202,6 @@ mod tests {
             ts(),
             ts(),
             s(&|_| "{}".into()),
-            Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
         ];
         RecordBatch::try_new(CONVERSATIONS_SCHEMA.clone(), cols).unwrap()
     }
@@ -244,6 +247,8 @@ mod tests {
                 rows: 1,
                 sha256: sha256_hex(b""),
             }],
+            committed_at_ms: 0,
+            grace_seconds: 0,
         };
         let v = serde_json::to_value(&m).unwrap();
         for k in [

@@ -151,6 +151,8 @@ mod tests {
             consent_policy: "opt-in".into(),
             key_id: "k".into(),
             files,
+            committed_at_ms: 0,
+            grace_seconds: 0,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod embed;
 #[path = "embed_off.rs"]
 pub mod embed;
 mod error;
+pub mod fields;
 pub mod snapshot;
 
 pub use docs::{
@@ -33,6 +34,7 @@ pub use docs::{
     ITEM_NOT_TEXT_KEY, ITEM_TEXT_KEYS, MAX_DIMENSIONS,
 };
 pub use error::IndexError;
+pub use fields::{read_fields, ItemFields};
 pub use snapshot::SnapshotOptions;
 
 use embed::{EmbedderConfig, Pipeline};

@@ -12,7 +12,6 @@
 
 mod error;
 mod functions;
-mod item_json;
 mod params;
 mod plan_cache;
 mod scan;

@@ -861,7 +861,7 @@ impl ItemColumns {
             .append_value(i64::try_from(item.seq).unwrap_or(i64::MAX));
         self.parent_id.append_option(item.parent.as_deref());
         let fields = if decode.json {
-            crate::item_json::read(&item.json, decode.text)
+            mnemo_index::read_fields(&item.json, decode.text)
         } else {
             None
         };

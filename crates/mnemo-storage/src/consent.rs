@@ -65,6 +65,14 @@ impl Store {
 }
 
 impl ReadView {
+    /// `user`'s research consent as of the view, if they ever gave or refused it.
+    pub async fn consent(&self, tenant: &TenantId, user: &str) -> Result<Option<Consent>> {
+        match self.get(&keys::consent(tenant, user)).await? {
+            Some(v) => from_json("consent record", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Every consent record of the tenant, in user order, as of the view.
     pub async fn consents(&self, tenant: &TenantId) -> Result<Rows<Consent>> {
         let decode: Decode<Consent> =

@@ -182,6 +182,14 @@ impl ReadView {
         }
     }
 
+    /// The live value under `key` in this view.
+    pub(crate) async fn get(&self, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        Ok(bounded(self.timeout, self.snapshot.get_key_value(key))
+            .await?
+            .filter(live)
+            .map(|kv| kv.value))
+    }
+
     pub(crate) async fn rows<T>(
         &self,
         range: KeyRange,

@@ -1,12 +1,12 @@
-//! Reads the columns of `items` that come from an item's stored JSON (`type`, `role` and
+//! Reads the fields SQL and exports take from an item's stored JSON (`type`, `role` and
 //! `text`) without building a `serde_json::Value`: strings are borrowed from the stored
 //! bytes where they have no escapes, and objects are flat lists rather than maps.
 //!
-//! `text` must equal what the search index extracts (`mnemo_index::item_text`, over a
+//! `text` must equal what the search index extracts (`crate::item_text`, over a
 //! `serde_json::Value`): the same keys, objects visited in key order, and the last of
 //! duplicate keys winning, as a `Value` would have them.
 
-use mnemo_index::{push_text_part, ITEM_NOT_TEXT_KEY, ITEM_TEXT_KEYS};
+use crate::{push_text_part, ITEM_NOT_TEXT_KEY, ITEM_TEXT_KEYS};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -103,7 +103,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// The columns of one item read from its JSON.
-pub(crate) struct ItemFields<'a> {
+pub struct ItemFields<'a> {
     /// `type`
     pub kind: Option<Cow<'a, str>>,
     /// `role`
@@ -114,7 +114,7 @@ pub(crate) struct ItemFields<'a> {
 
 /// Reads `type`, `role` and (when `text`) the text of an item; `None` when the bytes are
 /// not a JSON object.
-pub(crate) fn read(json: &[u8], text: bool) -> Option<ItemFields<'_>> {
+pub fn read_fields(json: &[u8], text: bool) -> Option<ItemFields<'_>> {
     let Json::Object(entries) = serde_json::from_slice::<Json>(json).ok()? else {
         return None;
     };
@@ -136,7 +136,7 @@ pub(crate) fn read(json: &[u8], text: bool) -> Option<ItemFields<'_>> {
     Some(ItemFields { kind, role, text })
 }
 
-/// The text parts under one object entry, by the rule of `mnemo_index::item_text`.
+/// The text parts under one object entry, by the rule of `crate::item_text`.
 fn text_entry(key: &str, v: &Json, out: &mut String) {
     match (key, v) {
         (k, Json::Str(s)) if ITEM_TEXT_KEYS.contains(&k) => push_text_part(out, s),
@@ -175,10 +175,10 @@ mod tests {
         ];
         for case in cases {
             let v: Value = serde_json::from_str(case).unwrap();
-            let got = read(case.as_bytes(), true).unwrap();
+            let got = read_fields(case.as_bytes(), true).unwrap();
             assert_eq!(
                 got.text.as_deref(),
-                Some(mnemo_index::item_text(&v).as_str()),
+                Some(crate::item_text(&v).as_str()),
                 "{case}"
             );
             assert_eq!(
@@ -192,9 +192,9 @@ mod tests {
                 "{case}"
             );
         }
-        assert!(read(b"[1]", true).is_none());
-        assert!(read(b"{", true).is_none());
-        assert!(read(br#"{"type":"message"}"#, false)
+        assert!(read_fields(b"[1]", true).is_none());
+        assert!(read_fields(b"{", true).is_none());
+        assert!(read_fields(br#"{"type":"message"}"#, false)
             .unwrap()
             .text
             .is_none());
