@@ -20,7 +20,12 @@ use serde_json::{json, Value};
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-fn entry(identity: &Identity, action: &str, target: Option<String>, details: Value) -> AuditEntry {
+pub(crate) fn entry(
+    identity: &Identity,
+    action: &str,
+    target: Option<String>,
+    details: Value,
+) -> AuditEntry {
     AuditEntry {
         seq: 0,
         at_ms: 0,

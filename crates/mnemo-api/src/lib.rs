@@ -23,6 +23,7 @@ mod changes;
 mod connection;
 mod conversations;
 mod error;
+mod exports;
 mod extract;
 mod items;
 mod kv;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub sql_max_rows: usize,
     /// Research consent of users without a record (`--research-consent`).
     pub research_consent: ConsentPolicy,
+    /// Research export jobs, when enabled.
+    pub exports: Option<Arc<mnemo_export::jobs::Exporter>>,
 }
 
 impl AppState {
@@ -78,7 +81,14 @@ impl AppState {
             sql: None,
             sql_max_rows: DEFAULT_SQL_MAX_ROWS,
             research_consent: ConsentPolicy::default(),
+            exports: None,
         }
+    }
+
+    /// Enables `/v1/admin/exports`.
+    pub fn with_exports(mut self, exporter: Arc<mnemo_export::jobs::Exporter>) -> Self {
+        self.exports = Some(exporter);
+        self
     }
 
     /// Sets the research consent of users without a record.
@@ -176,6 +186,9 @@ pub fn router(state: AppState) -> Router {
                     get(admin::consent_get).put(admin::consent_put),
                 )
                 .route("/v1/admin/audit", get(admin::audit_log))
+                .route("/v1/admin/exports", post(exports::create))
+                .route("/v1/admin/exports/refresh", post(exports::refresh))
+                .route("/v1/admin/exports/{id}", get(exports::get))
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     admin::audit_denials,

@@ -347,6 +347,7 @@ impl Exporter {
             filters: spec.filters.clone(),
             policy: self.policy,
             grace: Duration::from_secs(spec.grace_seconds),
+            rows_per_file: crate::run::ROWS_PER_FILE,
         };
         let result = crate::run::run(&source, &target, &request, progress).await;
         if let Err(e) = pinned.close().await {

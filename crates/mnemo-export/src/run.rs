@@ -110,6 +110,8 @@ pub struct Request {
     pub policy: ConsentPolicy,
     /// How long superseded files stay for readers of older versions.
     pub grace: Duration,
+    /// Rows per data file ([`ROWS_PER_FILE`] by default; part of what makes the bytes).
+    pub rows_per_file: usize,
 }
 
 /// The pinned point a run reads and what it covers.
@@ -367,14 +369,23 @@ pub async fn run(
 
     progress.set_phase(Phase::Writing);
     let version = old.as_ref().map_or(1, |m| m.version + 1);
+    let per_file = request.rows_per_file.max(1);
     let convs = Sink::spawn(
         target,
         CONVERSATIONS,
         CONVERSATIONS_SCHEMA.clone(),
         version,
+        per_file,
         progress,
     );
-    let items = Sink::spawn(target, ITEMS, ITEMS_SCHEMA.clone(), version, progress);
+    let items = Sink::spawn(
+        target,
+        ITEMS,
+        ITEMS_SCHEMA.clone(),
+        version,
+        per_file,
+        progress,
+    );
     let mut out = Writers {
         convs,
         items,
@@ -454,10 +465,15 @@ pub async fn run(
     let superseded = old
         .as_ref()
         .is_some_and(|m| m.files.iter().any(|f| !manifest.files.contains(f)));
-    if superseded {
+    if mode == Mode::Refresh {
+        // A refresh is an erasure: it ends when every file no longer named is gone, its own
+        // superseded files and those an interrupted refresh left.
         progress.set_phase(Phase::Grace);
         tokio::time::sleep(request.grace).await;
         progress.set_phase(Phase::Deleting);
+        deleted += collect_garbage(target, Some(&manifest)).await?;
+    } else if superseded {
+        // Others leave them for the first run after the grace period.
         deleted += collect_garbage(target, Some(&manifest)).await?;
     }
     progress.set_phase(Phase::Done);
@@ -649,8 +665,8 @@ enum Input {
     Rows(RecordBatch),
 }
 
-/// The writer of one table's files: a thread that builds batches, cuts files of
-/// [`ROWS_PER_FILE`] rows and uploads each as it is finished.
+/// The writer of one table's files: a thread that builds batches, cuts files of a fixed
+/// number of rows and uploads each as it is finished.
 struct Sink {
     tx: Option<mpsc::Sender<Input>>,
     worker: Option<tokio::task::JoinHandle<Result<Vec<FileEntry>, ExportError>>>,
@@ -662,6 +678,7 @@ impl Sink {
         table: &'static str,
         schema: SchemaRef,
         version: u64,
+        per_file: usize,
         progress: &Arc<Progress>,
     ) -> Sink {
         let (tx, mut rx) = mpsc::channel::<Input>(CHUNKS_IN_FLIGHT);
@@ -700,7 +717,7 @@ impl Sink {
                 counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 let mut offset = 0;
                 while offset < batch.num_rows() {
-                    let take = (ROWS_PER_FILE - in_file).min(batch.num_rows() - offset);
+                    let take = (per_file - in_file).min(batch.num_rows() - offset);
                     let w = match writer.as_mut() {
                         Some(w) => w,
                         None => writer
@@ -709,7 +726,7 @@ impl Sink {
                     w.write(&batch.slice(offset, take))?;
                     in_file += take;
                     offset += take;
-                    if in_file == ROWS_PER_FILE {
+                    if in_file == per_file {
                         if let Some(w) = writer.take() {
                             finish(w, &mut files)?;
                         }

@@ -29,7 +29,7 @@ impl Target {
     pub fn open(url: &str) -> Result<Self, ExportError> {
         let local = |dir: &str| -> Result<Self, ExportError> {
             let loc = StoreLocation::local(std::path::Path::new(dir))
-                .map_err(|e| ExportError::Store(e.to_string()))?;
+                .map_err(|e| ExportError::Invalid(format!("dataset URL {url}: {e}")))?;
             Ok(Target {
                 store: loc.object_store,
                 root: String::new(),
@@ -43,7 +43,7 @@ impl Target {
             return local(dir);
         }
         let loc = StoreLocation::from_url(url, RemotePolicy::default())
-            .map_err(|e| ExportError::Store(e.to_string()))?;
+            .map_err(|e| ExportError::Invalid(format!("dataset URL {url}: {e}")))?;
         Ok(Target {
             store: loc.object_store,
             root: loc.path,

@@ -84,6 +84,7 @@ impl Fixture {
             filters: Filters::default(),
             policy: ConsentPolicy::OptIn,
             grace: Duration::ZERO,
+            rows_per_file: mnemo_export::run::ROWS_PER_FILE,
         };
         let out = mnemo_export::run(&source, to, &request, &Arc::new(Progress::default()))
             .await
@@ -324,6 +325,7 @@ async fn refresh_and_incremental_need_a_dataset_and_leftovers_are_cleaned() {
         filters: Filters::default(),
         policy: ConsentPolicy::OptIn,
         grace: Duration::ZERO,
+        rows_per_file: mnemo_export::run::ROWS_PER_FILE,
     };
     let err = mnemo_export::run(&source, &e, &request, &Arc::new(Progress::default()))
         .await

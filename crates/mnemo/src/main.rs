@@ -1,7 +1,8 @@
 //! The `mnemo` command: `mnemo serve` runs the database server; `mnemo keys` manages API
-//! keys.
+//! keys; `mnemo export` writes a research dataset.
 
 mod auth_config;
+mod export;
 mod keys;
 mod pg;
 mod search_config;
@@ -23,6 +24,8 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Manage API keys (for `serve --auth keys`).
     Keys(keys::KeysArgs),
+    /// Write a consented, de-identified research dataset (Parquet) from a store.
+    Export(Box<export::ExportArgs>),
 }
 
 /// mimalloc: the read path allocates and frees many short-lived buffers (blocks, rows,
@@ -40,12 +43,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let args = match cli.command {
-        Command::Keys(args) => return keys::run(args),
-        Command::Serve(args) => args,
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve::run(*args))
+    match cli.command {
+        Command::Keys(args) => keys::run(args),
+        Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
+        Command::Export(args) => runtime()?.block_on(export::run(*args)),
+    }
 }

@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// (exported unless they say no).
     #[arg(long, default_value = "opt-in", value_parser = ["opt-in", "opt-out"], env = "MNEMO_RESEARCH_CONSENT")]
     research_consent: String,
+    /// URL prefixes research exports may be written under (`file:///srv/exports/`,
+    /// `s3://bucket/datasets/`, …), comma-separated; unset: any URL the server can reach.
+    #[arg(long, env = "MNEMO_EXPORT_TO", value_delimiter = ',')]
+    export_to: Vec<String>,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
     /// environment variables override it.
@@ -164,14 +168,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(crate::pg::start(addr, sql.clone(), &auth.config).await?),
         None => None,
     };
+    let policy = mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default();
+    let exporter = mnemo_export::jobs::Exporter::start(store.clone(), policy, args.export_to);
+    match exporter.resume().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "export jobs left by a stopped server run again"),
+        Err(e) => tracing::error!(error = %e, "reading export jobs failed"),
+    }
     let app = mnemo_api::router(
         mnemo_api::AppState::new(store.clone())
+            .with_exports(exporter)
             .with_auth(auth.config)
             .with_search(search.clone())
             .with_sql(sql, args.sql_max_rows)
-            .with_research_consent(
-                mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default(),
-            ),
+            .with_research_consent(policy),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
