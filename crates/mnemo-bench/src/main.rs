@@ -14,6 +14,7 @@
 //! then runs workloads W0–W4 at each concurrency level and prints tables with mnemo/peer ratios.
 
 mod data;
+mod exportbench;
 mod http;
 mod load;
 mod peers;
@@ -50,6 +51,8 @@ enum Command {
     Load(load::LoadArgs),
     /// SQL over the same data in mnemo and PostgreSQL (S1–S4).
     Sql(sqlbench::SqlArgs),
+    /// A research export of the items beside PostgreSQL's COPY of the same rows.
+    Export(exportbench::ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -293,5 +296,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Compare(a) => compare(a).await,
         Command::Load(a) => load::run(a).await,
         Command::Sql(a) => sqlbench::run(a).await,
+        Command::Export(a) => exportbench::run(a).await,
     }
 }

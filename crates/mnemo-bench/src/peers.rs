@@ -24,6 +24,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The server's temporary directory (mnemo's data directory is `data` in it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `None` while the process runs, else how it ended.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

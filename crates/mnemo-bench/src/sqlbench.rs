@@ -50,7 +50,7 @@ pub struct SqlArgs {
     write_docs: Option<PathBuf>,
 }
 
-const ITEMS_PER_CONVERSATION: usize = 100;
+pub(crate) const ITEMS_PER_CONVERSATION: usize = 100;
 const CONVERSATIONS_PER_USER: usize = 10;
 const HEAVY_CONVERSATIONS: usize = 100;
 const DIMS: usize = 384;
@@ -79,8 +79,8 @@ CREATE FUNCTION cos(a real[], b real[]) RETURNS double precision LANGUAGE sql IM
   $$ SELECT sum(x * y) / (sqrt(sum(x * x)) * sqrt(sum(y * y))) FROM unnest(a, b) AS t(x, y) $$;";
 
 /// One conversation of the data set.
-struct Conversation {
-    user: String,
+pub(crate) struct Conversation {
+    pub(crate) user: String,
     vectors: bool,
 }
 
@@ -112,7 +112,7 @@ fn items_of(n: usize, c: &Conversation) -> Vec<(String, String, Option<Vec<f32>>
         .collect()
 }
 
-fn plan(items: usize) -> Vec<Conversation> {
+pub(crate) fn plan(items: usize) -> Vec<Conversation> {
     let plain = items / ITEMS_PER_CONVERSATION;
     let mut out: Vec<Conversation> = (0..plain)
         .map(|n| Conversation {
@@ -127,7 +127,7 @@ fn plan(items: usize) -> Vec<Conversation> {
     out
 }
 
-async fn pg(conn: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn pg(conn: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
@@ -160,7 +160,7 @@ where
     Ok(())
 }
 
-async fn load_mnemo(
+pub(crate) async fn load_mnemo(
     authority: &str,
     convs: &Arc<Vec<Conversation>>,
     pb: &ProgressBar,
@@ -219,7 +219,7 @@ async fn load_mnemo(
     Ok(ids)
 }
 
-async fn load_pg(
+pub(crate) async fn load_pg(
     conn: &str,
     convs: &Arc<Vec<Conversation>>,
     pb: &ProgressBar,
