@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Rows per data file: one row group, so a file is one unit of work for Spark or DuckDB.
-pub const ROWS_PER_FILE: usize = ROW_GROUP_ROWS;
+/// Rows per data file: two row groups.
+pub const ROWS_PER_FILE: usize = 2 * ROW_GROUP_ROWS;
 
 /// How long superseded files stay by default after a version that drops them is committed.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
@@ -692,8 +692,8 @@ impl Sink {
             let finish = |writer: FileWriter, files: &mut Vec<FileEntry>| {
                 let done = writer.finish()?;
                 let path = format!("{table}/v{version}-{:05}.parquet", files.len());
-                let len = done.bytes.len() as u64;
-                rt.block_on(target.put(&path, done.bytes))?;
+                let len = done.len;
+                rt.block_on(target.put_parts(&path, done.parts))?;
                 progress.files.fetch_add(1, Ordering::Relaxed);
                 progress.bytes.fetch_add(len, Ordering::Relaxed);
                 files.push(FileEntry {

@@ -68,6 +68,15 @@ impl Target {
         Ok(())
     }
 
+    /// Writes a file given as its parts, in order, at `rel`.
+    pub async fn put_parts(&self, rel: &str, parts: Vec<Bytes>) -> Result<(), ExportError> {
+        self.store
+            .put(&self.path(rel), PutPayload::from_iter(parts))
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
     /// Reads `rel`, if it exists.
     pub async fn get(&self, rel: &str) -> Result<Option<Bytes>, ExportError> {
         match self.store.get(&self.path(rel)).await {

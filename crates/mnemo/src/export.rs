@@ -50,7 +50,7 @@ pub struct ExportArgs {
     /// Only conversations whose metadata has KEY=VALUE (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     metadata: Vec<String>,
-    /// Rows per Parquet file (one row group each).
+    /// Rows per Parquet file (in row groups of up to 131,072 rows).
     #[arg(long, default_value_t = mnemo_export::run::ROWS_PER_FILE)]
     rows_per_file: usize,
     /// Users who never answered: `opt-in` (not exported) or `opt-out` (exported).
