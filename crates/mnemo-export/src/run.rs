@@ -1097,6 +1097,23 @@ fn conv_batch(
     )
 }
 
+/// The pseudonym of the last id asked for, kept while the same id is asked again.
+#[derive(Default)]
+struct Repeated {
+    id: String,
+    pseudonym: String,
+}
+
+impl Repeated {
+    fn of(&mut self, keys: &Pseudonymizer, kind: IdKind, id: &str) -> String {
+        if self.pseudonym.is_empty() || self.id != id {
+            self.id = id.to_owned();
+            self.pseudonym = keys.pseudonym(kind, id);
+        }
+        self.pseudonym.clone()
+    }
+}
+
 fn item_batch(
     tenant: &str,
     keys: &Pseudonymizer,
@@ -1122,20 +1139,34 @@ fn item_batch(
             }
         }
     }
+    // Rows of a conversation come together, and an item's parent is most often the item
+    // before it: each id is keyed once per run of equal ids.
+    let mut users = Repeated::default();
+    let mut convs = Repeated::default();
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| keys.pseudonym(IdKind::Item, &r.item))
+        .collect();
     let parents: StringArray = rows
         .iter()
-        .map(|r| r.parent.as_deref().map(|p| keys.pseudonym(IdKind::Item, p)))
+        .enumerate()
+        .map(|(i, r)| {
+            r.parent.as_deref().map(|p| match i.checked_sub(1) {
+                Some(prev) if rows[prev].item == p => items[prev].clone(),
+                _ => keys.pseudonym(IdKind::Item, p),
+            })
+        })
         .collect();
     batch(
         &ITEMS_SCHEMA,
         vec![
             strings(std::iter::repeat_n(tenant, n)),
-            strings(rows.iter().map(|r| keys.pseudonym(IdKind::User, &r.user))),
+            strings(rows.iter().map(|r| users.of(keys, IdKind::User, &r.user))),
             strings(
                 rows.iter()
-                    .map(|r| keys.pseudonym(IdKind::Conversation, &r.conversation)),
+                    .map(|r| convs.of(keys, IdKind::Conversation, &r.conversation)),
             ),
-            strings(rows.iter().map(|r| keys.pseudonym(IdKind::Item, &r.item))),
+            strings(items),
             Arc::new(Int64Array::from_iter_values(
                 rows.iter().map(|r| r.seq as i64),
             )),

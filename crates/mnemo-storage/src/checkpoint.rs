@@ -53,17 +53,33 @@ fn reader_options() -> DbReaderOptions {
     }
 }
 
+/// Cache of a pinned reader: an export reads every block once, so a small block cache (the
+/// engine's default is 512 MiB) and room for SST indexes and filters.
+const READER_BLOCK_CACHE_BYTES: u64 = 16 << 20;
+const READER_META_CACHE_BYTES: u64 = 64 << 20;
+
 async fn open_reader(
     location: &StoreLocation,
     mode: DbReaderMode,
     timeout: Duration,
 ) -> Result<Arc<DbReader>> {
-    let open = DbReader::open(
-        location.path.clone(),
-        location.object_store.clone(),
-        mode,
-        reader_options(),
-    );
+    use slatedb::db_cache::foyer::{FoyerCache, FoyerCacheOptions};
+    use slatedb::db_cache::{DbCache, SplitCache};
+    let foyer = |bytes: u64| -> Arc<dyn DbCache> {
+        Arc::new(FoyerCache::new_with_opts(FoyerCacheOptions {
+            max_capacity: bytes,
+            ..Default::default()
+        }))
+    };
+    let cache = SplitCache::new()
+        .with_block_cache(Some(foyer(READER_BLOCK_CACHE_BYTES)))
+        .with_meta_cache(Some(foyer(READER_META_CACHE_BYTES)))
+        .build();
+    let open = DbReader::builder(location.path.clone(), location.object_store.clone())
+        .with_options(reader_options())
+        .with_reader_mode(mode)
+        .with_db_cache(Arc::new(cache), 0)
+        .build();
     Ok(Arc::new(bounded(timeout, open).await?))
 }
 
