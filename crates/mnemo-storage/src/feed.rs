@@ -147,6 +147,10 @@ impl Store {
             }
             FeedStart::After(c) => c,
         };
+        // The present as it was before the read: every entry up to it was acknowledged before
+        // the read began, so the read sees it. Taken after the read, a write acknowledged in
+        // between would lie below it unread, and the cursor would skip it.
+        let quiet = log.quiet_head(tenant).await?;
         let mut entries = Vec::new();
         let mut next = from;
         let mut examined = 0usize;
@@ -176,9 +180,9 @@ impl Store {
             }
         }
         if !has_more {
-            // Nothing more is durable: move to the present if no write of the tenant is in
-            // flight, so an idle reader keeps up with the retention window.
-            if let Some(now) = log.quiet_head(tenant).await? {
+            // Nothing more is durable: move to the present if no write of the tenant was in
+            // flight when the read began, so an idle reader keeps up with the retention window.
+            if let Some(now) = quiet {
                 next = next.max(Cursor(now));
             }
         }
