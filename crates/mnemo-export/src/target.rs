@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub struct Target {
     store: Arc<dyn ObjectStore>,
     root: String,
+    /// The directory of a local dataset: listed and deleted from directly, so that the
+    /// temporary files a killed writer leaves (`<name>#<n>`, which the store library does not
+    /// list) are seen and removed too.
+    local: Option<std::path::PathBuf>,
     /// The URL, without credentials.
     pub description: String,
 }
@@ -33,6 +37,7 @@ impl Target {
             Ok(Target {
                 store: loc.object_store,
                 root: String::new(),
+                local: Some(std::path::PathBuf::from(dir)),
                 description: loc.description,
             })
         };
@@ -47,6 +52,7 @@ impl Target {
         Ok(Target {
             store: loc.object_store,
             root: loc.path,
+            local: None,
             description: loc.description,
         })
     }
@@ -88,14 +94,25 @@ impl Target {
 
     /// Deletes `rel` (nothing if it is already gone).
     pub async fn delete(&self, rel: &str) -> Result<(), ExportError> {
+        if let Some(dir) = &self.local {
+            return match std::fs::remove_file(dir.join(rel)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(ExportError::Store(format!("deleting {rel}: {e}"))),
+            };
+        }
         match self.store.delete(&self.path(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(store_err(e)),
         }
     }
 
-    /// Every object under the root, as paths relative to it.
+    /// Every object under the root, as paths relative to it (in a local directory, every
+    /// file, temporary ones included).
     pub async fn list(&self) -> Result<Vec<String>, ExportError> {
+        if let Some(dir) = &self.local {
+            return list_dir(dir);
+        }
         let prefix = (!self.root.is_empty()).then(|| ObjectPath::from(self.root.as_str()));
         let metas: Vec<_> = self
             .store
@@ -143,6 +160,34 @@ impl Target {
             .await?;
         self.put(MANIFEST, bytes).await
     }
+}
+
+/// Every file under `dir`, relative to it with `/` separators, sorted.
+fn list_dir(dir: &std::path::Path) -> Result<Vec<String>, ExportError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ExportError::Store(format!("listing {}: {e}", d.display()))),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| ExportError::Store(format!("listing: {e}")))?;
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push(parts.join("/"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -197,6 +242,15 @@ mod tests {
         t.delete("items/v1-0.parquet").await.unwrap();
         t.delete("items/v1-0.parquet").await.unwrap();
         assert_eq!(t.get("items/v1-0.parquet").await.unwrap(), None);
+        // A killed writer's temporary file is listed and can be deleted.
+        std::fs::write(dir.join("items/v1-00001.parquet#3"), b"partial").unwrap();
+        assert!(t
+            .list()
+            .await
+            .unwrap()
+            .contains(&"items/v1-00001.parquet#3".to_owned()));
+        t.delete("items/v1-00001.parquet#3").await.unwrap();
+        assert!(!dir.join("items/v1-00001.parquet#3").exists());
         std::fs::write(dir.join(MANIFEST), b"{").unwrap();
         assert!(matches!(t.manifest().await, Err(ExportError::Corrupt(_))));
         let _ = std::fs::remove_dir_all(&dir);
