@@ -934,18 +934,8 @@ impl Walker<'_> {
             if !self.filters.in_window(item.created_at_ms) {
                 continue;
             }
-            self.pending_items.push(ItemRaw {
-                user: owner.clone(),
-                conversation: rec.id.clone(),
-                item: item.id,
-                seq: item.seq,
-                parent: item.parent,
-                json: item.json,
-                created_ms: item.created_at_ms,
-            });
-            if self.pending_items.len() >= CHUNK_ROWS {
-                self.flush_items(ctx).await?;
-            }
+            self.push_item(ctx, owner.clone(), rec.id.clone(), item)
+                .await?;
         }
         Ok(())
     }
@@ -995,18 +985,30 @@ impl Walker<'_> {
             if !self.filters.in_window(item.created_at_ms) {
                 continue;
             }
-            self.pending_items.push(ItemRaw {
-                user: owner,
-                conversation: conv.clone(),
-                item: item.id,
-                seq: item.seq,
-                parent: item.parent,
-                json: item.json,
-                created_ms: item.created_at_ms,
-            });
-            if self.pending_items.len() >= CHUNK_ROWS {
-                self.flush_items(ctx).await?;
-            }
+            self.push_item(ctx, owner, conv.clone(), item).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues one item row, handing a chunk to the writer when it is full.
+    async fn push_item(
+        &mut self,
+        ctx: &Ctx<'_>,
+        user: String,
+        conversation: String,
+        item: mnemo_storage::StoredItem,
+    ) -> Result<(), ExportError> {
+        self.pending_items.push(ItemRaw {
+            user,
+            conversation,
+            item: item.id,
+            seq: item.seq,
+            parent: item.parent,
+            json: item.json,
+            created_ms: item.created_at_ms,
+        });
+        if self.pending_items.len() >= CHUNK_ROWS {
+            self.flush_items(ctx).await?;
         }
         Ok(())
     }
