@@ -1,0 +1,190 @@
+"""The HTTP layer shared by every client and adapter: one sync and one async transport.
+
+Both take the server's root URL (``http://127.0.0.1:8080``; a trailing ``/v1`` is accepted
+and dropped, so the URL given to the OpenAI SDK works too), optional credentials and an
+optional acting user, and turn every error answer into :class:`MnemoError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import httpx
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class MnemoError(Exception):
+    """An error answer from mnemo (``{"error": {"message", "type", "param", "code"}}``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: Optional[str] = None,
+        code: Optional[str] = None,
+        param: Optional[str] = None,
+    ) -> None:
+        super().__init__(f"{status} {type or 'error'}: {message}")
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "MnemoError":
+        try:
+            err = response.json().get("error") or {}
+        except ValueError:
+            err = {}
+        if not isinstance(err, dict):
+            err = {}
+        return cls(
+            response.status_code,
+            str(err.get("message") or response.text or response.reason_phrase),
+            err.get("type"),
+            err.get("code"),
+            err.get("param"),
+        )
+
+
+class NotFoundError(MnemoError):
+    """404: absent, expired, deleted, or outside the caller's scope."""
+
+
+class PreconditionFailedError(MnemoError):
+    """412: an ``If-Match`` / ``If-None-Match`` condition did not hold."""
+
+
+def _error(response: httpx.Response) -> MnemoError:
+    err = MnemoError.from_response(response)
+    kind = {404: NotFoundError, 412: PreconditionFailedError}.get(response.status_code)
+    if kind is None:
+        return err
+    return kind(err.status, err.message, err.type, err.code, err.param)
+
+
+def root_url(base_url: str) -> str:
+    """The server root for ``base_url`` (``/v1`` and trailing slashes dropped)."""
+    url = base_url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+def _headers(api_key: Optional[str], user: Optional[str]) -> dict[str, str]:
+    headers = {}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if user is not None:
+        headers["X-Mnemo-User"] = user
+    return headers
+
+
+class Transport:
+    """Synchronous requests to one mnemo server."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http_client: Optional[httpx.Client] = None,
+    ) -> None:
+        self.base_url = root_url(base_url)
+        self.api_key = api_key
+        self.user = user
+        self._own = http_client is None
+        self._client = http_client or httpx.Client(timeout=timeout)
+        self._headers = _headers(api_key, user)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Optional[Mapping[str, Any]] = None,
+        content: Optional[bytes] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        ok: Sequence[int] = (200,),
+    ) -> httpx.Response:
+        """Sends one request; an answer whose status is not in ``ok`` raises MnemoError."""
+        h = dict(self._headers)
+        if headers:
+            h.update(headers)
+        response = self._client.request(
+            method,
+            self.base_url + path,
+            json=json,
+            params=_params(params),
+            content=content,
+            headers=h,
+        )
+        if response.status_code not in ok:
+            raise _error(response)
+        return response
+
+    def close(self) -> None:
+        if self._own:
+            self._client.close()
+
+
+class AsyncTransport:
+    """Asynchronous requests to one mnemo server."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http_client: Optional[httpx.AsyncClient] = None,
+    ) -> None:
+        self.base_url = root_url(base_url)
+        self.api_key = api_key
+        self.user = user
+        self._own = http_client is None
+        self._client = http_client or httpx.AsyncClient(timeout=timeout)
+        self._headers = _headers(api_key, user)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Optional[Mapping[str, Any]] = None,
+        content: Optional[bytes] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        ok: Sequence[int] = (200,),
+    ) -> httpx.Response:
+        """Sends one request; an answer whose status is not in ``ok`` raises MnemoError."""
+        h = dict(self._headers)
+        if headers:
+            h.update(headers)
+        response = await self._client.request(
+            method,
+            self.base_url + path,
+            json=json,
+            params=_params(params),
+            content=content,
+            headers=h,
+        )
+        if response.status_code not in ok:
+            raise _error(response)
+        return response
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self._client.aclose()
+
+
+def _params(params: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    if params is None:
+        return None
+    return {k: v for k, v in params.items() if v is not None}
