@@ -284,8 +284,9 @@ def _kill_leftover_servers() -> None:
 
 # --------------------------------------------------------------------------- fixtures
 
-def _start_or_fail(name: str) -> MnemoServer:
-    srv = MnemoServer(name=name)
+def start_server(name: str, extra_args: Optional[list] = None) -> MnemoServer:
+    """Starts a server with `extra_args`; on failure its log is kept and the error raised."""
+    srv = MnemoServer(name=name, extra_args=extra_args)
     try:
         srv.start()
     except Exception:
@@ -297,7 +298,7 @@ def _start_or_fail(name: str) -> MnemoServer:
 @pytest.fixture(scope="module")
 def server():
     """One server per test module (fast tests that tolerate shared state)."""
-    srv = _start_or_fail("mnemo-mod")
+    srv = start_server("mnemo-mod")
     try:
         yield srv
     finally:
@@ -307,7 +308,7 @@ def server():
 @pytest.fixture
 def fresh_server():
     """A server of its own for one test (crash / restart tests): kill9(), restart(), terminate()."""
-    srv = _start_or_fail("mnemo-fn")
+    srv = start_server("mnemo-fn")
     try:
         yield srv
     finally:

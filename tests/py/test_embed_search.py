@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import MnemoServer
+from conftest import MnemoServer, start_server
 
 MODEL_DIR = os.environ.get("MNEMO_MODEL_DIR")
 pytestmark = pytest.mark.skipif(
@@ -36,13 +36,7 @@ QUERY = "trip to Lisbon"
 
 
 def start_embedding_server(name: str) -> MnemoServer:
-    srv = MnemoServer(name=name, extra_args=["--embedding-model", MODEL_DIR])
-    try:
-        srv.start()
-    except Exception:
-        srv.close(remove=False)
-        raise
-    return srv
+    return start_server(name, ["--embedding-model", MODEL_DIR])
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,17 @@ e.g. ``http://127.0.0.1:8080``) plus optional ``api_key=`` (a JWT or API key) an
 """
 
 from ._http import MnemoError, NotFoundError, PreconditionFailedError
+from .client import AsyncChangeStream, AsyncMnemoClient, ChangeStream, MnemoClient
+from .types import MemoryValue
 
-__all__ = ["MnemoError", "NotFoundError", "PreconditionFailedError"]
+__all__ = [
+    "AsyncChangeStream",
+    "AsyncMnemoClient",
+    "ChangeStream",
+    "MemoryValue",
+    "MnemoClient",
+    "MnemoError",
+    "NotFoundError",
+    "PreconditionFailedError",
+]
 __version__ = "0.1.0"

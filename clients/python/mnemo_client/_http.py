@@ -111,8 +111,12 @@ class Transport:
         content: Optional[bytes] = None,
         headers: Optional[Mapping[str, str]] = None,
         ok: Sequence[int] = (200,),
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
     ) -> httpx.Response:
-        """Sends one request; an answer whose status is not in ``ok`` raises MnemoError."""
+        """Sends one request; an answer whose status is not in ``ok`` raises MnemoError.
+
+        ``timeout`` (an ``httpx`` timeout) replaces the client's for this request only.
+        """
         h = dict(self._headers)
         if headers:
             h.update(headers)
@@ -123,8 +127,36 @@ class Transport:
             params=_params(params),
             content=content,
             headers=h,
+            timeout=timeout,
         )
         if response.status_code not in ok:
+            raise _error(response)
+        return response
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        ok: Sequence[int] = (200,),
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """Sends one request and returns the response with its body unread; the caller
+        closes it. An answer whose status is not in ``ok`` is read, closed and raised."""
+        h = dict(self._headers)
+        if headers:
+            h.update(headers)
+        request = self._client.build_request(
+            method, self.base_url + path, params=_params(params), headers=h, timeout=timeout
+        )
+        response = self._client.send(request, stream=True)
+        if response.status_code not in ok:
+            try:
+                response.read()
+            finally:
+                response.close()
             raise _error(response)
         return response
 
@@ -162,8 +194,12 @@ class AsyncTransport:
         content: Optional[bytes] = None,
         headers: Optional[Mapping[str, str]] = None,
         ok: Sequence[int] = (200,),
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
     ) -> httpx.Response:
-        """Sends one request; an answer whose status is not in ``ok`` raises MnemoError."""
+        """Sends one request; an answer whose status is not in ``ok`` raises MnemoError.
+
+        ``timeout`` (an ``httpx`` timeout) replaces the client's for this request only.
+        """
         h = dict(self._headers)
         if headers:
             h.update(headers)
@@ -174,8 +210,37 @@ class AsyncTransport:
             params=_params(params),
             content=content,
             headers=h,
+            timeout=timeout,
         )
         if response.status_code not in ok:
+            raise _error(response)
+        return response
+
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Optional[Mapping[str, Any]] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        ok: Sequence[int] = (200,),
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """Sends one request and returns the response with its body unread; the caller
+        closes it (``aclose``). An answer whose status is not in ``ok`` is read, closed and
+        raised."""
+        h = dict(self._headers)
+        if headers:
+            h.update(headers)
+        request = self._client.build_request(
+            method, self.base_url + path, params=_params(params), headers=h, timeout=timeout
+        )
+        response = await self._client.send(request, stream=True)
+        if response.status_code not in ok:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
             raise _error(response)
         return response
 
