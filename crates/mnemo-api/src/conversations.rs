@@ -23,21 +23,35 @@ const MAX_METADATA_VALUE_CHARS: usize = 512;
 const DEFAULT_PAGE: usize = 20;
 const MAX_PAGE: usize = 100;
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/conversations`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateConversation)]
 struct CreateBody {
+    /// Up to 16 keys (at most 64 characters) with string values (at most 512 characters).
     #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     metadata: Option<Map<String, Value>>,
+    /// Up to 20 initial items (any item of OpenAI's `ResponseInputItemParam` union).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     items: Option<Vec<Value>>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/conversations/{id}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdateConversation)]
 struct UpdateBody {
+    /// The new metadata (replaces the old).
+    #[schema(value_type = BTreeMap<String, String>)]
     metadata: Option<Map<String, Value>>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/conversations/{id}/items`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = AddItems)]
 struct ItemsBody {
+    /// 1–20 items (any item of OpenAI's `ResponseInputItemParam` union), appended atomically.
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 20)]
     items: Vec<Value>,
 }
 
@@ -123,6 +137,10 @@ fn check_vectors(st: &AppState, scope: &mnemo_storage::Scope, items: &[NewItem])
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/conversations", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "createConversation", summary = "Create a conversation, optionally with items",
+    request_body = CreateBody,
+    responses((status = 200, description = "The conversation", body = crate::openapi::Conversation)))]
 /// `POST /v1/conversations`
 pub async fn create(
     State(st): State<AppState>,
@@ -142,6 +160,9 @@ pub async fn create(
     Ok(Json(conversation_json(&rec)))
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "getConversation", summary = "Retrieve a conversation", params(("id" = String, Path, description = "The conversation's id (`conv_…`)")),
+    responses((status = 200, description = "The conversation", body = crate::openapi::Conversation)))]
 /// `GET /v1/conversations/{id}`
 pub async fn retrieve(
     State(st): State<AppState>,
@@ -153,6 +174,10 @@ pub async fn retrieve(
     Ok(Json(conversation_json(&rec)))
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{id}", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "updateConversation", summary = "Replace a conversation's metadata", params(("id" = String, Path, description = "The conversation's id (`conv_…`)")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The conversation", body = crate::openapi::Conversation)))]
 /// `POST /v1/conversations/{id}`
 pub async fn update(
     State(st): State<AppState>,
@@ -172,6 +197,9 @@ pub async fn update(
     Ok(Json(conversation_json(&rec)))
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{id}", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "deleteConversation", summary = "Delete a conversation and all its items", params(("id" = String, Path, description = "The conversation's id (`conv_…`)")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::ConversationDeleted)))]
 /// `DELETE /v1/conversations/{id}`
 pub async fn delete(
     State(st): State<AppState>,
@@ -186,6 +214,12 @@ pub async fn delete(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/conversations/{id}/items", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "createConversationItems", summary = "Append items atomically, in order",
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)"), ("include" = Option<Vec<String>>, Query, description = "Accepted and ignored")),
+    request_body = ItemsBody,
+    responses((status = 200, description = "The items as stored", body = crate::openapi::ItemList),
+        (status = 409, description = "An item id given by the client already exists", body = crate::openapi::ErrorResponse)))]
 /// `POST /v1/conversations/{id}/items`
 pub async fn add_items(
     State(st): State<AppState>,
@@ -237,6 +271,14 @@ fn list_params(raw: Option<&str>) -> ApiResult<ListParams> {
     Ok(p)
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}/items", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "listConversationItems", summary = "List a conversation's items",
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)"),
+        ("after" = Option<String>, Query, description = "An item id of this conversation: the page starts after it"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Items per page (default 20)"),
+        ("order" = Option<String>, Query, description = "`asc` or `desc` (default)"),
+        ("include" = Option<Vec<String>>, Query, description = "Accepted and ignored")),
+    responses((status = 200, description = "A page of items", body = crate::openapi::ItemList)))]
 /// `GET /v1/conversations/{id}/items`
 pub async fn list_items(
     State(st): State<AppState>,
@@ -258,6 +300,10 @@ pub async fn list_items(
     Ok(item_list(&page.items, page.has_more))
 }
 
+#[utoipa::path(get, path = "/v1/conversations/{id}/items/{item_id}", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "getConversationItem", summary = "Retrieve an item",
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)"), ("item_id" = String, Path, description = "The item's id")),
+    responses((status = 200, description = "The item", body = crate::openapi::Item)))]
 /// `GET /v1/conversations/{id}/items/{item_id}`
 pub async fn get_item(
     State(st): State<AppState>,
@@ -270,6 +316,10 @@ pub async fn get_item(
     Ok(([(header::CONTENT_TYPE, "application/json")], item.json).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/conversations/{id}/items/{item_id}", tag = crate::openapi::CONVERSATIONS,
+    operation_id = "deleteConversationItem", summary = "Delete an item; answers with the conversation",
+    params(("id" = String, Path, description = "The conversation's id (`conv_…`)"), ("item_id" = String, Path, description = "The item's id")),
+    responses((status = 200, description = "The conversation", body = crate::openapi::Conversation)))]
 /// `DELETE /v1/conversations/{id}/items/{item_id}`
 pub async fn delete_item(
     State(st): State<AppState>,

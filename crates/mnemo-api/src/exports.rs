@@ -19,32 +19,43 @@ use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 /// `filter` of an export request.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ExportFilter)]
 pub struct FilterBody {
+    /// Only conversations whose metadata has these values.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     metadata: Map<String, Value>,
 }
 
 /// The body of `POST /v1/admin/exports`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportBody {
+    /// The dataset: `file:///…`, `s3://…` or `az://…` under the server's `--export-to`.
     to: String,
+    /// Only items created at or after this time (Unix seconds).
     since: Option<i64>,
+    /// Only items created before this time (Unix seconds).
     until: Option<i64>,
+    /// Conversation filters.
     #[serde(default)]
     filter: FilterBody,
+    /// Add what changed since the dataset's current version.
     #[serde(default)]
     incremental: bool,
+    /// Export an earlier checkpoint again (its id).
     checkpoint: Option<String>,
 }
 
 /// The body of `POST /v1/admin/exports/refresh`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
+    /// The dataset.
     to: String,
+    /// How long replaced files stay readable after the new version is committed (default 300).
     grace_seconds: Option<u64>,
 }
 
@@ -94,6 +105,9 @@ async fn start(
 
 /// `POST /v1/admin/exports` `{"to", "since"?, "until"?, "filter"?: {"metadata"}, "incremental"?,
 /// "checkpoint"?}`: starts an export job (202 with the job).
+#[utoipa::path(post, path = "/v1/admin/exports", tag = crate::openapi::ADMIN,
+    operation_id = "createExport", summary = "Start a research export job (a server started with --export-to)",
+    request_body = ExportBody, responses((status = 202, description = "The job, queued", body = crate::openapi::ExportJob)))]
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,
@@ -129,6 +143,9 @@ pub async fn create(
 
 /// `POST /v1/admin/exports/refresh` `{"to", "grace_seconds"?}`: brings a dataset in line with
 /// erasures, consent withdrawals and deletions (202 with the job).
+#[utoipa::path(post, path = "/v1/admin/exports/refresh", tag = crate::openapi::ADMIN,
+    operation_id = "refreshExport", summary = "Bring a dataset in line with erasures, consent withdrawals and deletions",
+    request_body = RefreshBody, responses((status = 202, description = "The job, queued", body = crate::openapi::ExportJob)))]
 pub async fn refresh(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,
@@ -147,6 +164,10 @@ pub async fn refresh(
 }
 
 /// `GET /v1/admin/exports/{id}`: a job of the caller's tenant.
+#[utoipa::path(get, path = "/v1/admin/exports/{id}", tag = crate::openapi::ADMIN,
+    operation_id = "getExport", summary = "An export job's status, progress and counts",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = crate::openapi::ExportJob)))]
 pub async fn get(
     State(st): State<AppState>,
     caller: Caller<need::Admin>,

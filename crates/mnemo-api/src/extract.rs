@@ -28,13 +28,23 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
         .map_err(|_| ApiError::too_large(limit))
 }
 
-/// Reads and parses a JSON body (400 on malformed JSON or wrong types, 413 when too large).
+/// Reads and parses a JSON object body (400 on malformed JSON, a value other than an object or
+/// wrong types, 413 when too large).
 pub async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> ApiResult<T> {
     let bytes = read_body(headers, body, MAX_JSON_BODY).await?;
-    if bytes.is_empty() {
-        return Err(ApiError::invalid(
-            "request body is empty; expected a JSON object",
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::invalid(
+                "request body is empty; expected a JSON object",
+            ))
+        }
+        // A struct also deserializes from an array of its fields; the API takes objects only.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid JSON body: expected a JSON object",
+            ))
+        }
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {

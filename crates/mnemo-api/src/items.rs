@@ -129,13 +129,13 @@ const ITEM_TYPES: &[ItemType] = &[
         "shell_call",
         "sh_",
         &[("action", Obj), ("call_id", Str)],
-        false,
+        true,
     ),
     t(
         "shell_call_output",
         "sho_",
         &[("call_id", Str), ("output", Any)],
-        false,
+        true,
     ),
     t(
         "apply_patch_call",
@@ -149,8 +149,8 @@ const ITEM_TYPES: &[ItemType] = &[
         &[("call_id", Str)],
         true,
     ),
-    t("tool_search_call", "tsc_", &[("arguments", Any)], false),
-    t("tool_search_output", "tso_", &[("tools", Arr)], false),
+    t("tool_search_call", "tsc_", &[("arguments", Any)], true),
+    t("tool_search_output", "tso_", &[("tools", Arr)], true),
     t(
         "additional_tools",
         "adt_",
@@ -294,6 +294,7 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
     if kind == "message" {
         normalize_message(&mut obj, param)?;
     }
+    default_item_fields(&kind, &mut obj);
     if spec.has_status && obj.get("status").is_none_or(Value::is_null) {
         obj.insert("status".into(), Value::String("completed".into()));
     }
@@ -339,13 +340,14 @@ fn normalize_message(obj: &mut Map<String, Value>, param: &str) -> ApiResult<()>
             json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
         }
         Some(Value::String(text)) => json!([{"type": "input_text", "text": text}]),
-        Some(Value::Array(parts)) => {
-            for (j, part) in parts.iter().enumerate() {
-                if !part.get("type").is_some_and(Value::is_string) {
-                    return Err(ApiError::invalid_param(
-                        format!("{param}.content[{j}].type"),
-                        "each content part must be an object with a string type",
-                    ));
+        Some(Value::Array(mut parts)) => {
+            for (j, part) in parts.iter_mut().enumerate() {
+                let Some(part) = part.as_object_mut() else {
+                    return Err(part_type_error(param, j));
+                };
+                match part.get("type").and_then(Value::as_str).map(str::to_owned) {
+                    Some(kind) => default_part_fields(&kind, part),
+                    None => return Err(part_type_error(param, j)),
                 }
             }
             Value::Array(parts)
@@ -359,6 +361,53 @@ fn normalize_message(obj: &mut Map<String, Value>, param: &str) -> ApiResult<()>
     };
     obj.insert("content".into(), content);
     Ok(())
+}
+
+/// Fills in the fields OpenAI's item schemas require that an item given by a client may
+/// leave out (each nullable or with a fixed default), as OpenAI's own answers carry them.
+fn default_item_fields(kind: &str, obj: &mut Map<String, Value>) {
+    let null = || Value::Null;
+    match kind {
+        "shell_call" => {
+            obj.entry("environment").or_insert_with(null);
+            if let Some(action) = obj.get_mut("action").and_then(Value::as_object_mut) {
+                action.entry("timeout_ms").or_insert_with(null);
+                action.entry("max_output_length").or_insert_with(null);
+            }
+        }
+        "shell_call_output" => {
+            obj.entry("max_output_length").or_insert_with(null);
+        }
+        "tool_search_call" | "tool_search_output" => {
+            obj.entry("call_id").or_insert_with(null);
+            obj.entry("execution").or_insert_with(|| json!("server"));
+        }
+        _ => {}
+    }
+}
+
+fn part_type_error(param: &str, j: usize) -> ApiError {
+    ApiError::invalid_param(
+        format!("{param}.content[{j}].type"),
+        "each content part must be an object with a string type",
+    )
+}
+
+/// Fills in what OpenAI's content part types require and OpenAI itself fills in when a client
+/// leaves it out: an `output_text` part's `annotations` and `logprobs` (empty) and an
+/// `input_image` part's `detail` (`auto`), so stored items parse with clients generated from
+/// OpenAI's published schemas.
+fn default_part_fields(kind: &str, part: &mut Map<String, Value>) {
+    match kind {
+        "output_text" => {
+            part.entry("annotations").or_insert_with(|| json!([]));
+            part.entry("logprobs").or_insert_with(|| json!([]));
+        }
+        "input_image" => {
+            part.entry("detail").or_insert_with(|| json!("auto"));
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +428,31 @@ mod tests {
         assert!(u["id"].as_str().unwrap().starts_with("msg_"));
         let a = one(json!({"type": "message", "role": "assistant", "content": "yo"})).unwrap();
         assert_eq!(a["content"][0]["type"], "output_text");
+    }
+
+    #[test]
+    fn content_parts_get_the_fields_openai_requires() {
+        let a = one(json!({"role": "assistant", "content": [
+            {"type": "output_text", "text": "yo"},
+            {"type": "output_text", "text": "kept", "annotations": [{"type": "x"}], "logprobs": [1]},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            a["content"][0],
+            json!({"type": "output_text", "text": "yo", "annotations": [], "logprobs": []})
+        );
+        assert_eq!(a["content"][1]["annotations"], json!([{"type": "x"}]));
+        assert_eq!(a["content"][1]["logprobs"], json!([1]));
+        let u = one(json!({"role": "user", "content": [
+            {"type": "input_image", "image_url": "https://x/y.png"},
+            {"type": "input_text", "text": "what is it?"},
+        ]}))
+        .unwrap();
+        assert_eq!(u["content"][0]["detail"], "auto");
+        assert_eq!(
+            u["content"][1],
+            json!({"type": "input_text", "text": "what is it?"})
+        );
     }
 
     #[test]

@@ -89,6 +89,15 @@ fn check_memory_vector(
     Ok(())
 }
 
+#[utoipa::path(put, path = "/v1/kv/{key}", tag = crate::openapi::MEMORY,
+    operation_id = "putMemory", summary = "Store a value (at most 65,536 bytes) and its media type",
+    params(("key" = String, Path, description = "1–1024 bytes of UTF-8, percent-encoded; `/` allowed"), ("If-Match" = Option<String>, Header, description = "Only if the current value has one of these ETags (`*`: any existing value)"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key is absent"),
+        ("ttl_seconds" = Option<u64>, Query, minimum = 1, maximum = 315360000, description = "The key reads as absent after this many seconds")),
+    request_body(content = crate::openapi::AnyBytes, content_type = "*/*", description = "The value's bytes; its `Content-Type` is stored"),
+    responses((status = 200, description = "Stored", body = crate::openapi::KvWritten,
+        headers(("ETag" = String, description = "The new value's ETag"))),
+        (status = 412, description = "A condition did not hold", body = crate::openapi::ErrorResponse)))]
 /// `PUT /v1/kv/{key}`: stores the raw body.
 pub async fn put(
     State(st): State<AppState>,
@@ -127,6 +136,11 @@ pub async fn put(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/kv/{key}", tag = crate::openapi::MEMORY,
+    operation_id = "getMemory", summary = "Read a value: the exact bytes, with its ETag and media type",
+    params(("key" = String, Path, description = "1–1024 bytes of UTF-8, percent-encoded; `/` allowed")),
+    responses((status = 200, description = "The value", content_type = "*/*", body = crate::openapi::AnyBytes,
+        headers(("ETag" = String, description = "The value's ETag")))))]
 /// `GET /v1/kv/{key}`: the exact bytes.
 pub async fn get(
     State(st): State<AppState>,
@@ -142,6 +156,11 @@ pub async fn get(
     Ok(resp)
 }
 
+#[utoipa::path(delete, path = "/v1/kv/{key}", tag = crate::openapi::MEMORY,
+    operation_id = "deleteMemory", summary = "Delete a key",
+    params(("key" = String, Path, description = "1–1024 bytes of UTF-8, percent-encoded; `/` allowed"), ("If-Match" = Option<String>, Header, description = "Only if the current value has one of these ETags (`*`: any existing value)")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::KvDeleted),
+        (status = 412, description = "`If-Match` did not hold", body = crate::openapi::ErrorResponse)))]
 /// `DELETE /v1/kv/{key}`
 pub async fn delete(
     State(st): State<AppState>,
@@ -163,6 +182,12 @@ pub async fn delete(
     Ok(Json(json!({"key": key, "deleted": true})))
 }
 
+#[utoipa::path(get, path = "/v1/kv", tag = crate::openapi::MEMORY,
+    operation_id = "listMemory", summary = "List keys in byte order",
+    params(("prefix" = Option<String>, Query, description = "Only keys starting with it"),
+        ("after" = Option<String>, Query, description = "Start after this key"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Keys per page (default 100)")),
+    responses((status = 200, description = "A page of keys", body = crate::openapi::KvList)))]
 /// `GET /v1/kv?prefix=&after=&limit=`
 pub async fn list(
     State(st): State<AppState>,
@@ -209,9 +234,12 @@ pub async fn list(
     })))
 }
 
-#[derive(Deserialize)]
+/// One operation of a batch.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = MemoryBatchOperation)]
 enum BatchOp {
+    /// Stores a value (`value` as UTF-8 text or `value_base64`).
     Put {
         key: String,
         #[serde(default)]
@@ -227,6 +255,7 @@ enum BatchOp {
         #[serde(default)]
         if_none_match: Option<String>,
     },
+    /// Deletes a key (absent without a condition: succeeds).
     Delete {
         key: String,
         #[serde(default)]
@@ -234,8 +263,12 @@ enum BatchOp {
     },
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/kv/batch`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = MemoryBatch)]
 struct BatchBody {
+    /// 1–100 operations, each key at most once.
+    #[schema(min_items = 1, max_items = 100)]
     operations: Vec<BatchOp>,
 }
 
@@ -316,6 +349,11 @@ fn to_op(i: usize, op: BatchOp) -> ApiResult<KvOp> {
     })
 }
 
+#[utoipa::path(post, path = "/v1/kv/batch", tag = crate::openapi::MEMORY,
+    operation_id = "batchMemory", summary = "Write several keys atomically, with per-key conditions",
+    request_body = BatchBody,
+    responses((status = 200, description = "Every operation applied", body = crate::openapi::KvBatchResponse),
+        (status = 412, description = "A condition did not hold (`param`: `operations[i]`); nothing written", body = crate::openapi::ErrorResponse)))]
 /// `POST /v1/kv/batch`: atomic multi-key write.
 pub async fn batch(
     State(st): State<AppState>,
@@ -346,4 +384,55 @@ pub async fn batch(
         .map(|w| json!({"key": w.key, "etag": w.etag, "deleted": w.etag.is_none()}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `/v1/kv/batch` is the batch endpoint for POST; for other methods it is the key `batch`.
+fn batch_key() -> Result<Path<String>, PathRejection> {
+    Ok(Path("batch".to_string()))
+}
+
+/// `GET /v1/kv/batch`: the key `batch`.
+#[utoipa::path(get, path = "/v1/kv/batch", tag = crate::openapi::MEMORY,
+    operation_id = "getMemoryBatchKey", summary = "Read the key `batch` (as `GET /v1/kv/{key}`)",
+    responses((status = 200, description = "The value", content_type = "*/*", body = crate::openapi::AnyBytes,
+        headers(("ETag" = String, description = "The value's ETag")))))]
+pub async fn get_batch_key(
+    st: State<AppState>,
+    caller: Caller<need::MemoryRead>,
+) -> ApiResult<Response> {
+    get(st, caller, batch_key()).await
+}
+
+/// `PUT /v1/kv/batch`: the key `batch`.
+#[utoipa::path(put, path = "/v1/kv/batch", tag = crate::openapi::MEMORY,
+    operation_id = "putMemoryBatchKey", summary = "Store the key `batch` (as `PUT /v1/kv/{key}`)",
+    params(("If-Match" = Option<String>, Header, description = "Only if the current value has one of these ETags (`*`: any existing value)"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key is absent"),
+        ("ttl_seconds" = Option<u64>, Query, minimum = 1, maximum = 315360000, description = "The key reads as absent after this many seconds")),
+    request_body(content = crate::openapi::AnyBytes, content_type = "*/*", description = "The value's bytes; its `Content-Type` is stored"),
+    responses((status = 200, description = "Stored", body = crate::openapi::KvWritten,
+        headers(("ETag" = String, description = "The new value's ETag"))),
+        (status = 412, description = "A condition did not hold", body = crate::openapi::ErrorResponse)))]
+pub async fn put_batch_key(
+    st: State<AppState>,
+    caller: Caller<need::MemoryWrite>,
+    headers: HeaderMap,
+    query: RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    put(st, caller, headers, batch_key(), query, body).await
+}
+
+/// `DELETE /v1/kv/batch`: the key `batch`.
+#[utoipa::path(delete, path = "/v1/kv/batch", tag = crate::openapi::MEMORY,
+    operation_id = "deleteMemoryBatchKey", summary = "Delete the key `batch` (as `DELETE /v1/kv/{key}`)",
+    params(("If-Match" = Option<String>, Header, description = "Only if the current value has one of these ETags (`*`: any existing value)")),
+    responses((status = 200, description = "Deleted", body = crate::openapi::KvDeleted),
+        (status = 412, description = "`If-Match` did not hold", body = crate::openapi::ErrorResponse)))]
+pub async fn delete_batch_key(
+    st: State<AppState>,
+    caller: Caller<need::MemoryWrite>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    delete(st, caller, headers, batch_key()).await
 }

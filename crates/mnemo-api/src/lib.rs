@@ -28,15 +28,16 @@ mod extract;
 mod items;
 mod kv;
 pub mod metrics;
+pub mod openapi;
 mod search;
 pub mod sql;
 
 pub use error::{ApiError, ApiResult};
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use mnemo_export::ConsentPolicy;
@@ -44,6 +45,9 @@ use mnemo_index::SearchService;
 use mnemo_sql::SqlEngine;
 use mnemo_storage::Store;
 use std::sync::Arc;
+use utoipa::{Modify, OpenApi as _};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Default of [`AppState::sql_max_rows`].
 pub const DEFAULT_SQL_MAX_ROWS: usize = 10_000;
@@ -117,6 +121,10 @@ impl AppState {
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = openapi::OPERATIONS, operation_id = "health",
+    summary = "Whether the store is open",
+    responses((status = 200, description = "Serving", body = openapi::Health),
+        (status = 503, description = "The store is unavailable", body = openapi::Health)))]
 async fn healthz(State(st): State<AppState>) -> impl IntoResponse {
     if st.store.is_ready() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ok"})))
@@ -136,66 +144,108 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// Builds the router with every route, JSON fallbacks, the metrics middleware and
-/// `Connection: close` on answers that leave a request body unread.
-pub fn router(state: AppState) -> Router {
-    // `/v1/kv/batch` is the batch endpoint for POST; for other methods it is the key "batch".
-    let batch_key = || Ok(Path("batch".to_string()));
-    Router::new()
-        .route("/v1/conversations", post(conversations::create))
-        .route(
-            "/v1/conversations/{id}",
-            get(conversations::retrieve)
-                .post(conversations::update)
-                .delete(conversations::delete),
-        )
-        .route(
-            "/v1/conversations/{id}/items",
-            get(conversations::list_items).post(conversations::add_items),
-        )
-        .route(
-            "/v1/conversations/{id}/items/{item_id}",
-            get(conversations::get_item).delete(conversations::delete_item),
-        )
-        .route("/v1/search", post(search::search))
-        .route("/v1/sql", post(sql::query))
-        .route("/v1/changes", get(changes::list))
-        .route("/v1/changes/stream", get(changes::stream))
-        .route("/v1/kv", get(kv::list))
-        .route(
-            "/v1/kv/batch",
-            post(kv::batch)
-                .get(move |s: State<AppState>, c| kv::get(s, c, batch_key()))
-                .delete(move |s: State<AppState>, c, h: HeaderMap| kv::delete(s, c, h, batch_key()))
-                .put(move |s: State<AppState>, c, h: HeaderMap, q, b| {
-                    kv::put(s, c, h, batch_key(), q, b)
-                }),
-        )
+/// The parts of the document not collected from routes: its description, the error
+/// schema, and the memory routes whose axum path (`{*key}`) is not an OpenAPI template.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "mnemo", description = "Conversation history and memory for AI assistants: the OpenAI Conversations API, key-value memory, search, SQL, the change feed and administration. Every error has OpenAI's shape (`ErrorResponse`)."),
+    paths(kv::get, kv::put, kv::delete),
+    components(schemas(openapi::ErrorResponse)),
+    tags((name = "conversations", description = "The OpenAI Conversations API"),
+        (name = "memory", description = "Key-value memory with ETags, conditions and TTLs"),
+        (name = "query", description = "Search, SQL and the change feed"),
+        (name = "admin", description = "Erasure, consent, audit and research exports (permission `admin`)"),
+        (name = "operations", description = "Health, metrics and this document")),
+)]
+struct ApiDoc;
+
+/// Every documented route but the administration ones.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(conversations::create))
+        .routes(routes!(
+            conversations::retrieve,
+            conversations::update,
+            conversations::delete
+        ))
+        .routes(routes!(conversations::list_items, conversations::add_items))
+        .routes(routes!(conversations::get_item, conversations::delete_item))
+        .routes(routes!(search::search))
+        .routes(routes!(sql::query))
+        .routes(routes!(changes::list))
+        .routes(routes!(changes::stream))
+        .routes(routes!(kv::list))
+        .routes(routes!(
+            kv::batch,
+            kv::get_batch_key,
+            kv::put_batch_key,
+            kv::delete_batch_key
+        ))
         .route(
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
-        .merge(
-            Router::new()
-                .route(
-                    "/v1/admin/users/{user}",
-                    axum::routing::delete(admin::erase_user),
-                )
-                .route(
-                    "/v1/admin/users/{user}/consent",
-                    get(admin::consent_get).put(admin::consent_put),
-                )
-                .route("/v1/admin/audit", get(admin::audit_log))
-                .route("/v1/admin/exports", post(exports::create))
-                .route("/v1/admin/exports/refresh", post(exports::refresh))
-                .route("/v1/admin/exports/{id}", get(exports::get))
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    admin::audit_denials,
-                )),
-        )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::render))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics::render))
+        .routes(routes!(openapi_json))
+}
+
+/// The administration routes (`/v1/admin/…`).
+fn admin_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(admin::erase_user))
+        .routes(routes!(admin::consent_get, admin::consent_put))
+        .routes(routes!(admin::audit_log))
+        .routes(routes!(exports::create))
+        .routes(routes!(exports::refresh))
+        .routes(routes!(exports::get))
+}
+
+/// Completes a collected document: security scheme, shared errors, `/openapi.json` itself.
+fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    api.info.version = env!("CARGO_PKG_VERSION").to_string();
+    api.info.license = None;
+    api.info.contact = None;
+    openapi::Conventions.modify(&mut api);
+    api
+}
+
+/// The OpenAPI 3.1 document of every route (served at `GET /openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = api_routes().merge(admin_routes()).split_for_parts();
+    finish(api)
+}
+
+/// The document as served: pretty JSON with a final newline (as `docs/openapi.json`).
+pub fn openapi_json_text() -> String {
+    let mut text = openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = openapi::OPERATIONS, operation_id = "openapi",
+    summary = "This document (OpenAPI 3.1)",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(openapi_json_text);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.as_str(),
+    )
+}
+
+/// Builds the router with every route, JSON fallbacks, the metrics middleware and
+/// `Connection: close` on answers that leave a request body unread.
+pub fn router(state: AppState) -> Router {
+    let admin = admin_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        admin::audit_denials,
+    ));
+    let (routes, _) = api_routes().merge(admin).split_for_parts();
+    routes
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -65,6 +65,9 @@ pub async fn track(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`
+#[utoipa::path(get, path = "/metrics", tag = crate::openapi::OPERATIONS,
+    operation_id = "metrics", summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn render(State(st): State<crate::AppState>) -> impl IntoResponse {
     (
         [(

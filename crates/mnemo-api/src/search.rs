@@ -21,39 +21,65 @@ pub(crate) fn parse_vector(v: &Value, param: &str) -> ApiResult<Vec<f32>> {
     mnemo_index::parse_vector(v).map_err(|e| ApiError::invalid_param(param, e.to_string()))
 }
 
-#[derive(Deserialize, Default)]
+/// Narrows a search.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SearchScope)]
 struct ScopeBody {
+    /// Only this conversation's items.
     conversation_id: Option<String>,
+    /// Only memory keys starting with it.
     prefix: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+/// Filters items.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SearchFilter)]
 struct FilterBody {
+    /// The message role.
     role: Option<String>,
+    /// Created at or after (Unix seconds).
     created_after: Option<i64>,
+    /// Created before (Unix seconds).
     created_before: Option<i64>,
+    /// The conversation's metadata has these values.
     #[serde(default)]
     metadata: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/search`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SearchRequest)]
 struct SearchBody {
+    /// Text: BM25 terms and `"quoted phrases"`, or what the built-in embedder embeds.
     query: Option<String>,
+    /// A query vector (the tenant's dimension, at most 4096 finite numbers).
+    #[schema(value_type = Option<Vec<f64>>)]
     vector: Option<Value>,
+    /// `vector`, `text` or `hybrid`.
     mode: Option<String>,
+    /// Narrows the search.
     #[serde(default)]
     scope: ScopeBody,
+    /// Filters items.
     #[serde(default)]
     filter: FilterBody,
+    /// `items` (default) or `memory`.
     source: Option<String>,
+    /// Hits wanted, 1–1000 (default 10).
+    #[schema(minimum = 1, maximum = 1000)]
     top_k: Option<u64>,
+    /// `eventual` (default) or `strong`.
     consistency: Option<String>,
 }
 
 /// `POST /v1/search`: vector, full-text or hybrid search within the caller's scope.
+#[utoipa::path(post, path = "/v1/search", tag = crate::openapi::QUERY,
+    operation_id = "search", summary = "Vector, full-text or hybrid search of items or memory, within the caller's scope",
+    request_body = SearchBody,
+    responses((status = 200, description = "Hits, best first", body = crate::openapi::SearchResults)))]
 pub async fn search(
     State(st): State<AppState>,
     caller: Caller<need::Search>,

@@ -22,10 +22,14 @@ use serde_json::{json, Map, Number, Value};
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/sql`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SqlRequest)]
 struct SqlBody {
+    /// One statement: SELECT, WITH, EXPLAIN, SHOW or DESCRIBE (PostgreSQL dialect).
     query: String,
+    /// Values bound to `$1`, `$2`, …
     #[serde(default)]
     params: Vec<Value>,
 }
@@ -190,6 +194,12 @@ fn columns(schema: &Schema) -> Value {
 }
 
 /// `POST /v1/sql`.
+#[utoipa::path(post, path = "/v1/sql", tag = crate::openapi::QUERY,
+    operation_id = "sql", summary = "A read-only SQL query over the caller's data",
+    request_body = SqlBody,
+    responses((status = 200, description = "The answer (JSON), or with `Accept: application/vnd.apache.arrow.stream` an Arrow IPC stream of every row",
+        content((crate::openapi::SqlResult = "application/json"), (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+        (status = 408, description = "The query ran past `--sql-timeout-ms`", body = crate::openapi::ErrorResponse)))]
 pub async fn query(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let Some(engine) = st.sql.clone() else {

@@ -194,6 +194,13 @@ impl Exporter {
     /// Records a job for `tenant` and queues it. Invalid when the URL cannot be used or is
     /// not under an allowed prefix.
     pub async fn submit(&self, tenant: &TenantId, spec: JobSpec) -> Result<Job, ExportError> {
+        // A relative path would resolve against the server's working directory.
+        if !spec.to.contains("://") && !spec.to.starts_with('/') {
+            return Err(ExportError::Invalid(format!(
+                "{:?} is neither a URL nor an absolute path",
+                spec.to
+            )));
+        }
         let to = normalized(&spec.to);
         if !self.allowed.is_empty() && !self.allowed.iter().any(|a| to.starts_with(a.as_str())) {
             return Err(ExportError::Invalid(format!(
