@@ -7,6 +7,7 @@ optional acting user, and turn every error answer into :class:`MnemoError`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Mapping, Optional, Sequence
 
 import httpx
@@ -247,6 +248,50 @@ class AsyncTransport:
     async def aclose(self) -> None:
         if self._own:
             await self._client.aclose()
+
+
+class LoopTransport:
+    """An :class:`AsyncTransport` for the running event loop.
+
+    An ``httpx.AsyncClient``'s connections belong to the loop that opened them, so an object
+    used from several loops (successive ``asyncio.run`` calls) gets one transport per loop. A
+    caller's ``http_client`` is used as given, whatever the loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        http_client: Optional[httpx.AsyncClient] = None,
+    ) -> None:
+        self._base_url, self._api_key, self._user = base_url, api_key, user
+        self._timeout = timeout
+        self._fixed = http_client
+        self._transport: Optional[AsyncTransport] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def get(self) -> AsyncTransport:
+        """The transport for the running loop (created on first use in that loop)."""
+        loop = asyncio.get_running_loop()
+        if self._transport is None or (self._fixed is None and self._loop is not loop):
+            self._transport = AsyncTransport(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                user=self._user,
+                timeout=self._timeout,
+                http_client=self._fixed,
+            )
+            self._loop = loop
+        return self._transport
+
+    async def aclose(self) -> None:
+        """Closes the transport if it belongs to the running loop (and was created here)."""
+        if self._transport is not None and self._loop is asyncio.get_running_loop():
+            await self._transport.aclose()
+        self._transport = self._loop = None
 
 
 def _params(params: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:

@@ -60,7 +60,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.tool import invalid_tool_call, tool_call
 
-from ._http import DEFAULT_TIMEOUT, AsyncTransport, NotFoundError, Transport
+from ._http import DEFAULT_TIMEOUT, AsyncTransport, LoopTransport, NotFoundError, Transport
 
 __all__ = ["MnemoChatMessageHistory", "messages_to_items", "items_to_messages"]
 
@@ -385,8 +385,13 @@ class MnemoChatMessageHistory(BaseChatMessageHistory):
         self._transport = Transport(
             base_url=base_url, api_key=api_key, user=user, timeout=timeout, http_client=http_client
         )
-        self._async_http_client = async_http_client
-        self._atransport: Optional[AsyncTransport] = None
+        self._atransport = LoopTransport(
+            base_url=base_url,
+            api_key=api_key,
+            user=user,
+            timeout=timeout,
+            http_client=async_http_client,
+        )
         self._aloop: Optional[asyncio.AbstractEventLoop] = None
         self._alock: Optional[asyncio.Lock] = None
         self._lock = threading.Lock()
@@ -436,20 +441,9 @@ class MnemoChatMessageHistory(BaseChatMessageHistory):
         several loops (e.g. successive ``asyncio.run`` calls) gets one client per loop.
         """
         loop = asyncio.get_running_loop()
-        if self._atransport is None or self._aloop is not loop:
-            if self._async_http_client is not None and self._atransport is not None:
-                transport = self._atransport  # the caller's client: used as given
-            else:
-                transport = AsyncTransport(
-                    base_url=self._base_url,
-                    api_key=self._api_key,
-                    user=self._user,
-                    timeout=self._timeout,
-                    http_client=self._async_http_client,
-                )
-            self._atransport, self._aloop, self._alock = transport, loop, asyncio.Lock()
-        assert self._alock is not None
-        return self._atransport, self._alock
+        if self._alock is None or self._aloop is not loop:  # a lock belongs to one loop too
+            self._aloop, self._alock = loop, asyncio.Lock()
+        return self._atransport.get(), self._alock
 
     # ----------------------------------------------------------------- read
 
@@ -599,9 +593,9 @@ class MnemoChatMessageHistory(BaseChatMessageHistory):
 
     async def aclose(self) -> None:
         """Closes the async HTTP client this history created for the running loop."""
-        if self._atransport is not None and self._aloop is asyncio.get_running_loop():
-            await self._atransport.aclose()
-            self._atransport = self._aloop = self._alock = None
+        await self._atransport.aclose()
+        if self._aloop is asyncio.get_running_loop():
+            self._aloop = self._alock = None
 
     def __enter__(self) -> "MnemoChatMessageHistory":
         return self

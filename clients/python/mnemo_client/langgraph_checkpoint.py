@@ -86,6 +86,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from ._http import (
     DEFAULT_TIMEOUT,
     AsyncTransport,
+    LoopTransport,
     MnemoError,
     PreconditionFailedError,
     Transport,
@@ -570,9 +571,13 @@ class MnemoSaver(BaseCheckpointSaver[int]):
         self._sync = Transport(
             base_url=base_url, api_key=api_key, user=user, timeout=timeout, http_client=http_client
         )
-        self._fixed_async = async_http_client
-        self._async: Optional[AsyncTransport] = None
-        self._async_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._async = LoopTransport(
+            base_url=base_url,
+            api_key=api_key,
+            user=user,
+            timeout=timeout,
+            http_client=async_http_client,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -582,10 +587,7 @@ class MnemoSaver(BaseCheckpointSaver[int]):
 
     async def aclose(self) -> None:
         """Closes the HTTP clients the saver opened."""
-        if self._async is not None and self._async_loop is asyncio.get_running_loop():
-            await self._async.aclose()
-        self._async = None
-        self._async_loop = None
+        await self._async.aclose()
         self._sync.close()
 
     def __enter__(self) -> "MnemoSaver":
@@ -601,18 +603,7 @@ class MnemoSaver(BaseCheckpointSaver[int]):
         await self.aclose()
 
     def _atransport(self) -> AsyncTransport:
-        loop = asyncio.get_running_loop()
-        if self._async is None or (self._fixed_async is None and self._async_loop is not loop):
-            # An httpx.AsyncClient's connections belong to the loop that opened them.
-            self._async = AsyncTransport(
-                base_url=self._base_url,
-                api_key=self._api_key,
-                user=self._user,
-                timeout=self._timeout,
-                http_client=self._fixed_async,
-            )
-            self._async_loop = loop
-        return self._async
+        return self._async.get()
 
     # ------------------------------------------------------------------ drivers
 

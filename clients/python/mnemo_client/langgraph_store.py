@@ -55,7 +55,7 @@ from langgraph.store.base import (
     validate_op_namespace,
 )
 
-from ._http import DEFAULT_TIMEOUT, AsyncTransport, MnemoError, Transport
+from ._http import DEFAULT_TIMEOUT, AsyncTransport, LoopTransport, MnemoError, Transport
 
 __all__ = [
     "CONTENT_TYPE",
@@ -468,9 +468,13 @@ class MnemoStore(BaseStore):
         self._sync = Transport(
             base_url=base_url, api_key=api_key, user=user, timeout=timeout, http_client=http_client
         )
-        self._async_client = async_http_client
-        self._async: Optional[AsyncTransport] = None
-        self._async_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._async = LoopTransport(
+            base_url=base_url,
+            api_key=api_key,
+            user=user,
+            timeout=timeout,
+            http_client=async_http_client,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -480,9 +484,7 @@ class MnemoStore(BaseStore):
 
     async def aclose(self) -> None:
         """Closes the async HTTP client (if the store created it) and the sync one."""
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
+        await self._async.aclose()
         self._sync.close()
 
     def __enter__(self) -> "MnemoStore":
@@ -498,19 +500,7 @@ class MnemoStore(BaseStore):
         await self.aclose()
 
     def _async_transport(self) -> AsyncTransport:
-        loop = asyncio.get_running_loop()
-        if self._async is None or (self._async_client is None and self._async_loop is not loop):
-            # An AsyncClient's connections belong to the event loop that opened them: a store
-            # used from a new loop (a second asyncio.run) gets a client of its own.
-            self._async = AsyncTransport(
-                base_url=self.base_url,
-                api_key=self.api_key,
-                user=self.user,
-                timeout=self.timeout,
-                http_client=self._async_client,
-            )
-            self._async_loop = loop
-        return self._async
+        return self._async.get()
 
     # ------------------------------------------------------------------ BaseStore
 
