@@ -57,7 +57,6 @@ that (``ValueError`` otherwise).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
