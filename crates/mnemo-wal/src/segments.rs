@@ -1,0 +1,181 @@
+//! Segment files on disk: naming, preallocation, scanning, and the chain of blocks a replay
+//! reads.
+
+use crate::format::{read_block, BlockInfo, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::Error;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const SUFFIX: &str = ".wal";
+const TMP_SUFFIX: &str = ".wal.tmp";
+
+/// The path of segment `number` in `dir`.
+pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:020}{SUFFIX}"))
+}
+
+/// The segments in `dir`, in number order. Leftover temporary files of an interrupted
+/// preallocation are not segments.
+pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, Error> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(SUFFIX) else {
+            continue;
+        };
+        if stem.len() == 20 {
+            if let Ok(n) = stem.parse::<u64>() {
+                out.push((n, entry.path()));
+            }
+        }
+    }
+    out.sort_unstable_by_key(|(n, _)| *n);
+    Ok(out)
+}
+
+/// Removes temporary files left by a preallocation that a crash interrupted.
+pub(crate) fn remove_temporaries(dir: &Path) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Fsyncs a directory, so that files created, renamed or removed in it stay so after a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Creates segment `number`: header, then zeros up to `size` bytes, all written and
+/// fsynced (so that later appends change no file metadata and `fdatasync` writes data only),
+/// then renamed into place and the directory fsynced. Returns the open file.
+pub(crate) fn preallocate(dir: &Path, number: u64, epoch: u64, size: u64) -> Result<File, Error> {
+    let tmp = dir.join(format!("{number:020}{TMP_SUFFIX}"));
+    let path = segment_path(dir, number);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::io(&p, e)
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(&SegmentHeader { number, epoch }.encode())
+        .map_err(io(&tmp))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size.saturating_sub(SEGMENT_HEADER_LEN as u64);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).map_err(io(&tmp))?;
+        left -= n as u64;
+    }
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// What a scan of one segment found.
+#[derive(Clone, Debug)]
+pub(crate) struct Scan {
+    /// The segment's number.
+    pub(crate) number: u64,
+    /// Its path.
+    pub(crate) path: PathBuf,
+    /// The valid prefix: blocks with consecutive ids, in file order.
+    pub(crate) blocks: Vec<BlockInfo>,
+}
+
+/// Reads a whole segment file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Finds the valid prefix of a segment's bytes: blocks from the header on, each with a
+/// matching checksum and an id one above the previous. The first block that fails ends the
+/// segment (a torn or never-written tail). A segment whose header is not valid has no blocks
+/// (an interrupted creation).
+pub(crate) fn scan_bytes(number: u64, path: PathBuf, buf: &[u8]) -> Scan {
+    let mut blocks = Vec::new();
+    if SegmentHeader::decode(buf).is_some_and(|h| h.number == number) {
+        let mut at = SEGMENT_HEADER_LEN;
+        while let Some((info, _)) = read_block(buf, at) {
+            if let Some(prev) = blocks.last().map(|b: &BlockInfo| b.id) {
+                if info.id != prev + 1 {
+                    break;
+                }
+            }
+            at += info.len as usize;
+            blocks.push(info);
+        }
+    }
+    Scan {
+        number,
+        path,
+        blocks,
+    }
+}
+
+/// Scans every segment of `dir`.
+pub(crate) fn scan_all(dir: &Path) -> Result<Vec<Scan>, Error> {
+    let mut out = Vec::new();
+    for (number, path) in list(dir)? {
+        let buf = read(&path)?;
+        out.push(scan_bytes(number, path, &buf));
+    }
+    Ok(out)
+}
+
+/// A block a replay must read: which segment, and where.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockRef {
+    /// The segment file.
+    pub(crate) path: PathBuf,
+    /// The block.
+    pub(crate) block: BlockInfo,
+}
+
+/// The blocks with ids in `(after, until]` (`until` unbounded when `None`), in id order.
+/// They must be exactly `after + 1, after + 2, …`: a missing or repeated id is an error,
+/// since it means a block every later one depends on is gone.
+pub(crate) fn chain(
+    scans: &[Scan],
+    after: u64,
+    until: Option<u64>,
+) -> Result<Vec<BlockRef>, Error> {
+    let mut out: Vec<BlockRef> = Vec::new();
+    for scan in scans {
+        for block in &scan.blocks {
+            if block.id <= after || until.is_some_and(|u| block.id > u) {
+                continue;
+            }
+            let expected = out.last().map_or(after + 1, |b| b.block.id + 1);
+            if block.id != expected {
+                return Err(Error::Gap {
+                    expected,
+                    found: block.id,
+                    segment: scan.path.clone(),
+                });
+            }
+            out.push(BlockRef {
+                path: scan.path.clone(),
+                block: *block,
+            });
+        }
+    }
+    Ok(out)
+}
