@@ -590,3 +590,24 @@ def test_repeated_kill9_restart_cycles(fresh_server):
         srv.kill9()
         srv.restart()
     assert srv.http.get(kp("boot/k")).content == b"v"
+
+
+def test_a_second_server_on_a_local_store_is_refused(fresh_server):
+    """Two processes never both write one local store: a second server on the same data
+    directory exits with a clear error (the write-ahead log's lock), and the first keeps
+    acknowledging writes. (On a remote store the newer writer fences the older instead.)"""
+    import subprocess
+
+    if fresh_server.store_url:
+        pytest.skip("the local write-ahead log's lock is a local-store guarantee")
+    h = fresh_server.http
+    assert h.put("/v1/kv/lock/a", content=b"1").status_code in (200, 201)
+    second = subprocess.run(
+        [fresh_server.command()[0], "serve", "--data-dir", str(fresh_server.data_dir),
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode != 0
+    assert "locked by another process" in (second.stdout + second.stderr)
+    assert h.put("/v1/kv/lock/b", content=b"2").status_code in (200, 201)
+    assert h.get("/v1/kv/lock/a").content == b"1"

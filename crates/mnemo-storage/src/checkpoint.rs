@@ -58,8 +58,11 @@ fn reader_options() -> DbReaderOptions {
 const READER_BLOCK_CACHE_BYTES: u64 = 16 << 20;
 const READER_META_CACHE_BYTES: u64 = 64 << 20;
 
+/// Opens a reader; `wal_dir` is the database's local write-ahead log, if it has one (the
+/// reader replays the writes not yet in an SST from it).
 async fn open_reader(
     location: &StoreLocation,
+    wal_dir: Option<&std::path::Path>,
     mode: DbReaderMode,
     timeout: Duration,
 ) -> Result<Arc<DbReader>> {
@@ -75,11 +78,14 @@ async fn open_reader(
         .with_block_cache(Some(foyer(READER_BLOCK_CACHE_BYTES)))
         .with_meta_cache(Some(foyer(READER_META_CACHE_BYTES)))
         .build();
-    let open = DbReader::builder(location.path.clone(), location.object_store.clone())
+    let mut builder = DbReader::builder(location.path.clone(), location.object_store.clone())
         .with_options(reader_options())
         .with_reader_mode(mode)
-        .with_db_cache(Arc::new(cache), 0)
-        .build();
+        .with_db_cache(Arc::new(cache), 0);
+    if let Some(dir) = wal_dir {
+        builder = builder.with_wal_reader(Arc::new(mnemo_wal::SegmentWalReader::new(dir)));
+    }
+    let open = builder.build();
     Ok(Arc::new(bounded(timeout, open).await?))
 }
 
@@ -103,6 +109,7 @@ impl crate::Store {
         let id = created.id.to_string();
         let reader = open_reader(
             engine.location(),
+            engine.wal_dir(),
             DbReaderMode::Checkpoint(created.id),
             engine.read_timeout(),
         )
@@ -118,7 +125,13 @@ impl crate::Store {
     /// [`Store::pin_checkpoint`]); invalid if the id is malformed, an error if it expired.
     pub async fn pin_existing(&self, id: &str) -> Result<Pinned> {
         let engine = self.engine();
-        pin_store(engine.location(), Some(id), engine.read_timeout()).await
+        pin_at(
+            engine.location(),
+            engine.wal_dir(),
+            Some(id),
+            engine.read_timeout(),
+        )
+        .await
     }
 }
 
@@ -130,11 +143,20 @@ pub async fn pin_store(
     id: Option<&str>,
     timeout: Duration,
 ) -> Result<Pinned> {
+    pin_at(location, location.local_wal_dir().as_deref(), id, timeout).await
+}
+
+async fn pin_at(
+    location: &StoreLocation,
+    wal_dir: Option<&std::path::Path>,
+    id: Option<&str>,
+    timeout: Duration,
+) -> Result<Pinned> {
     let mode = match id {
         Some(id) => DbReaderMode::Checkpoint(parse_id(id)?),
         None => DbReaderMode::ManagedCheckpoint,
     };
-    let reader = open_reader(location, mode, timeout).await?;
+    let reader = open_reader(location, wal_dir, mode, timeout).await?;
     Ok(Pinned {
         view: ReadView::of_reader(reader.clone(), timeout),
         reader,

@@ -1,11 +1,16 @@
 //! The engine: one SlateDB instance, durable writes with group commit, and the reopen path.
 //!
-//! * **Writes** go to SlateDB's in-memory WAL buffer and memtable ([`Engine::write`]); the
-//!   caller then awaits [`PendingWrite::durable`], which returns once the WAL object holding
-//!   the write is in the object store. Nothing is acknowledged before that.
-//! * **Group commit.** In [`FlushPolicy::OnDemand`] mode a single flusher task uploads the WAL
-//!   as soon as a write is waiting and the previous upload is done: one writer pays one object
-//!   PUT (plus fsync on the local store), many concurrent writers share each PUT. In
+//! * **Writes** go to SlateDB's WAL buffer and memtable ([`Engine::write`]); the caller then
+//!   awaits [`PendingWrite::durable`], which returns once the WAL holding the write is durable.
+//!   Nothing is acknowledged before that.
+//! * **Where the WAL lives.** With a WAL directory ([`EngineConfig::wal_dir`], the default for
+//!   a local store) the log is `mnemo-wal`'s preallocated segment files: a write is durable
+//!   once its block is written and `fdatasync`ed, one sync per group of concurrent writes.
+//!   Otherwise (a remote store) it is SlateDB's WAL in the object store: a write is durable
+//!   once the WAL object holding it is uploaded.
+//! * **Group commit on the object store.** In [`FlushPolicy::OnDemand`] mode a single flusher
+//!   task uploads the WAL as soon as a write is waiting and the previous upload is done: one
+//!   writer pays one object PUT, many concurrent writers share each PUT. In
 //!   [`FlushPolicy::Interval`] mode SlateDB's own timer uploads every interval (fewer, bigger
 //!   PUTs; higher latency).
 //! * **Reads** see only durable data ([`DurabilityLevel::Remote`]), so a client never reads a
@@ -19,10 +24,12 @@
 use crate::location::StoreLocation;
 use crate::{Result, StoreError};
 use bytes::Bytes;
+use mnemo_wal::{SegmentWal, WalOptions};
 use slatedb::config::{
-    CompactionWorkerOptions, CompactorOptions, DurabilityLevel, ReadOptions, ScanOptions, Settings,
+    CompactionWorkerOptions, CompactorOptions, DurabilityLevel, FlushOptions, FlushType,
+    GarbageCollectorDirectoryOptions, GarbageCollectorOptions, ReadOptions, ScanOptions, Settings,
 };
-use slatedb::{Db, DbSnapshot, IterationOrder, WriteBatch, WriteHandle};
+use slatedb::{Db, DbSnapshot, GarbageCollectorBuilder, IterationOrder, WriteBatch, WriteHandle};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -71,8 +78,13 @@ pub struct EngineConfig {
     /// Capacity of the store's cache of key-value memory (recently written or read values),
     /// bytes; 0 disables it.
     pub kv_cache_bytes: usize,
-    /// WAL upload policy.
+    /// WAL upload policy (for a WAL in the object store).
     pub flush: FlushPolicy,
+    /// Keep the write-ahead log in segment files in this local directory instead of the
+    /// object store. Default: beside the database for a local store, `None` (the object
+    /// store) for a remote one. With a remote store, writes acknowledged but not yet flushed
+    /// to an SST live only on this machine's disk until the memtable is flushed.
+    pub wal_dir: Option<PathBuf>,
     /// A write not durable within this time, or a read not complete within it, fails with 503.
     pub write_timeout: Duration,
     /// Retries SlateDB makes of a failed object-store call before giving up.
@@ -108,7 +120,21 @@ impl EngineConfig {
                 Duration::from_millis(100)
             },
             change_retention: crate::DEFAULT_LOG_RETENTION,
+            wal_dir: location.local_wal_dir(),
             location,
+        }
+    }
+
+    /// Garbage collection: SlateDB's defaults, with the local WAL's segments looked at every
+    /// 30 s (a segment goes once no manifest or checkpoint references its blocks).
+    fn gc_options() -> GarbageCollectorOptions {
+        GarbageCollectorOptions {
+            wal_options: Some(GarbageCollectorDirectoryOptions {
+                interval: Some(WAL_GC_INTERVAL),
+                min_age: WAL_GC_INTERVAL,
+                dry_run: false,
+            }),
+            ..GarbageCollectorOptions::default()
         }
     }
 
@@ -140,6 +166,10 @@ impl EngineConfig {
     }
 }
 
+/// How often the local WAL's retired segments are removed, and how long one stays after its
+/// last write at least.
+const WAL_GC_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Bytes a scan fetches per read of an SST (whole blocks, never past the range's last block).
 const SCAN_READ_AHEAD_BYTES: usize = 256 * 1024;
 
@@ -153,6 +183,8 @@ pub struct Engine {
     db: RwLock<Arc<Db>>,
     state: AtomicU8,
     config: EngineConfig,
+    /// The local segment WAL (locked for this process), when the WAL is local.
+    wal: Option<SegmentWal>,
     flush_wanted: Notify,
 }
 
@@ -168,7 +200,7 @@ impl PendingWrite<'_> {
     /// write timeout).
     pub(crate) async fn durable(self) -> Result<()> {
         let engine = self.engine;
-        if engine.config.flush == FlushPolicy::OnDemand {
+        if engine.flusher_runs() {
             engine.flush_wanted.notify_one();
         }
         let started = Instant::now();
@@ -249,14 +281,19 @@ fn remote_read() -> ReadOptions {
 impl Engine {
     /// Opens (or creates) the database and starts the flusher task.
     pub async fn open(config: EngineConfig) -> Result<Arc<Engine>> {
-        let db = Self::open_db(&config).await?;
+        let wal = match &config.wal_dir {
+            Some(dir) => Some(Self::open_wal(&config, dir).await?),
+            None => None,
+        };
+        let db = Self::open_db(&config, wal.as_ref()).await?;
         let engine = Arc::new(Engine {
             db: RwLock::new(Arc::new(db)),
             state: AtomicU8::new(OPEN),
             config,
+            wal,
             flush_wanted: Notify::new(),
         });
-        if engine.config.flush == FlushPolicy::OnDemand {
+        if engine.flusher_runs() {
             tokio::spawn(Self::flusher(Arc::clone(&engine)));
         }
         // Register every series at zero so dashboards and alerts see them before the first event.
@@ -268,7 +305,30 @@ impl Engine {
         Ok(engine)
     }
 
-    async fn open_db(config: &EngineConfig) -> Result<Db> {
+    /// True when writes ask the flusher task for an upload: an object-store WAL on demand.
+    /// The local WAL's I/O thread syncs by itself as soon as a write arrives.
+    fn flusher_runs(&self) -> bool {
+        self.wal.is_none() && self.config.flush == FlushPolicy::OnDemand
+    }
+
+    /// Opens (and locks) the local WAL in `dir`. The first time a database gets a local WAL,
+    /// writes still only in its object-store WAL are first flushed to an SST: the local WAL's
+    /// replay does not read the object-store one.
+    async fn open_wal(config: &EngineConfig, dir: &std::path::Path) -> Result<SegmentWal> {
+        let bad = |e: mnemo_wal::Error| StoreError::Invalid(e.to_string());
+        if !dir.exists() {
+            let db = Self::open_db(config, None).await?;
+            db.flush_with_options(FlushOptions {
+                flush_type: FlushType::MemTable,
+            })
+            .await?;
+            db.close().await?;
+            tracing::info!(dir = %dir.display(), "the write-ahead log moves to local segments");
+        }
+        SegmentWal::open(dir, WalOptions::default()).map_err(bad)
+    }
+
+    async fn open_db(config: &EngineConfig, wal: Option<&SegmentWal>) -> Result<Db> {
         use slatedb::db_cache::foyer::{FoyerCache, FoyerCacheOptions};
         use slatedb::db_cache::{DbCache, SplitCache, DEFAULT_META_CACHE_CAPACITY};
         let foyer = |bytes: u64| -> Arc<dyn DbCache> {
@@ -281,16 +341,25 @@ impl Engine {
             .with_block_cache(Some(foyer(config.block_cache_bytes)))
             .with_meta_cache(Some(foyer(DEFAULT_META_CACHE_CAPACITY)))
             .build();
-        let db = Db::builder(
+        let mut builder = Db::builder(
             config.location.path.clone(),
             config.location.object_store.clone(),
         )
         .with_settings(config.settings())
         .with_db_cache(Arc::new(cache), 0)
-        .with_metrics_recorder(Arc::new(crate::engine_metrics::FacadeRecorder))
-        .build()
-        .await?;
-        Ok(db)
+        .with_metrics_recorder(Arc::new(crate::engine_metrics::FacadeRecorder));
+        if let Some(wal) = wal {
+            let gc = GarbageCollectorBuilder::new(
+                config.location.path.clone(),
+                config.location.object_store.clone(),
+            )
+            .with_options(EngineConfig::gc_options())
+            .with_wal_gc(wal.gc());
+            builder = builder
+                .with_wal_writer(wal.writer_init())
+                .with_gc_builder(gc);
+        }
+        Ok(builder.build().await?)
     }
 
     /// The flusher: one WAL upload at a time, started whenever writes are waiting.
@@ -363,7 +432,7 @@ impl Engine {
                 if engine.state.load(Ordering::Acquire) != REOPENING {
                     return;
                 }
-                match Self::open_db(&engine.config).await {
+                match Self::open_db(&engine.config, engine.wal.as_ref()).await {
                     Ok(db) => {
                         *engine.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
                         engine.state.store(OPEN, Ordering::Release);
@@ -389,6 +458,11 @@ impl Engine {
     /// Where the store lives (for logs).
     pub fn describe(&self) -> &str {
         &self.config.location.description
+    }
+
+    /// The directory of the local write-ahead log, if the WAL is local.
+    pub fn wal_dir(&self) -> Option<&std::path::Path> {
+        self.wal.as_ref().map(|w| w.dir())
     }
 
     /// The object store holding the database and the database's path in it. Derived data
@@ -530,6 +604,14 @@ impl Engine {
         self.flush_wanted.notify_one();
         let db = self.current();
         db.flush().await?;
+        if self.wal.is_some() {
+            // After a clean shutdown the object store alone holds every write: the store can
+            // be copied, or opened without this machine's log.
+            db.flush_with_options(FlushOptions {
+                flush_type: FlushType::MemTable,
+            })
+            .await?;
+        }
         db.close().await?;
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct StoreLocation {
     pub description: String,
     /// True for a remote (network) store, where a local read cache pays off.
     pub remote: bool,
+    /// The directory of a local store (`None` for a remote one).
+    pub local_dir: Option<std::path::PathBuf>,
 }
 
 /// Retry and timeout policy for remote object stores.
@@ -64,6 +66,7 @@ impl StoreLocation {
             path: "db".to_string(),
             description: format!("file://{}", dir.display()),
             remote: false,
+            local_dir: Some(dir.to_path_buf()),
         })
     }
 
@@ -133,6 +136,16 @@ impl StoreLocation {
             path,
             description: format!("{}://{}/", parsed.scheme(), bucket),
             remote: true,
+            local_dir: None,
         })
+    }
+
+    /// Where a local store keeps its write-ahead log: segment files beside the database
+    /// (`<dir>/<path>/local-wal`). `None` for a remote store, whose log is in the object store
+    /// unless the server is given a WAL directory.
+    pub fn local_wal_dir(&self) -> Option<std::path::PathBuf> {
+        self.local_dir
+            .as_ref()
+            .map(|d| d.join(&self.path).join("local-wal"))
     }
 }

@@ -21,8 +21,9 @@
 //!   kernel may have dropped the dirty pages and cleared the error). The database then closes
 //!   and is reopened, and the reopened log recovers from what is on disk.
 //! * **One writer.** [`SegmentWal::open`] takes an exclusive OS lock on the directory, so a
-//!   second process cannot write the same log; within a process, a newer writer fences an
-//!   older one before it reads the log.
+//!   second process cannot write the same log. Within a process, opening the same directory
+//!   again shares the lock, and a newer writer fences the older one before it reads the log
+//!   (as SlateDB's manifest epoch fences an older writer).
 //! * **Retirement.** SlateDB's garbage collector calls [`WalGc`](slatedb::wal::WalGc) with the
 //!   block ranges that the current manifest and live checkpoints still need; segments holding
 //!   none of them are deleted.
@@ -44,9 +45,14 @@ pub use reader::SegmentWalReader;
 
 use slatedb::wal::{WalGc, WalReader, WriterInit};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// The logs this process has open, by canonical directory: a second opening shares the first
+/// one's lock (an OS lock would refuse it) and its writer generations.
+static OPEN: Mutex<Option<HashMap<PathBuf, Weak<Shared>>>> = Mutex::new(None);
 
 /// Errors of opening or reading a segment log.
 #[derive(Debug, thiserror::Error)]
@@ -156,9 +162,17 @@ pub struct SegmentWal {
 
 impl SegmentWal {
     /// Opens (creating it if missing) the log in `dir` and takes its lock. Fails with
-    /// [`Error::Locked`] if another process holds it.
+    /// [`Error::Locked`] if another process holds it. If this process has the log open
+    /// already, the two share it (and `options` are those of the first opening).
     pub fn open(dir: &Path, options: WalOptions) -> Result<SegmentWal, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let canonical = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let mut open = lock(&OPEN);
+        let open = open.get_or_insert_with(HashMap::new);
+        open.retain(|_, w| w.strong_count() > 0);
+        if let Some(shared) = open.get(&canonical).and_then(Weak::upgrade) {
+            return Ok(SegmentWal { shared });
+        }
         let lock_path = dir.join("LOCK");
         let lock = File::options()
             .create(true)
@@ -171,15 +185,15 @@ impl SegmentWal {
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir.into())),
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
-        Ok(SegmentWal {
-            shared: Arc::new(Shared {
-                dir: dir.to_path_buf(),
-                options,
-                gate: Mutex::new(0),
-                segments: Mutex::new(BTreeMap::new()),
-                _lock: lock,
-            }),
-        })
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            options,
+            gate: Mutex::new(0),
+            segments: Mutex::new(BTreeMap::new()),
+            _lock: lock,
+        });
+        open.insert(canonical, Arc::downgrade(&shared));
+        Ok(SegmentWal { shared })
     }
 
     /// The directory of the log.

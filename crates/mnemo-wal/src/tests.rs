@@ -81,6 +81,13 @@ fn child_writer() {
     };
     let mode = std::env::var(CHILD_MODE).unwrap();
     let from: u64 = std::env::var(CHILD_FROM).unwrap().parse().unwrap();
+    if mode == "lock" {
+        match SegmentWal::open(&wal_dir(Path::new(&dir)), small()) {
+            Ok(_) => println!("opened"),
+            Err(e) => println!("{e}"),
+        }
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let root = PathBuf::from(dir);
@@ -429,16 +436,46 @@ async fn readers_replay_the_log() {
     db.close().await.unwrap();
 }
 
-/// Two openings of one log directory: the second is refused while the first holds it.
-#[test]
-fn a_locked_log_cannot_be_opened_again() {
+/// A second process cannot open a log this process holds; a second opening in this process
+/// shares it, and its writer fences the first one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_writes_a_log() {
     let tmp = tempfile::tempdir().unwrap();
-    let first = SegmentWal::open(tmp.path(), WalOptions::default()).unwrap();
-    match SegmentWal::open(tmp.path(), WalOptions::default()) {
-        Err(crate::Error::Locked(_)) => {}
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("opened a locked log"),
-    }
-    drop(first);
-    SegmentWal::open(tmp.path(), WalOptions::default()).unwrap();
+    let root = tmp.path();
+    let first = SegmentWal::open(&wal_dir(root), small()).unwrap();
+    let out = child(root, "lock", 0).wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("locked by another process"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let db1 = open_db(root, &first).await;
+    db1.write(batch(1))
+        .await
+        .unwrap()
+        .await_durable()
+        .await
+        .unwrap();
+    let second = SegmentWal::open(&wal_dir(root), small()).unwrap();
+    let db2 = open_db(root, &second).await;
+    assert_eq!(parts_present(&db2, 1).await, 3);
+    let fenced = match db1.write(batch(2)).await {
+        Ok(h) => h.await_durable().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(fenced, "the older writer still acknowledged a write");
+    db2.write(batch(3))
+        .await
+        .unwrap()
+        .await_durable()
+        .await
+        .unwrap();
+    db2.close().await.unwrap();
+    drop((first, second, db1));
+    let out = child(root, "lock", 0).wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("opened"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -43,6 +43,14 @@ pub struct ServeArgs {
     /// N > 0 uploads every N ms (fewer object-store PUTs, each write waits up to N ms).
     #[arg(long, default_value_t = 0, env = "MNEMO_FLUSH_INTERVAL_MS")]
     flush_interval_ms: u64,
+    /// Keep the write-ahead log in preallocated segment files in this local directory (a local
+    /// SSD) instead of the object store: a write is acknowledged once it is fdatasynced there,
+    /// and reaches the object store when its memtable is flushed to an SST (at 64 MiB of log,
+    /// and at clean shutdown). Losing this directory loses the writes not yet in an SST.
+    /// Restart with the same directory after a crash. A local store (no --store, or file://)
+    /// always keeps its log beside the database.
+    #[arg(long, env = "MNEMO_WAL_DIR")]
+    wal_dir: Option<PathBuf>,
     /// How often, in ms, the compactor looks for L0 SSTs to compact and jobs to claim or
     /// commit. Each look reads the store; a long interval lets a heavy write load fill L0 and
     /// stall writes until the next look. Default: 100 on a local store, 1000 on S3 or Azure.
@@ -125,6 +133,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ms => FlushPolicy::Interval(Duration::from_millis(ms)),
     };
     config.write_timeout = Duration::from_millis(args.write_timeout_ms);
+    if let Some(dir) = &args.wal_dir {
+        if !config.location.remote {
+            anyhow::bail!(
+                "--wal-dir is for a remote store: a local store keeps its log beside the database"
+            );
+        }
+        config.wal_dir = Some(dir.clone());
+    }
     if !(args.changes_retention_hours > 0.0 && args.changes_retention_hours <= 24.0 * 3650.0) {
         anyhow::bail!("--changes-retention-hours must be more than 0 and at most 87600");
     }
