@@ -3,8 +3,10 @@
 //! Entries live under `t \0 <tenant> \0 l <seq>`; `seq` is a per-tenant hybrid logical clock
 //! ([`crate::clock::next_seq`]), so it is strictly increasing within a tenant and keeps
 //! increasing across restarts even after old entries expire. Allocation and the memtable write
-//! happen under one lock, so log order equals commit order. Entries carry ids and the owner of
-//! what changed, never content, and expire after the configured retention.
+//! happen under the tenant's own lock, so a tenant's log order equals its commit order, and
+//! writes of different tenants never wait for each other ([`ChangeLog::write`]). Entries carry
+//! ids and the owner of what changed, never content, and expire after the configured
+//! retention.
 //!
 //! The log has any number of readers. Each [`Subscriber`] learns which tenants have newly
 //! acknowledged (durable) entries, at its own pace, and reads them with [`ChangeLog::read`];
@@ -243,13 +245,29 @@ struct Acknowledged {
     inboxes: Vec<Weak<Inbox>>,
 }
 
+/// How a tenant's log positions are handed out. Guarded by the tenant's own lock, which
+/// [`ChangeLog::write`] holds from numbering a batch's entries until the batch is in the
+/// memtable.
+#[derive(Default)]
+struct Numbering {
+    /// The newest position handed to the engine; `None` until this process writes to the
+    /// tenant (the first write reads the stored log).
+    written: Option<u64>,
+    /// The newest position [`ChangeLog::quiet_head`] handed out as the present: every entry
+    /// numbered later lies above it.
+    floor: u64,
+}
+
 /// Commits batches together with their change-log entries, and tells subscribers about them.
 ///
 /// Besides the log itself it tracks, per tenant, the newest acknowledged (durable) entry:
 /// derived indexes answer "has everything acknowledged so far been applied?" with it.
 pub struct ChangeLog {
     engine: Arc<Engine>,
-    last_seq: Mutex<HashMap<TenantId, u64>>,
+    /// One numbering lock per tenant seen since the start (entries are never removed, so a
+    /// tenant always finds the same lock). The map's own lock is held only to find or add an
+    /// entry, never across an await.
+    numbering: SyncMutex<HashMap<TenantId, Arc<Mutex<Numbering>>>>,
     acked: SyncMutex<Acknowledged>,
     retention: Duration,
 }
@@ -277,10 +295,31 @@ impl ChangeLog {
     pub(crate) fn new(engine: Arc<Engine>, retention: Duration) -> Self {
         ChangeLog {
             engine,
-            last_seq: Mutex::new(HashMap::new()),
+            numbering: SyncMutex::new(HashMap::new()),
             acked: SyncMutex::new(Acknowledged::default()),
             retention,
         }
+    }
+
+    /// The numbering lock of `tenant`, added on first use.
+    fn numbering(&self, tenant: &TenantId) -> Arc<Mutex<Numbering>> {
+        let mut locks = self
+            .numbering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(lock) = locks.get(tenant) {
+            return Arc::clone(lock);
+        }
+        let lock = Arc::new(Mutex::new(Numbering::default()));
+        locks.insert(tenant.clone(), Arc::clone(&lock));
+        lock
+    }
+
+    /// Holds `tenant`'s numbering lock until the guard is dropped: the tenant's writes stall
+    /// (tests).
+    #[cfg(test)]
+    async fn hold(&self, tenant: &TenantId) -> tokio::sync::OwnedMutexGuard<Numbering> {
+        self.numbering(tenant).lock_owned().await
     }
 
     fn acknowledge(&self, tenant: TenantId, seq: u64) {
@@ -325,10 +364,11 @@ impl ChangeLog {
     /// The newest position written for a tenant (acknowledged or not), reading the stored
     /// log if this process has not written to the tenant yet.
     pub async fn newest(&self, tenant: &TenantId) -> Result<u64> {
-        if let Some(s) = self.last_seq.lock().await.get(tenant) {
-            return Ok(*s);
+        let written = self.numbering(tenant).lock().await.written;
+        match written {
+            Some(s) => Ok(s),
+            None => newest_seq(&self.engine, tenant, keys::Space::Log).await,
         }
-        newest_seq(&self.engine, tenant, keys::Space::Log).await
     }
 
     /// The present as a log position when no write of `tenant` is in flight in this process
@@ -336,13 +376,23 @@ impl ChangeLog {
     /// number, so a reader may move its position here without skipping one. `None` while
     /// writes are in flight (or one failed with an unknown outcome, until a later write is
     /// acknowledged).
+    ///
+    /// It runs under the tenant's numbering lock, so no entry of the tenant is being numbered
+    /// meanwhile: every entry numbered so far is at or below `written`, and if that is
+    /// acknowledged, so is every earlier one (entries become durable in WAL order, which is
+    /// their numbering order). The answer becomes the tenant's floor, so an entry numbered
+    /// later takes a larger number even within the same microsecond (or after the clock
+    /// stepped back). Other tenants' writes play no part: their entries live in their own logs.
     pub async fn quiet_head(&self, tenant: &TenantId) -> Result<Option<u64>> {
-        // Under the lock that numbers writes: no entry is being numbered meanwhile.
-        let last = self.last_seq.lock().await;
-        let written = last.get(tenant).copied();
-        match written {
+        let lock = self.numbering(tenant);
+        let mut numbering = lock.lock().await;
+        match numbering.written {
             Some(w) if w > self.acknowledged(tenant) => Ok(None),
-            _ => Ok(Some(now_us().max(written.unwrap_or(0)))),
+            written => {
+                let head = now_us().max(written.unwrap_or(0)).max(numbering.floor);
+                numbering.floor = head;
+                Ok(Some(head))
+            }
         }
     }
 
@@ -359,17 +409,32 @@ impl ChangeLog {
     }
 
     /// Adds `entries` to `batch` and writes it to the memtable, atomically and in log order.
+    ///
+    /// Numbering and the memtable write happen under `tenant`'s own lock, and only under it:
+    /// writes of different tenants never wait for each other, while a tenant's writes reach
+    /// the engine one at a time, each numbered after the one before. So within a tenant:
+    ///
+    /// * positions are strictly increasing in the order batches reach the memtable, hence in
+    ///   WAL order, hence in the order they become durable: when an entry is acknowledged
+    ///   ([`ChangeLog::acknowledged`]), every entry below it is durable too (or its write
+    ///   failed), and a reader of durable entries never finds a gap filled in later;
+    /// * [`ChangeLog::quiet_head`], under the same lock, sees every entry numbered so far.
+    ///
+    /// Log positions are per tenant and each tenant's log is its own key range, so the
+    /// relative order of two tenants' writes does not matter and needs no common lock.
     pub(crate) async fn write(
         &self,
         tenant: &TenantId,
         mut batch: WriteBatch,
         entries: Vec<ChangeEntry>,
     ) -> Result<LoggedWrite<'_>> {
-        let mut last = self.last_seq.lock().await;
-        let mut seq = match last.get(tenant) {
-            Some(s) => *s,
+        let lock = self.numbering(tenant);
+        let mut numbering = lock.lock().await;
+        let mut seq = match numbering.written {
+            Some(s) => s,
             None => newest_seq(&self.engine, tenant, keys::Space::Log).await?,
-        };
+        }
+        .max(numbering.floor);
         let opts = PutOptions {
             // Entries outlive the retention readers are promised by a grace period, so the
             // oldest valid cursor handed to a reader stays readable while it comes back.
@@ -387,7 +452,7 @@ impl ChangeLog {
             );
         }
         let pending = self.engine.write(batch).await?;
-        last.insert(tenant.clone(), seq);
+        numbering.written = Some(seq);
         Ok(LoggedWrite {
             pending,
             log: self,
@@ -441,6 +506,134 @@ impl ChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{EngineConfig, Scope, Store, StoreLocation};
+
+    /// A store in a fresh local directory (removed when the returned guard drops).
+    async fn open_store() -> (Arc<Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let location = StoreLocation::local(&dir.path().join("store")).unwrap();
+        let store = Store::open(EngineConfig::new(location)).await.unwrap();
+        (Arc::new(store), dir)
+    }
+
+    fn spawn_create(
+        store: &Arc<Store>,
+        scope: &Scope,
+    ) -> tokio::task::JoinHandle<Result<crate::ConversationRecord>> {
+        let (store, scope) = (Arc::clone(store), scope.clone());
+        tokio::spawn(async move {
+            let (rec, _) = store
+                .create_conversation(&scope, Default::default(), vec![])
+                .await?;
+            Ok(rec)
+        })
+    }
+
+    /// A tenant whose numbering lock is held (as it is while one of its writes waits for the
+    /// memtable) stalls its own writes only: another tenant's write goes through meanwhile.
+    /// With one lock for every tenant, tenant B's write would wait for tenant A's lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tenants_never_wait_for_each_others_lock() {
+        let (store, _dir) = open_store().await;
+        let a = Scope::tenant(TenantId::new("tenant-a").unwrap());
+        let b = Scope::tenant(TenantId::new("tenant-b").unwrap());
+        spawn_create(&store, &a).await.unwrap().unwrap();
+        let a_before = store.log.newest(&a.tenant).await.unwrap();
+
+        let held = store.log.hold(&a.tenant).await;
+        let a_write = spawn_create(&store, &a);
+        let b_rec = tokio::time::timeout(Duration::from_secs(30), spawn_create(&store, &b))
+            .await
+            .expect("tenant b's write waited for tenant a's lock")
+            .unwrap()
+            .unwrap();
+        let b_log = store.log.read(&b.tenant, 0, 10).await.unwrap();
+        assert_eq!(b_log.len(), 1);
+        assert_eq!(b_log[0].conversation_id(), Some(b_rec.id.as_str()));
+        assert_eq!(store.log.acknowledged(&b.tenant), b_log[0].seq);
+        // Tenant A's own write cannot be numbered while its lock is held.
+        assert!(!a_write.is_finished(), "tenant a's write passed its lock");
+        assert_eq!(store.log.acknowledged(&a.tenant), a_before);
+
+        drop(held);
+        let a_rec = a_write.await.unwrap().unwrap();
+        let a_log = store.log.read(&a.tenant, 0, 10).await.unwrap();
+        assert_eq!(a_log.len(), 2);
+        assert_eq!(a_log[1].conversation_id(), Some(a_rec.id.as_str()));
+        assert!(a_log[1].seq > a_before);
+        assert_eq!(store.log.acknowledged(&a.tenant), a_log[1].seq);
+        store.close().await.unwrap();
+    }
+
+    /// Under concurrent writes of several tenants, each tenant's log lists its writes in the
+    /// order they were committed, every write once, all acknowledged; once quiet, the head
+    /// handed out lies below every later entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_tenants_log_follows_its_commit_order() {
+        let (store, _dir) = open_store().await;
+        let scopes: Vec<Scope> = ["t1", "t2", "t3"]
+            .iter()
+            .map(|t| Scope::tenant(TenantId::new(*t).unwrap()))
+            .collect();
+        let mut convs = Vec::new();
+        for s in &scopes {
+            convs.push(spawn_create(&store, s).await.unwrap().unwrap().id);
+        }
+        let mut tasks = Vec::new();
+        for (s, conv) in scopes.iter().zip(&convs) {
+            for i in 0..10 {
+                let (store, s, conv) = (Arc::clone(&store), s.clone(), conv.clone());
+                tasks.push(tokio::spawn(async move {
+                    let id = crate::ids::generate("msg_");
+                    let json = format!(r#"{{"id":"{id}","type":"message","content":"{i}"}}"#);
+                    let item = crate::NewItem {
+                        id,
+                        client_id: false,
+                        json: json.into(),
+                        vector: None,
+                    };
+                    store.append_items(&s, &conv, vec![item]).await
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        for (s, conv) in scopes.iter().zip(&convs) {
+            let t = &s.tenant;
+            let log = store.log.read(t, 0, 100).await.unwrap();
+            assert_eq!(log.len(), 11, "{t}: one entry per write");
+            assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+            // Appends to one conversation are committed in item order: the log has them so.
+            let logged: Vec<String> = log
+                .iter()
+                .filter_map(|e| match &e.op {
+                    ChangeOp::ItemsAdded { item_ids, .. } => Some(item_ids.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let page = store
+                .list_items(s, conv, None, 100, crate::Order::Asc)
+                .await
+                .unwrap();
+            let committed: Vec<String> = page.items.iter().map(|i| i.id.clone()).collect();
+            assert_eq!(logged, committed, "{t}");
+            let last = log.last().unwrap().seq;
+            assert_eq!(store.log.acknowledged(t), last);
+            assert_eq!(store.log.newest(t).await.unwrap(), last);
+            let head = store.log.quiet_head(t).await.unwrap().expect("quiet");
+            assert!(head >= last);
+            spawn_create(&store, s).await.unwrap().unwrap();
+            let next = store.log.read(t, last, 10).await.unwrap();
+            assert_eq!(next.len(), 1);
+            assert!(
+                next[0].seq > head,
+                "an entry after the quiet head lies above it"
+            );
+        }
+        store.close().await.unwrap();
+    }
 
     #[test]
     fn entries_keep_the_stored_format() {

@@ -19,9 +19,6 @@ use slatedb::WriteBatch;
 use std::ops::Bound;
 use std::sync::Arc;
 
-/// Items deleted per batch when a conversation is purged.
-const PURGE_CHUNK: usize = 512;
-
 /// An item to append: its final id and its JSON (which already contains the id).
 #[derive(Clone, Debug)]
 pub struct NewItem {
@@ -194,11 +191,27 @@ impl Store {
 
     /// Deletes a conversation and all its items.
     ///
-    /// The first atomic write removes the record (reads give 404 from then on) and leaves a
-    /// purge marker; the items are then deleted in chunks and the marker removed. A crash in
-    /// between is finished by [`Store::resume_purges`] at the next start. The purge marker
-    /// holds the conversation's owner, so the purge's change-log entries carry it too.
+    /// Returns once the first of two phases is durable: one atomic write removes the record
+    /// and its owner-index entry and leaves a purge marker, and from then on every read of
+    /// the conversation or its items is 404 (each read path checks the record first; the tail
+    /// cache drops the conversation). The items are then deleted in the background (see
+    /// `purge.rs`): a few purges at a time per store, retried on failure, and finished
+    /// by [`Store::resume_purges`] at the next open if a crash or a shutdown interrupts them.
+    /// [`Store::purges_idle`] waits for them. The purge marker holds the conversation's owner,
+    /// so the purge's change-log entries carry it too.
     pub async fn delete_conversation(&self, scope: &Scope, id: &str) -> Result<()> {
+        let owner = self.delete_conversation_record(scope, id).await?;
+        self.purges.spawn(&scope.tenant, id, owner);
+        Ok(())
+    }
+
+    /// The first phase of [`Store::delete_conversation`]: removes the record and owner-index
+    /// entry and writes the purge marker, in one durable write. Returns the owner.
+    pub(crate) async fn delete_conversation_record(
+        &self,
+        scope: &Scope,
+        id: &str,
+    ) -> Result<Option<String>> {
         let t = &scope.tenant;
         let (tail, pending, owner) = {
             let _g = self.conv_locks.lock(id).await;
@@ -223,93 +236,7 @@ impl Store {
         };
         pending.durable().await?;
         tail.finish(TailChange::Deleted);
-        self.purge_items(t, id, owner).await
-    }
-
-    /// Deletes every item and index entry of a (deleted) conversation, then its purge marker.
-    /// Each batch of items is removed with its id-index entries and an
-    /// [`ChangeOp::ItemsPurged`] entry naming them.
-    async fn purge_items(
-        &self,
-        t: &crate::TenantId,
-        id: &str,
-        owner: Option<String>,
-    ) -> Result<()> {
-        loop {
-            let rows = self
-                .engine
-                .scan_latest(prefix_range(keys::items_prefix(t, id)), false, PURGE_CHUNK)
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let mut batch = WriteBatch::new();
-            let mut item_ids = Vec::with_capacity(rows.len());
-            for kv in rows {
-                batch.delete(&kv.key);
-                let decoded = keys::item_seq(&kv.key)
-                    .ok_or_else(|| StoreError::corrupt("item key"))
-                    .and_then(|seq| StoredItem::decode(seq, kv.value));
-                // A corrupt item (already logged) is removed all the same; its id-index entry
-                // goes in the sweep below.
-                if let Ok(item) = decoded {
-                    batch.delete(keys::item_id(t, id, &item.id));
-                    item_ids.push(item.id);
-                }
-            }
-            let e = ChangeEntry::new(
-                ChangeOp::ItemsPurged {
-                    conversation_id: id.to_string(),
-                    item_ids,
-                },
-                owner.clone(),
-            );
-            self.log.write(t, batch, vec![e]).await?.durable().await?;
-        }
-        // Id-index entries without their item (none unless an item was corrupt): internal
-        // index data, invisible to every reader, so no change-log entry.
-        loop {
-            let rows = self
-                .engine
-                .scan_latest(
-                    prefix_range(keys::item_ids_prefix(t, id)),
-                    false,
-                    PURGE_CHUNK,
-                )
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            let mut batch = WriteBatch::new();
-            for kv in &rows {
-                batch.delete(&kv.key);
-            }
-            self.engine.write(batch).await?.durable().await?;
-        }
-        let mut batch = WriteBatch::new();
-        batch.delete(keys::purge(t, id));
-        self.engine.write(batch).await?.durable().await
-    }
-
-    /// Finishes conversation purges interrupted by a crash. Called when the store opens.
-    pub async fn resume_purges(&self) -> Result<usize> {
-        let rows = self
-            .engine
-            .scan_latest(prefix_range(keys::purges_prefix()), false, usize::MAX)
-            .await?;
-        let mut n = 0;
-        for kv in rows {
-            if let Some((tenant, conv)) = keys::parse_purge(&kv.key) {
-                // Markers of earlier versions are empty: no owner recorded.
-                let owner = std::str::from_utf8(&kv.value)
-                    .ok()
-                    .filter(|o| !o.is_empty())
-                    .map(str::to_owned);
-                self.purge_items(&tenant, &conv, owner).await?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(owner)
     }
 
     /// Appends 1–N items atomically, in order. Returns them as stored.

@@ -24,12 +24,15 @@ pub struct Erased {
 
 impl Store {
     /// Erases everything a user owns in a tenant: every conversation of the owner index (each
-    /// deleted like `DELETE /v1/conversations/{id}`, items purged) and every key of the
-    /// user's memory space `users/<user>/`, removes every change-log entry that names the
-    /// user (their conversations, items, keys, consent, user id), then deletes their research
-    /// consent record and logs [`ChangeOp::UserErased`]:
-    /// the one trace of them the log keeps. Idempotent: running it again after a crash
-    /// finishes the job.
+    /// deleted like `DELETE /v1/conversations/{id}`) and every key of the user's memory space
+    /// `users/<user>/`, removes every change-log entry that names the user (their
+    /// conversations, items, keys, consent, user id), then deletes their research consent
+    /// record and logs [`ChangeOp::UserErased`]: the one trace of them the log keeps.
+    ///
+    /// Unlike a plain delete, it purges the items of their conversations before it returns,
+    /// those of conversations deleted earlier and still being purged included: a purge logs
+    /// entries naming the owner, and none may follow the scrub of the log. Idempotent: running
+    /// it again after a crash finishes the job.
     pub async fn erase_user(&self, tenant: &TenantId, user: &str) -> Result<Erased> {
         let scope = crate::Scope::user(tenant.clone(), user)?;
         let tenant_scope = crate::Scope::tenant(tenant.clone());
@@ -47,8 +50,8 @@ impl Store {
                 let conv = keys::parse_owner_entry(tenant, user, &kv.key)
                     .ok_or_else(|| StoreError::corrupt("owner-index key"))?
                     .to_owned();
-                match self.delete_conversation(&scope, &conv).await {
-                    Ok(()) => erased.conversations += 1,
+                match self.delete_conversation_record(&scope, &conv).await {
+                    Ok(_) => erased.conversations += 1,
                     // An index entry without its conversation: drop the entry itself, logged
                     // as the conversation's deletion (its owner's listing changes).
                     Err(StoreError::NotFound(_)) => {
@@ -70,6 +73,10 @@ impl Store {
                 }
             }
         }
+        // Every conversation of theirs awaiting its purge (these, and any deleted before and
+        // still being purged in the background, or left by a failed purge): finished now.
+        self.finish_purges(keys::purge(tenant, ""), Some(user))
+            .await?;
         let space = user_space(user);
         loop {
             let page = self

@@ -50,6 +50,7 @@ pub mod kv;
 mod kv_cache;
 pub mod location;
 mod locks;
+mod purge;
 pub mod records;
 mod tail_cache;
 pub mod view;
@@ -84,7 +85,9 @@ const LOCK_STRIPES: usize = 4096;
 /// The store: conversations, items and key-value memory over one [`Engine`].
 pub struct Store {
     engine: Arc<Engine>,
-    log: ChangeLog,
+    log: Arc<ChangeLog>,
+    /// Purges of deleted conversations' items, run in the background ([`purge`]).
+    purges: Arc<purge::Purges>,
     conv_locks: StripedLocks,
     tails: tail_cache::TailCache,
     kv_locks: StripedLocks,
@@ -93,14 +96,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the engine, then finishes any conversation purge a crash interrupted.
+    /// Opens the engine, then finishes any conversation purge a crash or a shutdown
+    /// interrupted ([`Store::resume_purges`]).
     pub async fn open(config: EngineConfig) -> Result<Store> {
         let tails = tail_cache::TailCache::new(config.tail_cache_bytes);
         let retention = config.change_retention;
         let kv_cache = kv_cache::KvCache::new(config.kv_cache_bytes);
         let engine = Engine::open(config).await?;
+        let log = Arc::new(ChangeLog::new(engine.clone(), retention));
         let store = Store {
-            log: ChangeLog::new(engine.clone(), retention),
+            purges: purge::Purges::new(engine.clone(), log.clone()),
+            log,
             engine,
             conv_locks: StripedLocks::new(LOCK_STRIPES),
             tails,
@@ -136,8 +142,18 @@ impl Store {
         self.engine.is_ready()
     }
 
-    /// Flushes and closes (graceful shutdown).
+    /// Flushes and closes (graceful shutdown). Background purges stop first, between two
+    /// chunks (waiting a bounded time for that); the next open finishes them.
     pub async fn close(&self) -> Result<()> {
+        self.purges.stop().await;
         self.engine.close().await
+    }
+}
+
+impl Drop for Store {
+    /// A store dropped without [`Store::close`] stops its background purges too (the next
+    /// open finishes them).
+    fn drop(&mut self) {
+        self.purges.stop_now();
     }
 }

@@ -345,6 +345,8 @@ async fn deleting_a_conversation_removes_every_item_key() {
         Err(StoreError::NotFound(_))
     ));
     assert!(store.get_item(&s, &conv.id, &items[0].id).await.is_err());
+    // The items are purged in the background.
+    store.purges_idle().await;
     let t = &s.tenant;
     for prefix in [
         keys::items_prefix(t, &conv.id),
@@ -1189,6 +1191,8 @@ async fn item_vector_write_back_never_resurrects_and_logs_nothing() {
         .unwrap();
     store.delete_item(&s, &conv.id, &items[1].id).await.unwrap();
     store.delete_conversation(&s, &gone_conv.id).await.unwrap();
+    // The purge is a mutation: the log must not move after this point.
+    store.purges_idle().await;
     let log_before = store.change_log().newest(&t).await.unwrap();
     let v = vec![0.25, -0.5, 1.0];
 
@@ -1298,6 +1302,8 @@ async fn every_mutation_is_logged_with_its_owner() {
         .await
         .unwrap();
     store.delete_conversation(&alice, &conv.id).await.unwrap();
+    // The purge (logged as `items.purged`) runs in the background: let it finish first.
+    store.purges_idle().await;
     put_text(&store, &alice, "users/alice/notes", b"n")
         .await
         .unwrap();
@@ -1681,6 +1687,8 @@ async fn the_change_feed_is_ordered_scoped_and_resumable() {
         .unwrap();
     put_text(&store, &app, "shared", b"v").await.unwrap();
     store.delete_conversation(&alice, &a_conv.id).await.unwrap();
+    // Its purge (one `items.purged` entry) runs in the background.
+    store.purges_idle().await;
     let log = store.change_log().read(&t, 0, 1000).await.unwrap();
 
     // The tenant sees every event (not the storage-side purge), in commit order, in pages.
@@ -1835,5 +1843,234 @@ async fn expiries_are_logged_once_and_survive_a_restart() {
         })
     );
     assert_eq!(store.expire_due().await.unwrap(), 0);
+    store.close().await.unwrap();
+}
+
+/// Creates a conversation of `n` items (appended 500 at a time); returns its id and the item
+/// ids in order.
+async fn conversation_of(store: &Store, s: &Scope, n: usize) -> (String, Vec<String>) {
+    let (conv, _) = store
+        .create_conversation(s, Default::default(), vec![])
+        .await
+        .unwrap();
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let batch: Vec<NewItem> = (0..(n - ids.len()).min(500))
+            .map(|i| item(&i.to_string()))
+            .collect();
+        ids.extend(batch.iter().map(|i| i.id.clone()));
+        store.append_items(s, &conv.id, batch).await.unwrap();
+    }
+    (conv.id, ids)
+}
+
+/// What of a deleted conversation is still stored, writes in flight included: its item
+/// keys, its id-index keys, and whether its purge marker is there.
+async fn stored_of(
+    engine: &mnemo_storage::Engine,
+    t: &TenantId,
+    conv: &str,
+) -> (usize, usize, bool) {
+    let count = |prefix| async move {
+        engine
+            .scan_latest(prefix_range(prefix), false, usize::MAX)
+            .await
+            .unwrap()
+            .len()
+    };
+    let items = count(keys::items_prefix(t, conv)).await;
+    let index = count(keys::item_ids_prefix(t, conv)).await;
+    let marker = engine
+        .get_latest(&keys::purge(t, conv))
+        .await
+        .unwrap()
+        .is_some();
+    (items, index, marker)
+}
+
+/// The item ids the change log reports purged for a conversation, sorted.
+async fn purged_in_log(store: &Store, t: &TenantId, conv: &str) -> Vec<String> {
+    let log = store.change_log().read(t, 0, 100_000).await.unwrap();
+    let mut ids: Vec<String> = log
+        .into_iter()
+        .filter_map(|e| match e.op {
+            ChangeOp::ItemsPurged {
+                conversation_id,
+                item_ids,
+            } if conversation_id == conv => Some(item_ids),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `DELETE` of a large conversation returns once the record is gone and the purge marker
+/// written, before the items are purged: right after it the marker and the items are still
+/// stored, yet nothing of the conversation is readable through any read path; once the
+/// background purge is done, no key of it remains and the log names every item purged once.
+///
+/// Runs on one thread, so the purge task cannot start before the test yields: what is
+/// checked right after the delete is the state the delete returned in.
+#[tokio::test]
+async fn deleting_returns_before_the_purge_and_hides_every_item() {
+    fn not_found<T: std::fmt::Debug>(res: Result<T, StoreError>, what: &str) {
+        assert!(
+            matches!(res, Err(StoreError::NotFound(_))),
+            "{what}: expected NotFound, got {res:?}"
+        );
+    }
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("purging").unwrap();
+    let s = Scope::tenant(t.clone());
+    let (conv, ids) = conversation_of(&store, &s, 5_000).await;
+    // Reads fill the tail cache before the delete.
+    store
+        .list_items(&s, &conv, None, 20, Order::Desc)
+        .await
+        .unwrap();
+    store.get_item(&s, &conv, &ids[4_999]).await.unwrap();
+
+    store.delete_conversation(&s, &conv).await.unwrap();
+    let (items, index, marker) = stored_of(store.engine(), &t, &conv).await;
+    assert!(
+        marker,
+        "the purge marker is still there after the delete returns"
+    );
+    assert!(
+        items > 0 && index > 0,
+        "items are purged after the delete returns"
+    );
+
+    // Every read path says 404 meanwhile.
+    not_found(store.get_conversation(&s, &conv).await, "get_conversation");
+    for order in [Order::Asc, Order::Desc] {
+        not_found(
+            store.list_items(&s, &conv, None, 20, order).await,
+            "list_items",
+        );
+        not_found(
+            store.list_items(&s, &conv, Some(&ids[10]), 20, order).await,
+            "list_items after",
+        );
+    }
+    for id in [&ids[0], &ids[2_500], &ids[4_999]] {
+        not_found(store.get_item(&s, &conv, id).await, "get_item");
+    }
+    not_found(
+        store.append_items(&s, &conv, vec![item("late")]).await,
+        "append",
+    );
+    not_found(
+        store
+            .update_conversation(&s, &conv, Default::default())
+            .await,
+        "update",
+    );
+    not_found(store.delete_item(&s, &conv, &ids[0]).await, "delete_item");
+    not_found(store.delete_conversation(&s, &conv).await, "delete again");
+    assert_eq!(
+        store
+            .set_item_vector(&t, &conv, &ids[0], vec![1.0])
+            .await
+            .unwrap(),
+        VectorWriteBack::Gone
+    );
+    let view = store.read_view().await.unwrap();
+    not_found(view.conversation(&s, &conv).await, "view conversation");
+    not_found(view.items(&s, &conv).await.map(|_| ()), "view items");
+    let listed = view
+        .conversations(&s)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(listed.iter().all(|r| r.id != conv));
+    let scanned = store.scan_conversations(&t, None, 100).await.unwrap();
+    assert!(scanned.iter().all(|r| r.id != conv));
+
+    store.purges_idle().await;
+    assert_eq!(stored_of(store.engine(), &t, &conv).await, (0, 0, false));
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(purged_in_log(&store, &t, &conv).await, all);
+    not_found(store.get_item(&s, &conv, &ids[0]).await, "get_item after");
+    store.close().await.unwrap();
+}
+
+/// A purge cut short, by a crash (the store dropped without closing) or by `close` (which
+/// must not wait for it to finish), leaves its marker and items; the next open finishes it.
+///
+/// Runs on one thread, so the purge task cannot start before the store is dropped or closed.
+#[tokio::test]
+async fn an_interrupted_purge_is_finished_at_the_next_open() {
+    let b = backend();
+    let t = TenantId::new("purging").unwrap();
+    let s = Scope::tenant(t.clone());
+    let mut store = open(&b).await;
+    for close in [false, true] {
+        let (conv, ids) = conversation_of(&store, &s, 2_000).await;
+        store.delete_conversation(&s, &conv).await.unwrap();
+        if close {
+            store.close().await.unwrap();
+        }
+        drop(store);
+
+        // The stored state, read without opening a store (which would finish the purge).
+        let engine = mnemo_storage::Engine::open(EngineConfig::new(b.location.clone()))
+            .await
+            .unwrap();
+        let (items, index, marker) = stored_of(&engine, &t, &conv).await;
+        assert!(marker, "close={close}: the marker stays");
+        assert!(items > 0 && index > 0, "close={close}: items stay");
+        engine.close().await.unwrap();
+
+        store = open(&b).await;
+        assert_eq!(
+            stored_of(store.engine(), &t, &conv).await,
+            (0, 0, false),
+            "close={close}: the open finished the purge"
+        );
+        assert_eq!(store.resume_purges().await.unwrap(), 0);
+        let mut all = ids.clone();
+        all.sort();
+        assert_eq!(purged_in_log(&store, &t, &conv).await, all);
+        assert!(matches!(
+            store.get_conversation(&s, &conv).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    store.close().await.unwrap();
+}
+
+/// An erasure finishes the purges of the user's conversations, those deleted just before
+/// and still being purged in the background included, before it scrubs the log: no
+/// `items.purged` entry naming the user follows `user.erased`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_waits_for_their_purges() {
+    let b = backend();
+    let store = open(&b).await;
+    let t = TenantId::new("erasing").unwrap();
+    let carol = Scope::user(t.clone(), "carol").unwrap();
+    let (deleted, _) = conversation_of(&store, &carol, 2_000).await;
+    let (kept, _) = conversation_of(&store, &carol, 600).await;
+    store.delete_conversation(&carol, &deleted).await.unwrap();
+    let erased = store.erase_user(&t, "carol").await.unwrap();
+    assert_eq!(erased.conversations, 1);
+    for conv in [&deleted, &kept] {
+        assert_eq!(stored_of(store.engine(), &t, conv).await, (0, 0, false));
+    }
+    let log = store.change_log().read(&t, 0, 1000).await.unwrap();
+    let about_carol: Vec<&str> = log
+        .iter()
+        .filter(|e| e.owner.as_deref() == Some("carol"))
+        .map(|e| e.op.event_type())
+        .collect();
+    assert_eq!(about_carol, ["user.erased"]);
+    store.purges_idle().await;
+    assert_eq!(store.change_log().read(&t, 0, 1000).await.unwrap(), log);
     store.close().await.unwrap();
 }
