@@ -487,6 +487,28 @@ def test_kill9_under_load_loses_no_acknowledged_write(fresh_server):
 
 
 @pytest.mark.storage
+def test_kill9_under_load_with_a_local_wal_dir(tmp_path):
+    """A remote store with `--wal-dir`: writes are acknowledged once fdatasynced in the local
+    segment log. kill -9 under concurrent appends, puts and batches, then a restart with the
+    same directory: every acknowledged write is there, nothing unacknowledged half-present."""
+    from conftest import start_server, store_kind
+
+    if store_kind() in ("", "file", "local"):
+        pytest.skip("--wal-dir is for a remote store (a local store keeps its log beside it)")
+    srv = start_server("mnemo-waldir", extra_args=["--wal-dir", str(tmp_path / "wal")])
+    try:
+        model = new_model(srv)
+        rng = random.Random()
+        for rnd in range(2):
+            rec = run_load(srv, model, rnd, rng.uniform(LOAD_MIN, LOAD_MAX))
+            srv.restart()
+            verify_round(srv, model, rec, rnd)
+        assert any((tmp_path / "wal").glob("*.wal")), "the log was not kept in --wal-dir"
+    finally:
+        srv.close()
+
+
+@pytest.mark.storage
 def test_sigterm_under_load_keeps_acknowledged_writes(fresh_server):
     """Graceful shutdown in the middle of the load: exit code 0, every acknowledged write kept."""
     srv = fresh_server

@@ -158,6 +158,10 @@ struct State {
     last_flushed_seq: Option<u64>,
     closed: Option<WalError>,
     stopping: bool,
+    /// The I/O thread is waiting for work: an append must wake it. While it writes or syncs,
+    /// appends need not (it looks for more before it waits again), which saves a futex call
+    /// per write under load.
+    io_waiting: bool,
     listener: Option<WalStatusListener>,
     /// Flush requests waiting for a block id to be durable.
     waiters: Vec<(u64, oneshot::Sender<Result<(), WalError>>)>,
@@ -244,6 +248,7 @@ impl SegmentWalWriter {
                 last_flushed_seq: None,
                 closed: None,
                 stopping: false,
+                io_waiting: false,
                 listener: None,
                 waiters: Vec::new(),
                 written: 0,
@@ -283,8 +288,11 @@ impl WalWriter for SegmentWalWriter {
         if let Some(seq) = write_batch.iter().map(|r| r.seq).max() {
             st.body_last_seq = Some(st.body_last_seq.map_or(seq, |s| s.max(seq)));
         }
+        let wake = st.io_waiting;
         drop(st);
-        self.core.wake.notify_one();
+        if wake {
+            self.core.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -397,7 +405,9 @@ impl IoThread {
             let blocks = {
                 let mut st = lock(&self.core.state);
                 while st.rows == 0 && st.sealed.is_empty() && !st.stopping {
+                    st.io_waiting = true;
                     st = self.core.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.io_waiting = false;
                 }
                 st.seal();
                 if st.sealed.is_empty() {
