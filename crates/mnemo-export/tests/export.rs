@@ -205,7 +205,7 @@ async fn consented_scrubbed_reproducible_and_erasable() {
         "bob never",
         "dave refused",
         "alice@example.com",
-        "4111",
+        "4111 1111", // not "4111": a 32-digit hex pseudonym holds that now and then
         "conv_",
         "msg_",
     ] {

@@ -2074,3 +2074,62 @@ async fn erasing_a_user_waits_for_their_purges() {
     assert_eq!(store.change_log().read(&t, 0, 1000).await.unwrap(), log);
     store.close().await.unwrap();
 }
+
+/// A store written with SlateDB's WAL in the object store (writes acknowledged, never closed)
+/// then opened with the local segment WAL: every write is there, and checkpoints, the
+/// memtable flush of a clean close and a reopen work (the local log starts after the ids the
+/// object-store WAL used).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_moves_its_wal_to_local_segments() {
+    let b = backend();
+    let Some(wal_dir) = b.location.local_wal_dir() else {
+        return; // a remote store keeps the object-store WAL by default
+    };
+    let s = tenant();
+    let mut cfg = EngineConfig::new(b.location.clone());
+    cfg.wal_dir = None;
+    let before = Store::open(cfg)
+        .await
+        .expect("open with the object-store WAL");
+    for i in 0..5 {
+        put_text(&before, &s, &format!("move/{i}"), b"v")
+            .await
+            .unwrap();
+    }
+    drop(before);
+    assert!(!wal_dir.exists());
+    let after = open(&b).await;
+    assert!(wal_dir.exists());
+    for i in 0..5 {
+        assert_eq!(
+            after
+                .kv_get(&s, &format!("move/{i}"))
+                .await
+                .unwrap()
+                .record
+                .value,
+            Bytes::from_static(b"v")
+        );
+    }
+    put_text(&after, &s, "move/new", b"w").await.unwrap();
+    let pinned = after
+        .pin_checkpoint(Duration::from_secs(60), "move")
+        .await
+        .expect("a checkpoint right after the move");
+    pinned.close().await.unwrap();
+    after
+        .close()
+        .await
+        .expect("a clean close flushes the memtable");
+    drop(after);
+    let again = open(&b).await;
+    assert_eq!(
+        again.kv_get(&s, "move/new").await.unwrap().record.value,
+        Bytes::from_static(b"w")
+    );
+    assert_eq!(
+        again.kv_get(&s, "move/4").await.unwrap().record.value,
+        Bytes::from_static(b"v")
+    );
+    again.close().await.unwrap();
+}

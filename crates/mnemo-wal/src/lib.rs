@@ -141,6 +141,9 @@ pub(crate) struct Shared {
     pub(crate) segments: Mutex<BTreeMap<u64, SegmentMeta>>,
     /// The OS lock on the directory, held for as long as the log is open.
     _lock: File,
+    /// Tests: the next sync fails (after its write), as a failing disk's would.
+    #[cfg(test)]
+    pub(crate) fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex, recovering the data of a poisoned one (a panic elsewhere leaves the
@@ -191,6 +194,8 @@ impl SegmentWal {
             gate: Mutex::new(0),
             segments: Mutex::new(BTreeMap::new()),
             _lock: lock,
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         });
         open.insert(canonical, Arc::downgrade(&shared));
         Ok(SegmentWal { shared })

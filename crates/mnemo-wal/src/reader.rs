@@ -86,7 +86,8 @@ impl SegmentWalReader {
                 return Ok(Vec::new());
             }
             let scans = segments::scan_all(&dir)?;
-            segments::chain(&scans, after, until)
+            let base = segments::read_base(&dir)?.unwrap_or(0);
+            segments::chain(&scans, after.max(base), until)
         })
         .await
         .map_err(|e| WalError::InternalError(Arc::new(e)))??;

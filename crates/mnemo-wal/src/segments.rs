@@ -140,6 +140,41 @@ pub(crate) fn scan_all(dir: &Path) -> Result<Vec<Scan>, Error> {
     Ok(out)
 }
 
+const BASE: &str = "BASE";
+
+/// The id after which this log's blocks start, if recorded. A database that had another WAL
+/// before (SlateDB's, in the object store) has used ids up to some point; this log's first
+/// block comes after them, and no replay looks for the ids before it here.
+pub(crate) fn read_base(dir: &Path) -> Result<Option<u64>, Error> {
+    let path = dir.join(BASE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            Error::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not a block id"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Records the log's base (see [`read_base`]), durably.
+pub(crate) fn write_base(dir: &Path, base: u64) -> Result<(), Error> {
+    let tmp = dir.join("BASE.tmp");
+    let path = dir.join(BASE);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::io(&p, e)
+    };
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(format!("{base}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir)
+}
+
 /// A block a replay must read: which segment, and where.
 #[derive(Clone, Debug)]
 pub(crate) struct BlockRef {

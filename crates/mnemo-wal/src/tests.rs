@@ -479,3 +479,52 @@ async fn one_process_writes_a_log() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A failed fdatasync is final: the write waiting for it fails, the log takes no further
+/// write (nothing retries the sync), and the database reopened on the same log recovers:
+/// every acknowledged write is there, the failed one is whole or absent, new writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_closes_the_log_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let wal = SegmentWal::open(&wal_dir(root), small()).unwrap();
+    let db = open_db(root, &wal).await;
+    db.write(batch(1))
+        .await
+        .unwrap()
+        .await_durable()
+        .await
+        .unwrap();
+    wal.shared
+        .fail_next_sync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = db.write(batch(2)).await.unwrap().await_durable().await;
+    assert!(
+        failed.is_err(),
+        "a write whose sync failed was acknowledged"
+    );
+    let after = match db.write(batch(3)).await {
+        Ok(h) => h.await_durable().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(after, "the log took a write after a failed sync");
+    drop(db);
+    let db = open_db(root, &wal).await;
+    assert_eq!(parts_present(&db, 1).await, 3);
+    let n = parts_present(&db, 2).await;
+    assert!(n == 0 || n == 3, "the failed batch has {n} parts");
+    assert_eq!(parts_present(&db, 3).await, 0);
+    db.write(batch(4))
+        .await
+        .unwrap()
+        .await_durable()
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    drop(wal);
+    let wal = SegmentWal::open(&wal_dir(root), small()).unwrap();
+    let db = open_db(root, &wal).await;
+    assert_eq!(parts_present(&db, 1).await, 3);
+    assert_eq!(parts_present(&db, 4).await, 3);
+    db.close().await.unwrap();
+}

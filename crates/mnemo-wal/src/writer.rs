@@ -39,7 +39,7 @@ struct Recovered {
 
 /// Fences the previous writer of this process, makes every segment durable, finds the chain of
 /// blocks to replay, and creates the segment new blocks go to.
-fn recover(shared: &Shared, epoch: u64, after: u64) -> Result<Recovered, Error> {
+fn recover(shared: &Shared, epoch: u64, after: u64, next_id: u64) -> Result<Recovered, Error> {
     let dir = &shared.dir;
     // Holding the gate while reading the log means the previous writer (if this process had
     // one) has finished its last write; bumping the generation fences it from any further one.
@@ -56,8 +56,27 @@ fn recover(shared: &Shared, epoch: u64, after: u64) -> Result<Recovered, Error> 
             .map_err(|e| Error::io(&scan.path, e))?;
     }
     segments::sync_dir(dir)?;
+    // A new log starts after every id the database used so far, including those of a WAL it
+    // had before (whose rows are in SSTs by then: see `mnemo-storage`'s engine).
+    let base = match segments::read_base(dir)? {
+        Some(base) => base,
+        None => {
+            let base = next_id.saturating_sub(1).max(after);
+            segments::write_base(dir, base)?;
+            base
+        }
+    };
+    let after = after.max(base);
     let blocks = segments::chain(&scans, after, None)?;
     let last_id = blocks.last().map_or(after, |b| b.block.id);
+    if next_id.saturating_sub(1) > last_id {
+        tracing::warn!(
+            last_id,
+            manifest_next = next_id,
+            "the manifest names WAL ids this log never wrote; continuing after them"
+        );
+    }
+    let last_id = last_id.max(next_id.saturating_sub(1));
     let number = scans.last().map_or(1, |s| s.number + 1);
     let file = segments::preallocate(dir, number, epoch, shared.options.segment_bytes)?;
     let mut metas = lock(&shared.segments);
@@ -104,10 +123,12 @@ impl WriterInit for SegmentWriterInit {
     ) -> Result<WriterInitResult, WalError> {
         let epoch = manifest.epoch();
         let after = manifest.replay_after_wal_id();
+        let next_id = manifest.manifest().next_wal_sst_id();
         let shared = Arc::clone(&self.shared);
-        let recovered = tokio::task::spawn_blocking(move || recover(&shared, epoch, after))
-            .await
-            .map_err(|e| WalError::InternalError(Arc::new(e)))??;
+        let recovered =
+            tokio::task::spawn_blocking(move || recover(&shared, epoch, after, next_id))
+                .await
+                .map_err(|e| WalError::InternalError(Arc::new(e)))??;
         tracing::info!(
             dir = %self.shared.dir.display(),
             replay_after = after,
@@ -444,7 +465,16 @@ impl IoThread {
         let seg = &mut self.segment;
         seg.file
             .write_all_at(buf, seg.offset)
-            .and_then(|()| seg.file.sync_data())
+            .and_then(|()| {
+                #[cfg(test)]
+                if shared
+                    .fail_next_sync
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err(std::io::Error::other("injected fdatasync failure"));
+                }
+                seg.file.sync_data()
+            })
             .map_err(|e| {
                 WalError::from(Error::io(
                     &segments::segment_path(&self.shared.dir, seg.number),
