@@ -383,7 +383,7 @@ def test_metrics(http):
                  "mnemo_http_request_duration_seconds_count", "mnemo_store_flushes_total",
                  "mnemo_store_flush_duration_seconds", "mnemo_store_write_errors_total",
                  "slatedb_db_l0_sst_count", "slatedb_db_backpressure_count",
-                 "slatedb_wal_wal_buffer_flushes"):
+                 "mnemo_wal_bytes_total"):
         assert any(line.startswith(name) for line in text.splitlines()), f"/metrics has no {name}"
 
 

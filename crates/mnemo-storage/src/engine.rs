@@ -298,6 +298,9 @@ impl Engine {
         }
         // Register every series at zero so dashboards and alerts see them before the first event.
         metrics::counter!("mnemo_store_flushes_total").increment(0);
+        if engine.wal.is_some() {
+            metrics::counter!("mnemo_wal_bytes_total").increment(0);
+        }
         metrics::counter!("mnemo_store_reopens_total").increment(0);
         for reason in ["engine", "timeout"] {
             metrics::counter!("mnemo_store_write_errors_total", "reason" => reason).increment(0);

@@ -28,6 +28,11 @@
 //!   block ranges that the current manifest and live checkpoints still need; segments holding
 //!   none of them are deleted.
 //!
+//! Metrics (through the `metrics` facade): `mnemo_store_flushes_total` and
+//! `mnemo_store_flush_duration_seconds` count and time each group commit (write and
+//! `fdatasync`), as they do for uploads of SlateDB's WAL; `mnemo_wal_bytes_total` counts the
+//! bytes written.
+//!
 //! The log lives on local disk, so it is as durable as that disk: use it for a local store, or
 //! beside a remote store when losing the machine's disk may lose the writes not yet flushed to
 //! an SST.

@@ -440,10 +440,16 @@ impl IoThread {
             for b in &blocks {
                 seal_block(&mut buf, b.id, b.rows, &b.body);
             }
-            if let Err(e) = self.write(&buf) {
+            let started = std::time::Instant::now();
+            let written = self.write(&buf);
+            metrics::histogram!("mnemo_store_flush_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = written {
                 tracing::error!(error = %e, "local WAL write failed; the log is closed");
                 break e;
             }
+            metrics::counter!("mnemo_store_flushes_total").increment(1);
+            metrics::counter!("mnemo_wal_bytes_total").increment(buf.len() as u64);
             self.record(&blocks, buf.len() as u64);
         };
         self.finish(reason);
