@@ -3,8 +3,8 @@
 use crate::auth::{need, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_body, limit_param, path, query_pairs};
-use crate::items::parse_items;
 use crate::AppState;
+use mnemo_storage::items::parse_items;
 use std::borrow::Borrow;
 
 use axum::body::Body;

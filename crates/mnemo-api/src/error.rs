@@ -187,3 +187,9 @@ impl IntoResponse for ApiError {
 
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<mnemo_storage::items::ItemError> for ApiError {
+    fn from(e: mnemo_storage::items::ItemError) -> Self {
+        ApiError::invalid_param(e.param, e.message)
+    }
+}

@@ -25,7 +25,6 @@ mod conversations;
 mod error;
 mod exports;
 mod extract;
-mod items;
 mod kv;
 pub mod metrics;
 pub mod openapi;

@@ -6,38 +6,7 @@ use mnemo_storage::{ConversationRecord, KvEntry, StoreError, StoredItem, TenantI
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-/// Largest vector accepted from a client, in dimensions.
-pub const MAX_DIMENSIONS: usize = 4096;
-
-/// Why a client-supplied vector was refused (the messages are the API's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum VectorError {
-    /// Not a JSON array of numbers.
-    #[error("embedding must be an array of numbers")]
-    NotAnArray,
-    /// Empty, or longer than [`MAX_DIMENSIONS`].
-    #[error("embedding must have 1-4096 numbers")]
-    Length,
-    /// A value is not a finite number.
-    #[error("embedding values must be finite numbers")]
-    NotFinite,
-}
-
-/// Parses a client-supplied vector: 1–[`MAX_DIMENSIONS`] finite numbers (as f32).
-pub fn parse_vector(v: &Value) -> Result<Vec<f32>, VectorError> {
-    let arr = v.as_array().ok_or(VectorError::NotAnArray)?;
-    if arr.is_empty() || arr.len() > MAX_DIMENSIONS {
-        return Err(VectorError::Length);
-    }
-    arr.iter()
-        .map(|x| {
-            x.as_f64()
-                .map(|f| f as f32)
-                .filter(|f| f.is_finite())
-                .ok_or(VectorError::NotFinite)
-        })
-        .collect()
-}
+pub use mnemo_storage::items::{parse_vector, VectorError, MAX_DIMENSIONS};
 
 /// The text of an item's JSON, its text parts joined with newlines: message text (`text`,
 /// `refusal`, `transcript`, a string `content`), function-call `arguments` and `output`,
@@ -197,30 +166,6 @@ mod tests {
         let call = serde_json::json!({"type": "function_call", "name": "f", "arguments": "{}"});
         assert_eq!(item_text(&call), "{}");
         assert_eq!(item_text(&serde_json::json!({"content": "plain"})), "plain");
-    }
-
-    #[test]
-    fn vectors_are_validated() {
-        assert_eq!(
-            parse_vector(&serde_json::json!([1, 2.5])),
-            Ok(vec![1.0, 2.5])
-        );
-        assert_eq!(
-            parse_vector(&serde_json::json!("x")),
-            Err(VectorError::NotAnArray)
-        );
-        assert_eq!(
-            parse_vector(&serde_json::json!([])),
-            Err(VectorError::Length)
-        );
-        assert_eq!(
-            parse_vector(&serde_json::json!([1, "a"])),
-            Err(VectorError::NotFinite)
-        );
-        assert_eq!(
-            parse_vector(&serde_json::json!([1e300])),
-            Err(VectorError::NotFinite)
-        );
     }
 
     #[test]

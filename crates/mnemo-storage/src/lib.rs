@@ -45,6 +45,7 @@ mod error;
 pub mod expiry;
 pub mod feed;
 pub mod ids;
+pub mod items;
 pub mod keys;
 pub mod kv;
 mod kv_cache;

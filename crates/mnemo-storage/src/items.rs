@@ -1,10 +1,64 @@
 //! Conversation items as the OpenAI Conversations API defines them: validation of the
 //! `ResponseInputItemParam` union and normalisation into the stored form.
 
-use crate::error::{ApiError, ApiResult};
+use crate::{ids, NewItem};
 use bytes::Bytes;
-use mnemo_storage::{ids, NewItem};
 use serde_json::{json, Map, Value};
+
+/// An item that is not a valid `ResponseInputItemParam`: which request field, and why. The
+/// API answers it as a 400 `invalid_request_error` naming `param`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct ItemError {
+    /// The request field at fault (`items[2].content[0].type`).
+    pub param: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ItemError {
+    fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ItemError {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+type ItemResult<T> = Result<T, ItemError>;
+
+/// Largest vector accepted from a client, in dimensions.
+pub const MAX_DIMENSIONS: usize = 4096;
+
+/// Why a client-supplied vector was refused (the messages are the API's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VectorError {
+    /// Not a JSON array of numbers.
+    #[error("embedding must be an array of numbers")]
+    NotAnArray,
+    /// Empty, or longer than [`MAX_DIMENSIONS`].
+    #[error("embedding must have 1-4096 numbers")]
+    Length,
+    /// A value is not a finite number.
+    #[error("embedding values must be finite numbers")]
+    NotFinite,
+}
+
+/// Parses a client-supplied vector: 1–[`MAX_DIMENSIONS`] finite numbers (as f32).
+pub fn parse_vector(v: &Value) -> Result<Vec<f32>, VectorError> {
+    let arr = v.as_array().ok_or(VectorError::NotAnArray)?;
+    if arr.is_empty() || arr.len() > MAX_DIMENSIONS {
+        return Err(VectorError::Length);
+    }
+    arr.iter()
+        .map(|x| {
+            x.as_f64()
+                .map(|f| f as f32)
+                .filter(|f| f.is_finite())
+                .ok_or(VectorError::NotFinite)
+        })
+        .collect()
+}
 
 /// Most items in one create or append request.
 pub const MAX_ITEMS_PER_REQUEST: usize = 20;
@@ -214,9 +268,9 @@ const ROLES: &[&str] = &["user", "assistant", "system", "developer"];
 
 /// Validates the `items` array of a request (1–20 items unless `allow_empty`) and turns each
 /// into its stored form.
-pub fn parse_items(items: Vec<Value>, allow_empty: bool) -> ApiResult<Vec<NewItem>> {
+pub fn parse_items(items: Vec<Value>, allow_empty: bool) -> ItemResult<Vec<NewItem>> {
     if items.len() > MAX_ITEMS_PER_REQUEST {
-        return Err(ApiError::invalid_param(
+        return Err(ItemError::new(
             "items",
             format!(
                 "at most {MAX_ITEMS_PER_REQUEST} items per request, got {}",
@@ -225,10 +279,7 @@ pub fn parse_items(items: Vec<Value>, allow_empty: bool) -> ApiResult<Vec<NewIte
         ));
     }
     if items.is_empty() && !allow_empty {
-        return Err(ApiError::invalid_param(
-            "items",
-            "at least one item is required",
-        ));
+        return Err(ItemError::new("items", "at least one item is required"));
     }
     items
         .into_iter()
@@ -238,37 +289,31 @@ pub fn parse_items(items: Vec<Value>, allow_empty: bool) -> ApiResult<Vec<NewIte
 }
 
 /// Validates one item and normalises it (id, status, string message content).
-fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
+fn normalize(item: Value, param: &str) -> ItemResult<NewItem> {
     let Value::Object(mut obj) = item else {
-        return Err(ApiError::invalid_param(
-            param,
-            "an item must be a JSON object",
-        ));
+        return Err(ItemError::new(param, "an item must be a JSON object"));
     };
     let kind = match obj.get("type") {
         None | Some(Value::Null) if obj.contains_key("role") => "message".to_string(),
         Some(Value::String(s)) => s.clone(),
         None | Some(Value::Null) => {
-            return Err(ApiError::invalid_param(
-                format!("{param}.type"),
-                "missing item type",
-            ))
+            return Err(ItemError::new(format!("{param}.type"), "missing item type"))
         }
         Some(_) => {
-            return Err(ApiError::invalid_param(
+            return Err(ItemError::new(
                 format!("{param}.type"),
                 "type must be a string",
             ))
         }
     };
     if kind == "item_reference" {
-        return Err(ApiError::invalid_param(
+        return Err(ItemError::new(
             format!("{param}.type"),
             "item_reference is not supported: a conversation stores items, add the item itself",
         ));
     }
     let spec = ITEM_TYPES.iter().find(|t| t.name == kind).ok_or_else(|| {
-        ApiError::invalid_param(
+        ItemError::new(
             format!("{param}.type"),
             format!("unknown item type {kind:?}"),
         )
@@ -276,13 +321,13 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
     for (field, want) in spec.required {
         match obj.get(*field) {
             None | Some(Value::Null) => {
-                return Err(ApiError::invalid_param(
+                return Err(ItemError::new(
                     format!("{param}.{field}"),
                     format!("missing required field {field:?} for a {kind} item"),
                 ))
             }
             Some(v) if !want.accepts(v) => {
-                return Err(ApiError::invalid_param(
+                return Err(ItemError::new(
                     format!("{param}.{field}"),
                     format!("{field:?} of a {kind} item must be {}", want.name()),
                 ))
@@ -302,7 +347,7 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
         None | Some(Value::Null) => (ids::generate(spec.prefix), false),
         Some(Value::String(s)) if ids::is_valid_id(s) => (s.clone(), true),
         Some(_) => {
-            return Err(ApiError::invalid_param(
+            return Err(ItemError::new(
                 format!("{param}.id"),
                 "id must be 1-128 characters of [A-Za-z0-9_-]",
             ))
@@ -313,10 +358,13 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
     let vector = obj
         .remove("embedding")
         .filter(|v| !v.is_null())
-        .map(|v| crate::search::parse_vector(&v, &format!("{param}.embedding")))
+        .map(|v| {
+            parse_vector(&v)
+                .map_err(|e| ItemError::new(format!("{param}.embedding"), e.to_string()))
+        })
         .transpose()?;
     let json = serde_json::to_vec(&obj)
-        .map_err(|e| ApiError::invalid_param(param, format!("cannot encode item: {e}")))?;
+        .map_err(|e| ItemError::new(param, format!("cannot encode item: {e}")))?;
     Ok(NewItem {
         id,
         client_id,
@@ -325,11 +373,11 @@ fn normalize(item: Value, param: &str) -> ApiResult<NewItem> {
     })
 }
 
-fn normalize_message(obj: &mut Map<String, Value>, param: &str) -> ApiResult<()> {
+fn normalize_message(obj: &mut Map<String, Value>, param: &str) -> ItemResult<()> {
     let role = match obj.get("role") {
         Some(Value::String(r)) if ROLES.contains(&r.as_str()) => r.clone(),
         _ => {
-            return Err(ApiError::invalid_param(
+            return Err(ItemError::new(
                 format!("{param}.role"),
                 "role must be one of user, assistant, system, developer",
             ))
@@ -353,7 +401,7 @@ fn normalize_message(obj: &mut Map<String, Value>, param: &str) -> ApiResult<()>
             Value::Array(parts)
         }
         _ => {
-            return Err(ApiError::invalid_param(
+            return Err(ItemError::new(
                 format!("{param}.content"),
                 "content must be a string or an array of content parts",
             ))
@@ -386,8 +434,8 @@ fn default_item_fields(kind: &str, obj: &mut Map<String, Value>) {
     }
 }
 
-fn part_type_error(param: &str, j: usize) -> ApiError {
-    ApiError::invalid_param(
+fn part_type_error(param: &str, j: usize) -> ItemError {
+    ItemError::new(
         format!("{param}.content[{j}].type"),
         "each content part must be an object with a string type",
     )
@@ -414,7 +462,7 @@ fn default_part_fields(kind: &str, part: &mut Map<String, Value>) {
 mod tests {
     use super::*;
 
-    fn one(v: Value) -> ApiResult<Value> {
+    fn one(v: Value) -> ItemResult<Value> {
         let it = parse_items(vec![v], false)?.remove(0);
         Ok(serde_json::from_slice(&it.json).unwrap())
     }
@@ -487,5 +535,29 @@ mod tests {
         .unwrap();
         assert_eq!(f["id"], "fc_mine");
         assert_eq!(f["call_id"], "c1");
+    }
+
+    #[test]
+    fn vectors_are_validated() {
+        assert_eq!(
+            parse_vector(&serde_json::json!([1, 2.5])),
+            Ok(vec![1.0, 2.5])
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!("x")),
+            Err(VectorError::NotAnArray)
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!([])),
+            Err(VectorError::Length)
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!([1, "a"])),
+            Err(VectorError::NotFinite)
+        );
+        assert_eq!(
+            parse_vector(&serde_json::json!([1e300])),
+            Err(VectorError::NotFinite)
+        );
     }
 }
