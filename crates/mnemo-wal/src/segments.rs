@@ -57,36 +57,48 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(dir, e))
 }
 
-/// Creates segment `number`: header, then zeros up to `size` bytes, all written and
-/// fsynced (so that later appends change no file metadata and `fdatasync` writes data only),
-/// then renamed into place and the directory fsynced. Returns the open file.
-pub(crate) fn preallocate(dir: &Path, number: u64, epoch: u64, size: u64) -> Result<File, Error> {
-    let tmp = dir.join(format!("{number:020}{TMP_SUFFIX}"));
-    let path = segment_path(dir, number);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| Error::io(&p, e)
-    };
+/// Writes a file under the temporary name `tmp_name` with `fill`, fsyncs it, renames it to
+/// `name` and fsyncs the directory: after a crash the file is whole or absent. Returns it open.
+fn create_durably(
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<File, Error> {
+    let tmp = dir.join(tmp_name);
+    let path = dir.join(name);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(&SegmentHeader { number, epoch }.encode())
-        .map_err(io(&tmp))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut left = size.saturating_sub(SEGMENT_HEADER_LEN as u64);
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n]).map_err(io(&tmp))?;
-        left -= n as u64;
-    }
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        .map_err(|e| Error::io(&tmp, e))?;
+    fill(&mut file)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Creates segment `number`: header, then zeros up to `size` bytes, all written and
+/// fsynced (so that later appends change no file metadata and `fdatasync` writes data only),
+/// then renamed into place and the directory fsynced. Returns the open file.
+pub(crate) fn preallocate(dir: &Path, number: u64, epoch: u64, size: u64) -> Result<File, Error> {
+    let name = format!("{number:020}{SUFFIX}");
+    let tmp_name = format!("{number:020}{TMP_SUFFIX}");
+    create_durably(dir, &tmp_name, &name, |file| {
+        file.write_all(&SegmentHeader { number, epoch }.encode())?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size.saturating_sub(SEGMENT_HEADER_LEN as u64);
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    })
 }
 
 /// What a scan of one segment found.
@@ -161,18 +173,10 @@ pub(crate) fn read_base(dir: &Path) -> Result<Option<u64>, Error> {
 
 /// Records the log's base (see [`read_base`]), durably.
 pub(crate) fn write_base(dir: &Path, base: u64) -> Result<(), Error> {
-    let tmp = dir.join("BASE.tmp");
-    let path = dir.join(BASE);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| Error::io(&p, e)
-    };
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(format!("{base}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    sync_dir(dir)
+    create_durably(dir, "BASE.tmp", BASE, |f| {
+        f.write_all(format!("{base}\n").as_bytes())
+    })?;
+    Ok(())
 }
 
 /// A block a replay must read: which segment, and where.
