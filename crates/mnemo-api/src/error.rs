@@ -119,6 +119,10 @@ impl From<StoreError> for ApiError {
                 }
             }
             StoreError::Invalid(m) => ApiError::invalid(m),
+            StoreError::ReadOnly => {
+                ApiError::new(StatusCode::FORBIDDEN, "permission_error", e.to_string())
+                    .with_code("read_only")
+            }
             StoreError::Unavailable { .. } | StoreError::Fenced => {
                 tracing::warn!(error = %report(&e), "store unavailable");
                 let mut e = ApiError::new(

@@ -322,7 +322,7 @@ impl ChangeLog {
         self.numbering(tenant).lock_owned().await
     }
 
-    fn acknowledge(&self, tenant: TenantId, seq: u64) {
+    pub(crate) fn acknowledge(&self, tenant: TenantId, seq: u64) {
         let mut acked = self.acked.lock().unwrap_or_else(PoisonError::into_inner);
         let Acknowledged { at, inboxes } = &mut *acked;
         match at.get_mut(&tenant) {

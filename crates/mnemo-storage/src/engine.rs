@@ -29,7 +29,10 @@ use slatedb::config::{
     CompactionWorkerOptions, CompactorOptions, DurabilityLevel, FlushOptions, FlushType,
     GarbageCollectorDirectoryOptions, GarbageCollectorOptions, ReadOptions, ScanOptions, Settings,
 };
-use slatedb::{Db, DbSnapshot, GarbageCollectorBuilder, IterationOrder, WriteBatch, WriteHandle};
+use slatedb::{
+    Db, DbIterator, DbReader, DbSnapshot, GarbageCollectorBuilder, IterationOrder, WriteBatch,
+    WriteHandle,
+};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -180,12 +183,46 @@ const CLOSED: u8 = 3;
 
 /// A SlateDB database with durable writes, group commit and automatic reopen.
 pub struct Engine {
-    db: RwLock<Arc<Db>>,
+    /// The database (`None` for a read-only engine, which reads through `reader`).
+    db: RwLock<Option<Arc<Db>>>,
     state: AtomicU8,
     config: EngineConfig,
     /// The local segment WAL (locked for this process), when the WAL is local.
     wal: Option<SegmentWal>,
+    /// A read-only engine's reader (then `db` is never used: every write fails with
+    /// [`StoreError::ReadOnly`]).
+    reader: Option<Arc<DbReader>>,
     flush_wanted: Notify,
+}
+
+/// What reads go to: the open database, or a replica's reader.
+enum ReadHandle {
+    Db(Arc<Db>),
+    Reader(Arc<DbReader>),
+}
+
+impl ReadHandle {
+    async fn get_key_value(
+        &self,
+        key: &[u8],
+        opts: &ReadOptions,
+    ) -> std::result::Result<Option<KeyValue>, slatedb::Error> {
+        match self {
+            ReadHandle::Db(db) => db.get_key_value_with_options(key, opts).await,
+            ReadHandle::Reader(r) => r.get_key_value_with_options(key, opts).await,
+        }
+    }
+
+    async fn scan(
+        &self,
+        range: KeyRange,
+        opts: &ScanOptions,
+    ) -> std::result::Result<DbIterator, slatedb::Error> {
+        match self {
+            ReadHandle::Db(db) => db.scan_with_options(range, opts).await,
+            ReadHandle::Reader(r) => r.scan_with_options(range, opts).await,
+        }
+    }
 }
 
 /// A write that is in the memtable but not yet acknowledged.
@@ -287,10 +324,11 @@ impl Engine {
         };
         let db = Self::open_db(&config, wal.as_ref()).await?;
         let engine = Arc::new(Engine {
-            db: RwLock::new(Arc::new(db)),
+            db: RwLock::new(Some(Arc::new(db))),
             state: AtomicU8::new(OPEN),
             config,
             wal,
+            reader: None,
             flush_wanted: Notify::new(),
         });
         if engine.flusher_runs() {
@@ -306,6 +344,40 @@ impl Engine {
             metrics::counter!("mnemo_store_write_errors_total", "reason" => reason).increment(0);
         }
         Ok(engine)
+    }
+
+    /// Opens the database read-only, following it as another process (a replicator, or the
+    /// writer) advances it: new manifests are picked up every `poll`, and writes in the
+    /// database's log are replayed, from SlateDB's WAL objects or, with `wal_dir`, from a
+    /// local segment log (`mnemo-wal`). Performs no object-store writes: every write fails with
+    /// [`StoreError::ReadOnly`].
+    pub async fn open_read_only(
+        config: EngineConfig,
+        wal_dir: Option<PathBuf>,
+        poll: Duration,
+    ) -> Result<Arc<Engine>> {
+        let options = slatedb::config::DbReaderOptions {
+            manifest_poll_interval: poll,
+            ..slatedb::config::DbReaderOptions::default()
+        };
+        let mut builder = DbReader::builder(
+            config.location.path.clone(),
+            config.location.object_store.clone(),
+        )
+        .with_options(options)
+        .with_reader_mode(slatedb::DbReaderMode::FollowLatest);
+        if let Some(dir) = &wal_dir {
+            builder = builder.with_wal_reader(Arc::new(mnemo_wal::SegmentWalReader::new(dir)));
+        }
+        let reader = bounded(config.write_timeout, builder.build()).await?;
+        Ok(Arc::new(Engine {
+            db: RwLock::new(None),
+            state: AtomicU8::new(OPEN),
+            config,
+            wal: None,
+            reader: Some(Arc::new(reader)),
+            flush_wanted: Notify::new(),
+        }))
     }
 
     /// True when writes ask the flusher task for an upload: an object-store WAL on demand.
@@ -374,7 +446,7 @@ impl Engine {
                 OPEN => {}
                 _ => continue,
             }
-            let db = engine.current();
+            let Some(db) = engine.current() else { return };
             let started = Instant::now();
             match db.flush().await {
                 Ok(()) => {
@@ -390,14 +462,18 @@ impl Engine {
         }
     }
 
-    fn current(&self) -> Arc<Db> {
+    fn current(&self) -> Option<Arc<Db>> {
         // A poisoned lock only means a panic elsewhere while swapping; the Arc inside is intact.
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The database, for a write (or a read that needs the writer).
     fn db(&self) -> Result<Arc<Db>> {
+        if self.reader.is_some() {
+            return Err(StoreError::ReadOnly);
+        }
         match self.state.load(Ordering::Acquire) {
-            OPEN => Ok(self.current()),
+            OPEN => self.current().ok_or(StoreError::ReadOnly),
             REOPENING => Err(StoreError::unavailable("store is reopening")),
             FENCED => Err(StoreError::Fenced),
             _ => Err(StoreError::unavailable("store is closed")),
@@ -437,7 +513,7 @@ impl Engine {
                 }
                 match Self::open_db(&engine.config, engine.wal.as_ref()).await {
                     Ok(db) => {
-                        *engine.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+                        *engine.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
                         engine.state.store(OPEN, Ordering::Release);
                         metrics::counter!("mnemo_store_reopens_total").increment(1);
                         tracing::info!("database reopened");
@@ -453,7 +529,26 @@ impl Engine {
         });
     }
 
-    /// True while the database is open for reads and writes.
+    /// What reads go to: the database, or the replica's reader.
+    fn read_handle(&self) -> Result<ReadHandle> {
+        match &self.reader {
+            Some(r) => Ok(ReadHandle::Reader(Arc::clone(r))),
+            None => self.db().map(ReadHandle::Db),
+        }
+    }
+
+    /// The reader of a read-only engine ([`Engine::open_read_only`]); `None` for a writer.
+    pub fn reader(&self) -> Option<Arc<DbReader>> {
+        self.reader.clone()
+    }
+
+    /// True for a read-only engine (a replica): every write fails with
+    /// [`StoreError::ReadOnly`].
+    pub fn is_read_only(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// True while the database is open for reads (and, unless read-only, writes).
     pub fn is_ready(&self) -> bool {
         self.state.load(Ordering::Acquire) == OPEN
     }
@@ -481,9 +576,9 @@ impl Engine {
 
     /// Reads the durable value of a key with its metadata (expiry).
     pub async fn get_entry(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let db = self.db()?;
+        let handle = self.read_handle()?;
         let kv = self
-            .bounded(db.get_key_value_with_options(key, &remote_read()))
+            .bounded(handle.get_key_value(key, &remote_read()))
             .await?;
         Ok(kv.filter(live))
     }
@@ -491,9 +586,9 @@ impl Engine {
     /// Reads the newest value of a key, including writes not yet durable. Use only under the
     /// key's lock, to decide what to write next.
     pub async fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let db = self.db()?;
+        let handle = self.read_handle()?;
         let kv = self
-            .bounded(db.get_key_value_with_options(key, &ReadOptions::default()))
+            .bounded(handle.get_key_value(key, &ReadOptions::default()))
             .await?;
         Ok(kv.filter(live))
     }
@@ -541,9 +636,9 @@ impl Engine {
             return Ok(Vec::new());
         }
         let opts = scan_options(durability, descending);
-        let db = self.db()?;
+        let handle = self.read_handle()?;
         let read = async {
-            let mut it = db.scan_with_options(range, &opts).await?;
+            let mut it = handle.scan(range, &opts).await?;
             let mut out = Vec::with_capacity(limit.min(1024));
             while out.len() < limit {
                 match it.next().await? {
@@ -605,7 +700,13 @@ impl Engine {
             return Ok(());
         }
         self.flush_wanted.notify_one();
-        let db = self.current();
+        if let Some(reader) = &self.reader {
+            reader.close().await?;
+            return Ok(());
+        }
+        let Some(db) = self.current() else {
+            return Ok(());
+        };
         db.flush().await?;
         if self.wal.is_some() {
             // After a clean shutdown the object store alone holds every write: the store can

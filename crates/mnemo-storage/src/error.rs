@@ -55,6 +55,9 @@ pub enum StoreError {
     /// Another process opened the store as writer; this process must stop writing.
     #[error("this node was fenced by a newer writer of the same store")]
     Fenced,
+    /// This process serves a read-only replica: it takes no writes.
+    #[error("this server serves a read-only replica; send writes to the primary")]
+    ReadOnly,
     /// Stored data could not be decoded. Never turned into an empty or default value.
     #[error("corrupt record: {what}")]
     Corrupt {

@@ -122,6 +122,58 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens a store read-only (a replica, or a store another process writes), following it
+    /// as it advances (see [`Engine::open_read_only`]). No background work that writes runs;
+    /// every write fails with [`StoreError::ReadOnly`]. Call [`Store::spawn_follow`] so that
+    /// change-log subscribers (search, change streams) see what the store gains.
+    pub async fn open_read_only(
+        config: EngineConfig,
+        wal_dir: Option<std::path::PathBuf>,
+        poll: std::time::Duration,
+    ) -> Result<Store> {
+        let tails = tail_cache::TailCache::new(0);
+        let retention = config.change_retention;
+        let kv_cache = kv_cache::KvCache::new(0);
+        let engine = Engine::open_read_only(config, wal_dir, poll).await?;
+        let log = Arc::new(ChangeLog::new(engine.clone(), retention));
+        Ok(Store {
+            purges: purge::Purges::new(engine.clone(), log.clone()),
+            log,
+            engine,
+            conv_locks: StripedLocks::new(LOCK_STRIPES),
+            tails,
+            kv_locks: StripedLocks::new(LOCK_STRIPES),
+            kv_cache,
+            audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// For a read-only store: every `poll`, reads each tenant's newest durable change-log
+    /// entry and tells the change log's subscribers about it, as a writer's acknowledgements
+    /// do. Stops when the store is dropped.
+    pub fn spawn_follow(self: &Arc<Self>, poll: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.observe_log().await {
+                    tracing::warn!(error = %e, "following the replica's change log failed");
+                }
+            }
+        })
+    }
+
+    async fn observe_log(&self) -> Result<()> {
+        for tenant in self.tenants().await? {
+            let head = self.log.durable_head(&tenant).await?;
+            if head > 0 {
+                self.log.acknowledge(tenant, head);
+            }
+        }
+        Ok(())
+    }
+
     /// The underlying engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

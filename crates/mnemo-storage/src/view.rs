@@ -167,6 +167,10 @@ impl Store {
     /// before this call is in it, nothing written after. Waits for the writes already in the
     /// memtable to become durable (at most one write-ahead-log upload).
     pub async fn read_view(&self) -> Result<ReadView> {
+        if let Some(reader) = self.engine.reader() {
+            // A replica: its reader is the view (it moves only when the replica does).
+            return Ok(ReadView::of_reader(reader, self.engine.read_timeout()));
+        }
         Ok(ReadView {
             snapshot: Source::Snapshot(self.engine.snapshot().await?),
             timeout: self.engine.read_timeout(),

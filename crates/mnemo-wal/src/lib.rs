@@ -41,6 +41,7 @@ mod format;
 mod gc;
 mod reader;
 mod segments;
+pub mod ship;
 #[cfg(test)]
 mod tests;
 mod writer;

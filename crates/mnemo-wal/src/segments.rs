@@ -218,3 +218,8 @@ pub(crate) fn chain(
     }
     Ok(out)
 }
+
+/// The file name of segment `number`.
+pub(crate) fn segment_name(number: u64) -> String {
+    format!("{number:020}{SUFFIX}")
+}

@@ -5,6 +5,7 @@ mod auth_config;
 mod export;
 mod keys;
 mod pg;
+mod replicate;
 mod search_config;
 mod serve;
 
@@ -26,6 +27,10 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Write a consented, de-identified research dataset (Parquet) from a store.
     Export(Box<export::ExportArgs>),
+    /// Keep a consistent replica of a live store (once, or `--watch`).
+    Replicate(replicate::ReplicateArgs),
+    /// Turn a replica into a writable store (disaster recovery).
+    Promote(replicate::PromoteArgs),
 }
 
 /// mimalloc: the read path allocates and frees many short-lived buffers (blocks, rows,
@@ -52,5 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(args) => keys::run(args),
         Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
         Command::Export(args) => runtime()?.block_on(export::run(*args)),
+        Command::Replicate(args) => runtime()?.block_on(replicate::run(args)),
+        Command::Promote(args) => runtime()?.block_on(replicate::promote(args)),
     }
 }

@@ -96,6 +96,14 @@ pub struct ServeArgs {
     /// `s3://bucket/datasets/`, …), comma-separated; unset: any URL the server can reach.
     #[arg(long, env = "MNEMO_EXPORT_TO", value_delimiter = ',')]
     export_to: Vec<String>,
+    /// Serve the store read-only (a replica kept by `mnemo replicate`, or a store another
+    /// server writes): reads, search and SQL, following the store as it advances; every write
+    /// answers 403 `read_only`.
+    #[arg(long, env = "MNEMO_READ_ONLY")]
+    read_only: bool,
+    /// With --read-only: how often, in ms, the server looks for new state of the store.
+    #[arg(long, default_value_t = 500, env = "MNEMO_FOLLOW_INTERVAL_MS")]
+    follow_interval_ms: u64,
     /// TOML config file; its `[auth]` section holds the authentication settings and the
     /// claim-to-permission map, its `[search]` section the embedder settings. Flags and
     /// environment variables override it.
@@ -149,19 +157,45 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.compaction_poll = Duration::from_millis(ms.max(1));
     }
     let description = config.location.description.clone();
-    let store = Arc::new(
-        Store::open(config)
-            .await
-            .with_context(|| format!("opening store {description}"))?,
-    );
-    // Values written with a TTL are expired by the store, with a change-log entry each.
-    let _expiry = store.spawn_expiry();
+    let replica = mnemo_sync::replica::read_marker(&config.location)
+        .await
+        .with_context(|| format!("reading store {description}"))?;
+    let store = if args.read_only {
+        if args.wal_dir.is_some() {
+            anyhow::bail!("--wal-dir is for a writer; a read-only server writes no log");
+        }
+        Arc::new(open_read_only(config, &args.data_dir, args.follow_interval_ms).await?)
+    } else {
+        if replica.is_some() {
+            anyhow::bail!(
+                "{description} is a replica kept by `mnemo replicate`: serve it with --read-only, \
+                 or make it writable with `mnemo promote --store …` first"
+            );
+        }
+        Arc::new(
+            Store::open(config)
+                .await
+                .with_context(|| format!("opening store {description}"))?,
+        )
+    };
+    // Values written with a TTL are expired by the store, with a change-log entry each (not
+    // on a read-only server: the writer expires them, and reads hide them meanwhile).
+    let _expiry = (!args.read_only).then(|| store.spawn_expiry());
+    let _follow = args
+        .read_only
+        .then(|| store.spawn_follow(Duration::from_millis(args.follow_interval_ms.max(10))));
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
     let mut search_options = search_options;
     search_options.snapshots = mnemo_index::SnapshotOptions {
-        interval: Duration::from_secs(args.search_snapshot_interval_secs),
+        // A read-only server writes no snapshot (and loads none: a snapshot could be newer
+        // than the replica).
+        interval: Duration::from_secs(if args.read_only {
+            0
+        } else {
+            args.search_snapshot_interval_secs
+        }),
     };
     let search = mnemo_index::SearchService::start_with(store.clone(), search_options)
         .await
@@ -185,15 +219,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let policy = mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default();
-    let exporter = mnemo_export::jobs::Exporter::start(store.clone(), policy, args.export_to);
-    match exporter.resume().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(jobs = n, "export jobs left by a stopped server run again"),
-        Err(e) => tracing::error!(error = %e, "reading export jobs failed"),
+    let mut state = mnemo_api::AppState::new(store.clone());
+    if !args.read_only {
+        let exporter =
+            mnemo_export::jobs::Exporter::start(store.clone(), policy, args.export_to);
+        match exporter.resume().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "export jobs left by a stopped server run again"),
+            Err(e) => tracing::error!(error = %e, "reading export jobs failed"),
+        }
+        state = state.with_exports(exporter);
     }
     let app = mnemo_api::router(
-        mnemo_api::AppState::new(store.clone())
-            .with_exports(exporter)
+        state
             .with_auth(auth.config)
             .with_search(search.clone())
             .with_sql(sql, args.sql_max_rows)
@@ -210,6 +248,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     search.shutdown().await;
     store.close().await.context("closing the store")?;
     Ok(())
+}
+
+/// Opens a store read-only and keeps following it: its SlateDB state (new manifests, WAL
+/// objects) through the reader, its change log for search and change streams, and, for a
+/// remote replica of a store with a local log, the shipped log segments, fetched into
+/// DATA_DIR/replica-wal.
+async fn open_read_only(
+    config: EngineConfig,
+    data_dir: &std::path::Path,
+    follow_ms: u64,
+) -> anyhow::Result<Store> {
+    let poll = Duration::from_millis(follow_ms.max(10));
+    let description = config.location.description.clone();
+    let wal_dir = match config.location.local_wal_dir() {
+        Some(dir) => dir.exists().then_some(dir),
+        None => {
+            let dir = data_dir.join("replica-wal");
+            mnemo_sync::replica::fetch_segments(&config.location, &dir)
+                .await
+                .context("fetching the replica's log segments")?;
+            let has_segments = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".wal"));
+            if !has_segments {
+                None
+            } else {
+                let location = config.location.clone();
+                let d = dir.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(poll).await;
+                        if let Err(e) = mnemo_sync::replica::fetch_segments(&location, &d).await {
+                            tracing::warn!(error = %e, "fetching the replica's log failed");
+                        }
+                    }
+                });
+                Some(dir)
+            }
+        }
+    };
+    let store = Store::open_read_only(config, wal_dir, poll)
+        .await
+        .with_context(|| format!("opening store {description} read-only"))?;
+    tracing::info!(store = %description, "serving read-only");
+    Ok(store)
 }
 
 async fn shutdown_signal() {
