@@ -363,29 +363,36 @@ impl Replicator {
         let start = replay_after.max(base.unwrap_or(0));
         *wal_id = (*wal_id).max(start);
         let numbers = mnemo_wal::ship::segment_numbers(dir).map_err(io)?;
-        let newest = numbers.last().copied();
-        for number in numbers {
-            if self.sealed.contains_key(&number) {
-                // Final and shipped; its ids are behind the chain already.
-                continue;
+        // Segments followed by one that held blocks at the previous round: the writer had
+        // moved past them before this round, so what is read now is their final content.
+        let mut seen_blocks_after = false;
+        let mut pending = Vec::new();
+        for number in numbers.into_iter().rev() {
+            if seen_blocks_after {
+                pending.push(number);
             }
+            if self.shipped.contains_key(&number) || self.sealed.contains_key(&number) {
+                seen_blocks_after = true;
+            }
+        }
+        let mut numbers = mnemo_wal::ship::segment_numbers(dir).map_err(io)?;
+        numbers.retain(|n| !self.sealed.contains_key(n));
+        for number in numbers {
             let d = dir.to_path_buf();
             let prefix = tokio::task::spawn_blocking(move || mnemo_wal::ship::read_prefix(&d, number))
                 .await
                 .map_err(io)?
                 .map_err(io)?;
             let Some((first, last)) = prefix.ids else {
+                // No block yet (a preallocated spare, or a segment a crash left empty).
                 continue;
             };
-            if last <= start {
-                continue;
-            }
             if first > *wal_id + 1 {
-                // A gap (the segment before it has not been read whole): stop here.
+                // A gap (the segment before it was read before it was whole): stop here.
                 break;
             }
             let len = prefix.bytes.len();
-            if self.shipped.get(&number) != Some(&len) {
+            if last > start && self.shipped.get(&number) != Some(&len) {
                 let path = under(&self.dst.path, &format!("{LOCAL_WAL}/{}", prefix.file_name));
                 self.dst
                     .object_store
@@ -394,10 +401,10 @@ impl Replicator {
                     .map_err(io)?;
                 n += 1;
                 bytes += len as u64;
-                self.shipped.insert(number, len);
             }
+            self.shipped.insert(number, len);
             *wal_id = (*wal_id).max(last);
-            if Some(number) != newest {
+            if pending.contains(&number) {
                 self.sealed.insert(number, len);
             }
         }
