@@ -106,8 +106,8 @@ pub struct Replicator {
     src_admin: Admin,
     /// Replica paths known to be complete (immutable files only: SSTs and WAL objects).
     present: HashSet<String>,
-    /// Shipped segments: number → length of the prefix shipped, for segments known final.
-    sealed: BTreeMap<u64, usize>,
+    /// Shipped segments known final: number → ids of their first and last blocks.
+    sealed: BTreeMap<u64, (u64, u64)>,
     /// Shipped prefix length of the newest segment.
     shipped: BTreeMap<u64, usize>,
     started: bool,
@@ -375,9 +375,16 @@ impl Replicator {
                 seen_blocks_after = true;
             }
         }
-        let mut numbers = mnemo_wal::ship::segment_numbers(dir).map_err(io)?;
-        numbers.retain(|n| !self.sealed.contains_key(n));
+        let numbers = mnemo_wal::ship::segment_numbers(dir).map_err(io)?;
         for number in numbers {
+            if let Some(&(first, last)) = self.sealed.get(&number) {
+                // Final and shipped whole: its blocks are in the replica.
+                if first > *wal_id + 1 {
+                    break;
+                }
+                *wal_id = (*wal_id).max(last);
+                continue;
+            }
             let d = dir.to_path_buf();
             let prefix = tokio::task::spawn_blocking(move || mnemo_wal::ship::read_prefix(&d, number))
                 .await
@@ -405,7 +412,7 @@ impl Replicator {
             self.shipped.insert(number, len);
             *wal_id = (*wal_id).max(last);
             if pending.contains(&number) {
-                self.sealed.insert(number, len);
+                self.sealed.insert(number, (first, last));
             }
         }
         Ok((n, bytes))
