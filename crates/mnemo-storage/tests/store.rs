@@ -2133,3 +2133,52 @@ async fn a_store_moves_its_wal_to_local_segments() {
     );
     again.close().await.unwrap();
 }
+
+/// A read-only store reads what the writer made durable, follows it as it advances, and
+/// refuses every write without touching the store.
+#[tokio::test]
+async fn a_read_only_store_follows_the_writer_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = StoreLocation::local(dir.path()).unwrap();
+    let writer = Store::open(EngineConfig::new(location.clone())).await.unwrap();
+    let s = tenant();
+    let (first, _) = writer
+        .create_conversation(&s, Default::default(), vec![item("one")])
+        .await
+        .unwrap();
+    let wal = location.local_wal_dir();
+    let reader = Arc::new(
+        Store::open_read_only(
+            EngineConfig::new(location.clone()),
+            wal,
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap(),
+    );
+    assert!(reader.engine().is_read_only());
+    assert_eq!(reader.get_conversation(&s, &first.id).await.unwrap().id, first.id);
+    let denied = reader
+        .create_conversation(&s, Default::default(), vec![item("x")])
+        .await;
+    assert!(matches!(denied, Err(StoreError::ReadOnly)), "{denied:?}");
+    // The writer moves on; the reader's change log learns of it from the follower.
+    let changes = reader.change_log().subscribe();
+    let _follow = reader.spawn_follow(Duration::from_millis(50));
+    let (second, _) = writer
+        .create_conversation(&s, Default::default(), vec![item("two")])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = reader.get_conversation(&s, &second.id).await.is_ok();
+        let told = !changes.take_moved().is_empty();
+        if seen && told {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "seen {seen}, told {told}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.close().await.unwrap();
+    writer.close().await.unwrap();
+}

@@ -235,7 +235,11 @@ impl Replicator {
         result
     }
 
-    async fn copy_pinned(&mut self, manifest_id: u64, as_of_ms: u64) -> Result<RoundReport, SyncError> {
+    async fn copy_pinned(
+        &mut self,
+        manifest_id: u64,
+        as_of_ms: u64,
+    ) -> Result<RoundReport, SyncError> {
         let manifest = self
             .src_admin
             .read_manifest(Some(manifest_id))
@@ -354,7 +358,10 @@ impl Replicator {
             self.dst
                 .object_store
                 .put(
-                    &under(&self.dst.path, &format!("{LOCAL_WAL}/{}", mnemo_wal::ship::BASE_FILE)),
+                    &under(
+                        &self.dst.path,
+                        &format!("{LOCAL_WAL}/{}", mnemo_wal::ship::BASE_FILE),
+                    ),
                     PutPayload::from(body.into_bytes()),
                 )
                 .await
@@ -386,10 +393,11 @@ impl Replicator {
                 continue;
             }
             let d = dir.to_path_buf();
-            let prefix = tokio::task::spawn_blocking(move || mnemo_wal::ship::read_prefix(&d, number))
-                .await
-                .map_err(io)?
-                .map_err(io)?;
+            let prefix =
+                tokio::task::spawn_blocking(move || mnemo_wal::ship::read_prefix(&d, number))
+                    .await
+                    .map_err(io)?
+                    .map_err(io)?;
             let Some((first, last)) = prefix.ids else {
                 // No block yet (a preallocated spare, or a segment a crash left empty).
                 continue;
@@ -481,7 +489,10 @@ impl Replicator {
         let mut ids: Vec<(u64, object_store::ObjectMeta)> = manifests
             .into_iter()
             .filter_map(|m| {
-                let id = m.location.filename().and_then(|n| numbered(n, ".manifest"))?;
+                let id = m
+                    .location
+                    .filename()
+                    .and_then(|n| numbered(n, ".manifest"))?;
                 Some((id, m))
             })
             .collect();
@@ -560,7 +571,13 @@ impl Replicator {
         // point + 1 (so every block of this one is at or before it).
         for pair in segs.windows(2) {
             let next = &pair[1];
-            let body = store.get(&next.1).await.map_err(io)?.bytes().await.map_err(io)?;
+            let body = store
+                .get(&next.1)
+                .await
+                .map_err(io)?
+                .bytes()
+                .await
+                .map_err(io)?;
             if let Some(first) = first_block_id(&body) {
                 if first <= replay_after + 1 {
                     out.push(pair[0].1.clone());
@@ -609,13 +626,7 @@ async fn copy_one(
     dst: &Arc<dyn ObjectStore>,
     to: &Path,
 ) -> Result<u64, SyncError> {
-    let body = src
-        .get(from)
-        .await
-        .map_err(io)?
-        .bytes()
-        .await
-        .map_err(io)?;
+    let body = src.get(from).await.map_err(io)?.bytes().await.map_err(io)?;
     let n = body.len() as u64;
     dst.put(to, PutPayload::from(body)).await.map_err(io)?;
     Ok(n)
@@ -658,7 +669,10 @@ pub struct Promoted {
 /// writer and replays the write-ahead log; on a remote replica, segments shipped from a source
 /// with a local log are downloaded to `work_dir`, replayed and flushed to an SST. The marker
 /// goes last: an interrupted promotion can be run again.
-pub async fn promote(location: &StoreLocation, work_dir: &std::path::Path) -> Result<Promoted, SyncError> {
+pub async fn promote(
+    location: &StoreLocation,
+    work_dir: &std::path::Path,
+) -> Result<Promoted, SyncError> {
     let marker = read_marker(location).await?.ok_or_else(|| {
         SyncError::Replica(format!(
             "{} is not a replica (no {MARKER}): nothing to promote",
@@ -708,7 +722,11 @@ pub async fn promote(location: &StoreLocation, work_dir: &std::path::Path) -> Re
     engine.close().await.map_err(io)?;
     if let Some((dir, segs)) = fetched {
         for meta in segs {
-            location.object_store.delete(&meta.location).await.map_err(io)?;
+            location
+                .object_store
+                .delete(&meta.location)
+                .await
+                .map_err(io)?;
         }
         std::fs::remove_dir_all(&dir).map_err(io)?;
     }
@@ -727,7 +745,10 @@ pub async fn promote(location: &StoreLocation, work_dir: &std::path::Path) -> Re
 /// Keeps a local copy of a remote replica's shipped log segments in `dir`, for a read-only
 /// server following the replica ([`mnemo_storage::Engine::open_read_only`] reads it). One pass:
 /// downloads segments (in order) whose size changed, and `BASE`; removes those gone.
-pub async fn fetch_segments(location: &StoreLocation, dir: &std::path::Path) -> Result<u64, SyncError> {
+pub async fn fetch_segments(
+    location: &StoreLocation,
+    dir: &std::path::Path,
+) -> Result<u64, SyncError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut metas: Vec<object_store::ObjectMeta> = location
         .object_store

@@ -221,8 +221,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let policy = mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default();
     let mut state = mnemo_api::AppState::new(store.clone());
     if !args.read_only {
-        let exporter =
-            mnemo_export::jobs::Exporter::start(store.clone(), policy, args.export_to);
+        let exporter = mnemo_export::jobs::Exporter::start(store.clone(), policy, args.export_to);
         match exporter.resume().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "export jobs left by a stopped server run again"),
