@@ -68,7 +68,7 @@ pub use error::{report, BoxError, Result, StoreError};
 pub use feed::{Cursor, FeedError, FeedPage, FeedStart};
 pub use ids::{Scope, TenantId};
 pub use kv::{Condition, KvEntry, KvOp, KvPage, KvWritten};
-pub use location::{RemotePolicy, StoreLocation};
+pub use location::{object_store_from_url, RemotePolicy, StoreLocation, UrlParts};
 pub use records::{ConversationRecord, KvRecord, StoredItem};
 pub use view::{ReadView, Rows};
 
