@@ -30,6 +30,12 @@ if ! command -v psql >/dev/null; then
   apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
 fi
 
+step "rclone (Debian: rclone)"
+# tests/py/test_sync.py checks `mnemo sync` against rclone's own view of the trees.
+if ! command -v rclone >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq rclone >/dev/null
+fi
+
 step "azurite (npm)"
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --loglevel=error

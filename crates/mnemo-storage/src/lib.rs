@@ -68,7 +68,7 @@ pub use error::{report, BoxError, Result, StoreError};
 pub use feed::{Cursor, FeedError, FeedPage, FeedStart};
 pub use ids::{Scope, TenantId};
 pub use kv::{Condition, KvEntry, KvOp, KvPage, KvWritten};
-pub use location::{RemotePolicy, StoreLocation};
+pub use location::{object_store_from_url, RemotePolicy, StoreLocation, UrlParts};
 pub use records::{ConversationRecord, KvRecord, StoredItem};
 pub use view::{ReadView, Rows};
 
@@ -151,7 +151,10 @@ impl Store {
     /// For a read-only store: every `poll`, reads each tenant's newest durable change-log
     /// entry and tells the change log's subscribers about it, as a writer's acknowledgements
     /// do. Stops when the store is dropped.
-    pub fn spawn_follow(self: &Arc<Self>, poll: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_follow(
+        self: &Arc<Self>,
+        poll: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

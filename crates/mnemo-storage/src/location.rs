@@ -7,7 +7,8 @@
 //! | `az://container/prefix` | Azure Blob; standard `AZURE_STORAGE_*` env vars, `AZURE_STORAGE_USE_EMULATOR=true` for Azurite |
 //!
 //! Remote clients get a bounded retry policy and request timeouts, so an outage surfaces as
-//! an error within seconds instead of a hang.
+//! an error within seconds instead of a hang. [`object_store_from_url`] builds such a client
+//! for any remote URL; `mnemo sync` (crate `mnemo-sync`) uses it for raw trees of objects.
 
 use crate::{Result, StoreError};
 use object_store::aws::AmazonS3ConfigKey;
@@ -74,67 +75,19 @@ impl StoreLocation {
     pub fn from_url(url: &str, policy: RemotePolicy) -> Result<Self> {
         let parsed = url::Url::parse(url)
             .map_err(|e| StoreError::Invalid(format!("store URL {url}: {e}")))?;
-        let bucket = parsed.host_str().unwrap_or_default().to_string();
-        let prefix = parsed.path().trim_matches('/').to_string();
-        let path = if prefix.is_empty() {
+        if parsed.scheme() == "file" {
+            return Self::local(Path::new(parsed.path()));
+        }
+        let (object_store, parts) = object_store_from_url(url, policy)?;
+        let path = if parts.path.is_empty() {
             "mnemo".to_string()
         } else {
-            prefix
+            parts.path
         };
-        // Set as config keys (not `with_client_options`, which would drop the client settings
-        // `from_env` read, such as `AWS_ALLOW_HTTP`).
-        let timeout = format!("{}ms", policy.request_timeout.as_millis());
-        let connect_timeout = "5s";
-        let retry = RetryConfig {
-            max_retries: policy.max_retries,
-            retry_timeout: policy.retry_timeout,
-            ..Default::default()
-        };
-        let bad = |e: object_store::Error| StoreError::Invalid(format!("store URL {url}: {e}"));
-        let object_store: Arc<dyn ObjectStore> = match parsed.scheme() {
-            "file" => return Self::local(Path::new(parsed.path())),
-            "s3" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(&bucket)
-                    .with_config(
-                        AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                        &timeout,
-                    )
-                    .with_config(
-                        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                        connect_timeout,
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(bad)?,
-            ),
-            "az" | "azure" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(&bucket)
-                    .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), &timeout)
-                    .with_config(
-                        AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                        connect_timeout,
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(bad)?,
-            ),
-            other => {
-                return Err(StoreError::Invalid(format!(
-                    "unsupported store scheme {other:?} (use file://, s3:// or az://)"
-                )))
-            }
-        };
-        if bucket.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "store URL {url} names no bucket or container"
-            )));
-        }
         Ok(StoreLocation {
             object_store,
             path,
-            description: format!("{}://{}/", parsed.scheme(), bucket),
+            description: format!("{}://{}/", parts.scheme, parts.bucket),
             remote: true,
             local_dir: None,
         })
@@ -148,4 +101,90 @@ impl StoreLocation {
             .as_ref()
             .map(|d| d.join(&self.path).join("local-wal"))
     }
+}
+
+/// The parts of a remote store URL `scheme://bucket/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlParts {
+    /// `s3` or `az` (`azure` is read as `az`).
+    pub scheme: String,
+    /// The S3 bucket or Azure container.
+    pub bucket: String,
+    /// The path inside the bucket as written in the URL (percent-encoded, no leading or
+    /// trailing `/`; empty for the bucket's root).
+    pub path: String,
+}
+
+/// Builds the client of a remote store URL (`s3://bucket/path`, `az://container/path`): the
+/// bucket comes from the URL; endpoint, region and credentials from the standard environment
+/// variables (`AWS_*`, `AZURE_STORAGE_*`); `policy` bounds retries and request times. The
+/// returned client addresses the whole bucket: callers put `UrlParts::path` in front of their
+/// keys. Local directories (`file://`) are not handled here.
+pub fn object_store_from_url(
+    url: &str,
+    policy: RemotePolicy,
+) -> Result<(Arc<dyn ObjectStore>, UrlParts)> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| StoreError::Invalid(format!("store URL {url}: {e}")))?;
+    let bucket = parsed.host_str().unwrap_or_default().to_string();
+    let scheme = match parsed.scheme() {
+        "s3" => "s3",
+        "az" | "azure" => "az",
+        other => {
+            return Err(StoreError::Invalid(format!(
+                "unsupported store scheme {other:?} (use file://, s3:// or az://)"
+            )))
+        }
+    };
+    if bucket.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "store URL {url} names no bucket or container"
+        )));
+    }
+    // Set as config keys (not `with_client_options`, which would drop the client settings
+    // `from_env` read, such as `AWS_ALLOW_HTTP`).
+    let timeout = format!("{}ms", policy.request_timeout.as_millis());
+    let connect_timeout = "5s";
+    let retry = RetryConfig {
+        max_retries: policy.max_retries,
+        retry_timeout: policy.retry_timeout,
+        ..Default::default()
+    };
+    let bad = |e: object_store::Error| StoreError::Invalid(format!("store URL {url}: {e}"));
+    let object_store: Arc<dyn ObjectStore> = if scheme == "s3" {
+        Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&bucket)
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                    &timeout,
+                )
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    connect_timeout,
+                )
+                .with_retry(retry)
+                .build()
+                .map_err(bad)?,
+        )
+    } else {
+        Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(&bucket)
+                .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), &timeout)
+                .with_config(
+                    AzureConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    connect_timeout,
+                )
+                .with_retry(retry)
+                .build()
+                .map_err(bad)?,
+        )
+    };
+    let parts = UrlParts {
+        scheme: scheme.to_string(),
+        bucket,
+        path: parsed.path().trim_matches('/').to_string(),
+    };
+    Ok((object_store, parts))
 }

@@ -2140,7 +2140,9 @@ async fn a_store_moves_its_wal_to_local_segments() {
 async fn a_read_only_store_follows_the_writer_and_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
     let location = StoreLocation::local(dir.path()).unwrap();
-    let writer = Store::open(EngineConfig::new(location.clone())).await.unwrap();
+    let writer = Store::open(EngineConfig::new(location.clone()))
+        .await
+        .unwrap();
     let s = tenant();
     let (first, _) = writer
         .create_conversation(&s, Default::default(), vec![item("one")])
@@ -2157,7 +2159,10 @@ async fn a_read_only_store_follows_the_writer_and_refuses_writes() {
         .unwrap(),
     );
     assert!(reader.engine().is_read_only());
-    assert_eq!(reader.get_conversation(&s, &first.id).await.unwrap().id, first.id);
+    assert_eq!(
+        reader.get_conversation(&s, &first.id).await.unwrap().id,
+        first.id
+    );
     let denied = reader
         .create_conversation(&s, Default::default(), vec![item("x")])
         .await;
@@ -2176,7 +2181,10 @@ async fn a_read_only_store_follows_the_writer_and_refuses_writes() {
         if seen && told {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "seen {seen}, told {told}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seen {seen}, told {told}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reader.close().await.unwrap();

@@ -618,18 +618,16 @@ fn sst_rels(root: &str, manifest: &VersionedManifest) -> Result<Vec<String>, Syn
     Ok(out)
 }
 
-/// Copies one object (a whole read, then one put: SSTs and WAL objects are tens of MiB at
-/// most).
+/// Copies one object of the database (streamed, in parts when large).
 async fn copy_one(
     src: &Arc<dyn ObjectStore>,
     from: &Path,
     dst: &Arc<dyn ObjectStore>,
     to: &Path,
 ) -> Result<u64, SyncError> {
-    let body = src.get(from).await.map_err(io)?.bytes().await.map_err(io)?;
-    let n = body.len() as u64;
-    dst.put(to, PutPayload::from(body)).await.map_err(io)?;
-    Ok(n)
+    let size = src.head(from).await.map_err(io)?.size;
+    crate::copy_object(src, from, dst, to, size, &crate::CopyParams::default()).await?;
+    Ok(size)
 }
 
 /// Reads a replica's marker; `None` if the location is not a replica.

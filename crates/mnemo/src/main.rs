@@ -1,5 +1,6 @@
 //! The `mnemo` command: `mnemo serve` runs the database server; `mnemo keys` manages API
-//! keys; `mnemo export` writes a research dataset.
+//! keys; `mnemo export` writes a research dataset; `mnemo sync` and `mnemo check` copy and
+//! verify trees of objects (local directories, S3, Azure Blob).
 
 mod auth_config;
 mod export;
@@ -8,6 +9,7 @@ mod pg;
 mod replicate;
 mod search_config;
 mod serve;
+mod sync;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,11 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Write a consented, de-identified research dataset (Parquet) from a store.
     Export(Box<export::ExportArgs>),
+    /// Copy a tree of objects (directory, S3, Azure Blob) to another: what is missing or
+    /// different; with --delete, also remove what the source lacks.
+    Sync(Box<sync::SyncArgs>),
+    /// Compare two trees of objects by size and content hash; exit 0 only when identical.
+    Check(Box<sync::CheckArgs>),
     /// Keep a consistent replica of a live store (once, or `--watch`).
     Replicate(replicate::ReplicateArgs),
     /// Turn a replica into a writable store (disaster recovery).
@@ -38,7 +45,7 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -53,11 +60,14 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()
     };
+    let done = |()| std::process::ExitCode::SUCCESS;
     match cli.command {
-        Command::Keys(args) => keys::run(args),
-        Command::Serve(args) => runtime()?.block_on(serve::run(*args)),
-        Command::Export(args) => runtime()?.block_on(export::run(*args)),
-        Command::Replicate(args) => runtime()?.block_on(replicate::run(args)),
-        Command::Promote(args) => runtime()?.block_on(replicate::promote(args)),
+        Command::Keys(args) => keys::run(args).map(done),
+        Command::Serve(args) => runtime()?.block_on(serve::run(*args)).map(done),
+        Command::Export(args) => runtime()?.block_on(export::run(*args)).map(done),
+        Command::Sync(args) => runtime()?.block_on(sync::run_sync(*args)),
+        Command::Check(args) => runtime()?.block_on(sync::run_check(*args)),
+        Command::Replicate(args) => runtime()?.block_on(replicate::run(args)).map(done),
+        Command::Promote(args) => runtime()?.block_on(replicate::promote(args)).map(done),
     }
 }
