@@ -29,7 +29,7 @@ pub struct CopyParams {
 impl Default for CopyParams {
     fn default() -> Self {
         CopyParams {
-            multipart_threshold: 16 << 20,
+            multipart_threshold: 64 << 20,
             part_size: 8 << 20,
             parts_in_flight: 4,
         }

@@ -60,7 +60,7 @@ pub struct SyncArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     transfers: u16,
     /// Objects larger than this are uploaded in parts (several at a time).
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
     multipart_threshold_mib: u64,
     /// Size of one part of a multipart upload (S3 needs at least 5).
     #[arg(long, default_value_t = 8, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=5120))]
