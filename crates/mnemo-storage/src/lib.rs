@@ -100,26 +100,34 @@ impl Store {
     /// Opens the engine, then finishes any conversation purge a crash or a shutdown
     /// interrupted ([`Store::resume_purges`]).
     pub async fn open(config: EngineConfig) -> Result<Store> {
-        let tails = tail_cache::TailCache::new(config.tail_cache_bytes);
+        let (tails, kv) = (config.tail_cache_bytes, config.kv_cache_bytes);
         let retention = config.change_retention;
-        let kv_cache = kv_cache::KvCache::new(config.kv_cache_bytes);
-        let engine = Engine::open(config).await?;
-        let log = Arc::new(ChangeLog::new(engine.clone(), retention));
-        let store = Store {
-            purges: purge::Purges::new(engine.clone(), log.clone()),
-            log,
-            engine,
-            conv_locks: StripedLocks::new(LOCK_STRIPES),
-            tails,
-            kv_locks: StripedLocks::new(LOCK_STRIPES),
-            kv_cache,
-            audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
-        };
+        let store = Self::around(Engine::open(config).await?, retention, tails, kv);
         let resumed = store.resume_purges().await?;
         if resumed > 0 {
             tracing::info!(resumed, "finished interrupted conversation purges");
         }
         Ok(store)
+    }
+
+    /// A store around an open engine, with caches of the given sizes.
+    fn around(
+        engine: Arc<Engine>,
+        retention: std::time::Duration,
+        tails: usize,
+        kv: usize,
+    ) -> Store {
+        let log = Arc::new(ChangeLog::new(engine.clone(), retention));
+        Store {
+            purges: purge::Purges::new(engine.clone(), log.clone()),
+            log,
+            engine,
+            conv_locks: StripedLocks::new(LOCK_STRIPES),
+            tails: tail_cache::TailCache::new(tails),
+            kv_locks: StripedLocks::new(LOCK_STRIPES),
+            kv_cache: kv_cache::KvCache::new(kv),
+            audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     /// Opens a store read-only (a replica, or a store another process writes), following it
@@ -131,21 +139,10 @@ impl Store {
         wal_dir: Option<std::path::PathBuf>,
         poll: std::time::Duration,
     ) -> Result<Store> {
-        let tails = tail_cache::TailCache::new(0);
         let retention = config.change_retention;
-        let kv_cache = kv_cache::KvCache::new(0);
         let engine = Engine::open_read_only(config, wal_dir, poll).await?;
-        let log = Arc::new(ChangeLog::new(engine.clone(), retention));
-        Ok(Store {
-            purges: purge::Purges::new(engine.clone(), log.clone()),
-            log,
-            engine,
-            conv_locks: StripedLocks::new(LOCK_STRIPES),
-            tails,
-            kv_locks: StripedLocks::new(LOCK_STRIPES),
-            kv_cache,
-            audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
-        })
+        // No caches: they are kept current by this process's writes, and a replica has none.
+        Ok(Self::around(engine, retention, 0, 0))
     }
 
     /// For a read-only store: every `poll`, reads each tenant's newest durable change-log
