@@ -429,15 +429,7 @@ impl Replicator {
     /// Writes source manifest `id` to the replica, create-if-absent.
     async fn put_manifest(&self, id: u64) -> Result<(), SyncError> {
         let rel = manifest_rel(id);
-        let body = self
-            .src
-            .object_store
-            .get(&under(&self.src.path, &rel))
-            .await
-            .map_err(io)?
-            .bytes()
-            .await
-            .map_err(io)?;
+        let body = read_all(&self.src.object_store, &under(&self.src.path, &rel)).await?;
         let path = under(&self.dst.path, &rel);
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -451,15 +443,7 @@ impl Replicator {
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let there = self
-                    .dst
-                    .object_store
-                    .get(&path)
-                    .await
-                    .map_err(io)?
-                    .bytes()
-                    .await
-                    .map_err(io)?;
+                let there = read_all(&self.dst.object_store, &path).await?;
                 if there == body {
                     Ok(())
                 } else {
@@ -514,7 +498,7 @@ impl Replicator {
             min_replay = min_replay.min(m.replay_after_wal_id());
         }
         let mut doomed: Vec<Path> = old.into_iter().map(|(_, m)| m.location).collect();
-        for dir in ["compacted", "wal", LOCAL_WAL] {
+        for dir in ["compacted", "wal"] {
             let mut list = store.list(Some(&under(&self.dst.path, dir)));
             while let Some(meta) = list.next().await {
                 let meta = meta.map_err(io)?;
@@ -525,12 +509,10 @@ impl Replicator {
                     continue;
                 };
                 let name = meta.location.filename().unwrap_or_default();
-                let unneeded = match dir {
-                    "compacted" => !needed.contains(&rel),
-                    "wal" => numbered(name, ".sst").is_some_and(|id| id <= min_replay),
-                    // A segment whose newest successor was shipped after it is final; it is
-                    // unneeded once a later segment starts at or before the replay point.
-                    _ => false,
+                let unneeded = if dir == "compacted" {
+                    !needed.contains(&rel)
+                } else {
+                    numbered(name, ".sst").is_some_and(|id| id <= min_replay)
                 };
                 if unneeded {
                     doomed.push(meta.location);
@@ -571,14 +553,12 @@ impl Replicator {
         // point + 1 (so every block of this one is at or before it).
         for pair in segs.windows(2) {
             let next = &pair[1];
-            let body = store
-                .get(&next.1)
-                .await
-                .map_err(io)?
-                .bytes()
-                .await
-                .map_err(io)?;
-            if let Some(first) = first_block_id(&body) {
+            // A final segment's first id is known from shipping it; others are read.
+            let first = match self.sealed.get(&next.0) {
+                Some(&(first, _)) => Some(first),
+                None => mnemo_wal::ship::first_block_id(&read_all(&store, &next.1).await?),
+            };
+            if let Some(first) = first {
                 if first <= replay_after + 1 {
                     out.push(pair[0].1.clone());
                     self.sealed.remove(&pair[0].0);
@@ -588,11 +568,6 @@ impl Replicator {
         }
         Ok(out)
     }
-}
-
-/// The id of the first block of a segment's bytes.
-fn first_block_id(bytes: &[u8]) -> Option<u64> {
-    mnemo_wal::ship::first_block_id(bytes)
 }
 
 fn chrono_cutoff(grace: Duration) -> chrono::DateTime<chrono::Utc> {
@@ -628,6 +603,11 @@ async fn copy_one(
     let size = src.head(from).await.map_err(io)?.size;
     crate::copy_object(src, from, dst, to, size, &crate::CopyParams::default()).await?;
     Ok(size)
+}
+
+/// Reads a whole object.
+async fn read_all(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Bytes, SyncError> {
+    store.get(path).await.map_err(io)?.bytes().await.map_err(io)
 }
 
 /// Reads a replica's marker; `None` if the location is not a replica.
@@ -700,14 +680,7 @@ pub async fn promote(
             std::fs::create_dir_all(&dir).map_err(io)?;
             for meta in &segs {
                 let name = meta.location.filename().unwrap_or_default().to_string();
-                let body = location
-                    .object_store
-                    .get(&meta.location)
-                    .await
-                    .map_err(io)?
-                    .bytes()
-                    .await
-                    .map_err(io)?;
+                let body = read_all(&location.object_store, &meta.location).await?;
                 std::fs::write(dir.join(&name), &body).map_err(io)?;
                 segments_replayed += usize::from(name.ends_with(".wal"));
             }
@@ -768,14 +741,7 @@ pub async fn fetch_segments(
         if same && name != mnemo_wal::ship::BASE_FILE {
             continue;
         }
-        let body = location
-            .object_store
-            .get(&meta.location)
-            .await
-            .map_err(io)?
-            .bytes()
-            .await
-            .map_err(io)?;
+        let body = read_all(&location.object_store, &meta.location).await?;
         let tmp = dir.join(format!("{name}.part"));
         std::fs::write(&tmp, &body).map_err(io)?;
         std::fs::rename(&tmp, &local).map_err(io)?;
