@@ -143,6 +143,21 @@ def test_joins_windows_and_newest_first_match_the_rest_api(srv, data):
     assert [r[1] for r in got] == list(range(1, len(got) + 1))
 
 
+def test_one_conversation_in_order_with_computed_columns(srv, data):
+    # A sort pushed into the scan of one conversation stays satisfied under a projection that
+    # computes columns (the planner once refused it: "does not satisfy order requirements").
+    u = data["users"][1]
+    conv = max(data["convs"][u], key=lambda c: len(data["items"][c["id"]]))["id"]
+    want = [i["id"] for i in data["items"][conv]]
+    for order, expect in (("", want), (" DESC", want[::-1])):
+        got = rows(srv, "SELECT item_id, parent_id IS NULL AS root, length(role) FROM items "
+                        f"WHERE conversation_id = $1 ORDER BY seq{order}", [conv], user=u)
+        assert [r[0] for r in got] == expect
+        got = rows(srv, "SELECT item_id, upper(role) FROM items "
+                        f"WHERE conversation_id = $1 ORDER BY created_at{order}, seq{order}", [conv], user=u)
+        assert [r[0] for r in got] == expect
+
+
 def test_memory_table(srv, data):
     u = data["users"][0]
     got = rows(srv, "SELECT key, user_id, value_text, value_json, content_type, size, etag FROM memory "

@@ -181,8 +181,28 @@ impl ScanExec {
 }
 
 fn properties(schema: &SchemaRef, plan: &ScanPlan) -> Arc<PlanProperties> {
+    // One conversation's items, read in one part, come in seq order (reversed for newest
+    // first), and created_at never decreases along it: say so, so that a sort pushed into the
+    // scan stays satisfied above it.
+    let ordered = plan.single_conversation() && plan.partitions <= 1 && plan.nearest.is_none();
+    let orderings: Vec<Vec<PhysicalSortExpr>> = if ordered {
+        ["seq", "created_at"]
+            .iter()
+            .filter_map(|name| {
+                let index = schema.index_of(name).ok()?;
+                let options = datafusion::arrow::compute::SortOptions {
+                    descending: plan.newest_first,
+                    nulls_first: plan.newest_first,
+                };
+                let column = datafusion::physical_expr::expressions::Column::new(name, index);
+                Some(vec![PhysicalSortExpr::new(Arc::new(column), options)])
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Arc::new(PlanProperties::new(
-        EquivalenceProperties::new(schema.clone()),
+        EquivalenceProperties::new_with_orderings(schema.clone(), orderings),
         Partitioning::UnknownPartitioning(plan.partitions.max(1)),
         EmissionType::Incremental,
         Boundedness::Bounded,
