@@ -36,6 +36,12 @@ if ! command -v rclone >/dev/null; then
   apt-get update -qq && apt-get install -y -qq rclone >/dev/null
 fi
 
+step "etcd (Debian: etcd-server)"
+# tests/py/test_cluster*.py run clusters whose shard leases live in a real etcd.
+if ! command -v etcd >/dev/null && [ ! -x /usr/bin/etcd ]; then
+  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
+fi
+
 step "azurite (npm)"
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm install --no-audit --no-fund --loglevel=error

@@ -20,6 +20,7 @@
 mod admin;
 pub mod auth;
 mod changes;
+pub mod cluster;
 mod connection;
 mod conversations;
 mod error;

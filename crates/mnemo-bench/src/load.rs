@@ -106,6 +106,10 @@ pub struct LoadArgs {
     /// Text of appended messages.
     #[arg(long, value_enum, default_value = "letters")]
     text: Text,
+    /// kv-put: each key in a user's own space (`users/u<i>/value`), so that a cluster
+    /// spreads them over its shards; default: shared keys `bench/<i>`.
+    #[arg(long)]
+    per_user: bool,
 }
 
 /// An append body; `word` (unique, for `append-search`), if any, is added at the end.
@@ -160,6 +164,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             }
             ids
         }
+        Workload::KvPut if args.per_user => (0..args.targets)
+            .map(|i| format!("/v1/kv/users/u{i:08}/value"))
+            .collect(),
         Workload::KvPut => (0..args.targets)
             .map(|i| format!("/v1/kv/bench/{i:08}"))
             .collect(),

@@ -69,6 +69,8 @@ pub struct SearchService {
     embed: Option<Arc<Pipeline>>,
     /// Snapshot settings and state; `None` when snapshots are off.
     snapshots: Option<snapshot::Snapshots>,
+    /// Set by [`SearchService::stop`]: the change-log tail ends.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 /// Settings of the search service.
@@ -182,6 +184,7 @@ impl SearchService {
             progress: tokio::sync::watch::channel(0).0,
             embed,
             snapshots,
+            stopped: tokio::sync::watch::channel(false).0,
         });
         metrics::gauge!("mnemo_search_restored_docs").set(0.0);
         metrics::counter!("mnemo_search_corrupt_records_total").increment(0);
@@ -224,6 +227,14 @@ impl SearchService {
             tokio::spawn(p.backfill_loop(svc.clone()));
         }
         Ok(svc)
+    }
+
+    /// Stops following the store's change log (a cluster node closing a shard it hands
+    /// over): the index stops changing, and the service's background task lets go of the
+    /// store. Searches still answer from what is indexed. Call [`SearchService::shutdown`]
+    /// first for a last snapshot.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
     }
 
     /// Whether the built-in embedder is enabled.
@@ -310,7 +321,11 @@ impl SearchService {
     async fn tail(self: Arc<Self>, changes: Subscriber) {
         // Tenants whose indexing failed, retried next round.
         let mut retry: Vec<(TenantId, u64)> = Vec::new();
+        let mut stopped = self.stopped.subscribe();
         loop {
+            if *stopped.borrow_and_update() {
+                return;
+            }
             // A snapshot waits for this round, so its positions are all applied.
             let round = self.tail_round().await;
             let mut todo = std::mem::take(&mut retry);
@@ -332,6 +347,7 @@ impl SearchService {
                 tokio::select! {
                     _ = changes.changed() => {}
                     _ = self.snapshot_due() => {}
+                    _ = stopped.changed() => {}
                 }
             }
         }

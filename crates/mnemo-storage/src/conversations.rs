@@ -125,7 +125,7 @@ impl Store {
         check_unique_in_request(&items)?;
         let now = now_ms();
         let mut rec = ConversationRecord {
-            id: ids::generate("conv_"),
+            id: ids::generate_tagged("conv_", self.id_tag.as_deref()),
             created_at: now / 1000,
             metadata,
             owner: scope.user.clone(),

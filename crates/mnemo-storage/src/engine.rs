@@ -101,6 +101,10 @@ pub struct EngineConfig {
     /// How long the change log keeps entries for its readers (they are stored an hour
     /// longer, see [`crate::ChangeLog::grace`]).
     pub change_retention: Duration,
+    /// A fixed suffix of every conversation id this store generates (4 lowercase hex
+    /// characters, replacing the last 4 random ones), so that a cluster can tell a
+    /// conversation's shard from its id alone. `None`: ids are all random.
+    pub id_tag: Option<String>,
 }
 
 impl EngineConfig {
@@ -123,6 +127,7 @@ impl EngineConfig {
                 Duration::from_millis(100)
             },
             change_retention: crate::DEFAULT_LOG_RETENTION,
+            id_tag: None,
             wal_dir: location.local_wal_dir(),
             location,
         }

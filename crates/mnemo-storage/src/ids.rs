@@ -24,6 +24,17 @@ pub fn generate(prefix: &str) -> String {
     id
 }
 
+/// Like [`generate`], with the last `tag.len()` random characters replaced by `tag` (a
+/// cluster's shard tag, at most 8 characters of `[0-9a-f]`; anything else is ignored).
+pub fn generate_tagged(prefix: &str, tag: Option<&str>) -> String {
+    let mut id = generate(prefix);
+    if let Some(tag) = tag.filter(|t| t.len() <= 8 && t.bytes().all(|b| HEX.contains(&b))) {
+        id.truncate(id.len() - tag.len());
+        id.push_str(tag);
+    }
+    id
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// True when `id` is a well-formed object id: 1–128 characters of `[A-Za-z0-9_-]`.
@@ -147,6 +158,9 @@ mod tests {
 
     #[test]
     fn generated_ids_are_valid_and_distinct() {
+        let t = generate_tagged("conv_", Some("00a7"));
+        assert!(t.ends_with("00a7") && t.len() == generate("conv_").len() && is_valid_id(&t));
+        assert_eq!(generate_tagged("conv_", Some("XYZ!")).len(), t.len());
         let a = generate("conv_");
         let b = generate("conv_");
         assert!(a.starts_with("conv_") && a.len() == 5 + 48);

@@ -94,6 +94,8 @@ pub struct Store {
     kv_locks: StripedLocks,
     kv_cache: kv_cache::KvCache,
     audit_seq: tokio::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
+    /// Suffix of generated conversation ids ([`EngineConfig::id_tag`]).
+    id_tag: Option<String>,
 }
 
 impl Store {
@@ -102,7 +104,9 @@ impl Store {
     pub async fn open(config: EngineConfig) -> Result<Store> {
         let (tails, kv) = (config.tail_cache_bytes, config.kv_cache_bytes);
         let retention = config.change_retention;
-        let store = Self::around(Engine::open(config).await?, retention, tails, kv);
+        let id_tag = config.id_tag.clone();
+        let mut store = Self::around(Engine::open(config).await?, retention, tails, kv);
+        store.id_tag = id_tag;
         let resumed = store.resume_purges().await?;
         if resumed > 0 {
             tracing::info!(resumed, "finished interrupted conversation purges");
@@ -127,6 +131,7 @@ impl Store {
             kv_locks: StripedLocks::new(LOCK_STRIPES),
             kv_cache: kv_cache::KvCache::new(kv),
             audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            id_tag: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! verify trees of objects (local directories, S3, Azure Blob).
 
 mod auth_config;
+mod cluster;
 mod export;
 mod keys;
 mod pg;
@@ -38,6 +39,8 @@ enum Command {
     Replicate(replicate::ReplicateArgs),
     /// Turn a replica into a writable store (disaster recovery).
     Promote(replicate::PromoteArgs),
+    /// Inspect a cluster (`mnemo cluster status`).
+    Cluster(cluster::ClusterCommand),
 }
 
 /// mimalloc: the read path allocates and frees many short-lived buffers (blocks, rows,
@@ -69,5 +72,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Check(args) => runtime()?.block_on(sync::run_check(*args)),
         Command::Replicate(args) => runtime()?.block_on(replicate::run(args)).map(done),
         Command::Promote(args) => runtime()?.block_on(replicate::promote(args)).map(done),
+        Command::Cluster(args) => runtime()?.block_on(cluster::run(args)).map(done),
     }
 }

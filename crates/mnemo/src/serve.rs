@@ -113,16 +113,20 @@ pub struct ServeArgs {
     auth: crate::auth_config::AuthArgs,
     #[command(flatten)]
     search: crate::search_config::SearchArgs,
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
 }
 
 /// Runs the server until SIGTERM or Ctrl-C, then flushes and closes the store.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // Install the metrics recorder before anything registers its series.
     mnemo_api::metrics::install();
     mnemo_auth::describe_metrics();
     let file = crate::auth_config::read_config(args.config.as_deref())?;
-    let auth = crate::auth_config::build(args.auth, file.auth, &args.data_dir, args.listen).await?;
-    let search_options = crate::search_config::build(args.search, file.search).await?;
+    let auth_args = std::mem::take(&mut args.auth);
+    let auth = crate::auth_config::build(auth_args, file.auth, &args.data_dir, args.listen).await?;
+    let search_options =
+        crate::search_config::build(std::mem::take(&mut args.search), file.search).await?;
     let location = match &args.store {
         None => StoreLocation::local(&args.data_dir.join("store"))?,
         Some(url) => StoreLocation::from_url(url, RemotePolicy::default())?,
@@ -155,6 +159,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.change_retention = Duration::from_secs_f64(args.changes_retention_hours * 3600.0);
     if let Some(ms) = args.compaction_poll_ms {
         config.compaction_poll = Duration::from_millis(ms.max(1));
+    }
+    if args.sql_timeout_ms == 0 || args.sql_memory_limit_mb == 0 || args.sql_max_rows == 0 {
+        anyhow::bail!(
+            "--sql-timeout-ms, --sql-memory-limit-mb and --sql-max-rows must be at least 1"
+        );
+    }
+    let sql_config = mnemo_sql::SqlConfig {
+        timeout: Duration::from_millis(args.sql_timeout_ms),
+        memory_limit_bytes: args.sql_memory_limit_mb << 20,
+        ..mnemo_sql::SqlConfig::default()
+    };
+    let policy = mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default();
+    if args.cluster.enabled() {
+        return serve_cluster(args, config, auth, search_options, sql_config, policy).await;
     }
     let description = config.location.description.clone();
     let replica = mnemo_sync::replica::read_marker(&config.location)
@@ -200,25 +218,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let search = mnemo_index::SearchService::start_with(store.clone(), search_options)
         .await
         .context("starting search")?;
-    if args.sql_timeout_ms == 0 || args.sql_memory_limit_mb == 0 || args.sql_max_rows == 0 {
-        anyhow::bail!(
-            "--sql-timeout-ms, --sql-memory-limit-mb and --sql-max-rows must be at least 1"
-        );
-    }
     let sql = Arc::new(mnemo_sql::SqlEngine::new(
         store.clone(),
         Some(search.clone()),
-        mnemo_sql::SqlConfig {
-            timeout: Duration::from_millis(args.sql_timeout_ms),
-            memory_limit_bytes: args.sql_memory_limit_mb << 20,
-            ..mnemo_sql::SqlConfig::default()
-        },
+        sql_config,
     ));
     let _pg = match args.pg_listen {
         Some(addr) => Some(crate::pg::start(addr, sql.clone(), &auth.config).await?),
         None => None,
     };
-    let policy = mnemo_export::ConsentPolicy::parse(&args.research_consent).unwrap_or_default();
     let mut state = mnemo_api::AppState::new(store.clone());
     if !args.read_only {
         let exporter = mnemo_export::jobs::Exporter::start(store.clone(), policy, args.export_to);
@@ -247,6 +255,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     search.shutdown().await;
     store.close().await.context("closing the store")?;
     Ok(())
+}
+
+/// Runs a node of a cluster (`--cluster-etcd`): every shard it takes is opened with the
+/// engine settings of `config`, its caches a sixteenth of the flags' sizes each.
+async fn serve_cluster(
+    args: ServeArgs,
+    mut config: EngineConfig,
+    auth: crate::auth_config::Auth,
+    search: mnemo_index::SearchOptions,
+    sql: mnemo_sql::SqlConfig,
+    consent: mnemo_export::ConsentPolicy,
+) -> anyhow::Result<()> {
+    let Some(store) = args.store.clone() else {
+        anyhow::bail!("a cluster node needs --store: the store every node shares");
+    };
+    for (set, flag) in [
+        (args.read_only, "--read-only"),
+        (args.wal_dir.is_some(), "--wal-dir"),
+        (args.pg_listen.is_some(), "--pg-listen"),
+        (search.embedder.is_some(), "--embedding-model"),
+    ] {
+        if set {
+            anyhow::bail!("{flag} is not available on a cluster node yet");
+        }
+    }
+    const SHARE: usize = 16;
+    config.cache_dir = None;
+    config.block_cache_bytes /= SHARE as u64;
+    config.tail_cache_bytes /= SHARE;
+    config.kv_cache_bytes /= SHARE;
+    if let Some(keys) = auth.key_store {
+        crate::auth_config::spawn_refresh(keys);
+    }
+    let template = crate::cluster::ShardTemplate {
+        store,
+        engine: config,
+        snapshot_interval: Duration::from_secs(args.search_snapshot_interval_secs),
+        sql,
+        sql_max_rows: args.sql_max_rows,
+        auth: auth.config,
+        consent,
+    };
+    crate::cluster::serve(&args.cluster, args.listen, template, shutdown_signal()).await
 }
 
 /// Opens a store read-only and keeps following it: its SlateDB state (new manifests, WAL

@@ -1,0 +1,308 @@
+//! Requests over many shards: each shard answers as a single server would, and the answers
+//! are merged by [`mnemo_cluster::merge`].
+
+use super::forward::collect;
+use super::target::FanOut;
+use super::{Buffered, ClusterFront};
+use crate::extract::query_pairs;
+use crate::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{FuturesUnordered, StreamExt};
+use mnemo_cluster::merge::{self, FeedCursor, ShardPage};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Runs a fan-out over `shards`.
+pub(super) async fn run(
+    front: &ClusterFront,
+    kind: FanOut,
+    shards: &[u32],
+    req: &Buffered,
+) -> ApiResult<Response> {
+    match kind {
+        FanOut::KvList => {
+            let limit = query_pairs(req.parts.uri.query())?
+                .into_iter()
+                .find(|(k, _)| k == "limit")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .unwrap_or(100);
+            let pages = all(front, shards, |_| req.clone()).await?;
+            Ok(axum::Json(merge::merge_keys(&pages, limit)).into_response())
+        }
+        FanOut::Search => {
+            let top_k = serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|b| b.get("top_k")?.as_u64())
+                .unwrap_or(10) as usize;
+            let pages = all(front, shards, |_| req.clone()).await?;
+            Ok(axum::Json(merge::merge_hits(&pages, top_k)).into_response())
+        }
+        FanOut::Changes => {
+            let q = FeedQuery::parse(req, front.map.shards())?;
+            let page = read_changes(front, shards, req, &q, q.wait_ms).await?;
+            Ok(axum::Json(page).into_response())
+        }
+        FanOut::ChangesStream => stream_changes(front, shards, req).await,
+    }
+}
+
+/// Sends one request per shard (built by `make`) and returns their JSON answers in the
+/// order of `shards`; the first shard that fails answers for all.
+async fn all(
+    front: &ClusterFront,
+    shards: &[u32],
+    make: impl Fn(u32) -> Buffered,
+) -> ApiResult<Vec<Value>> {
+    let answers = futures::future::join_all(shards.iter().map(|&n| {
+        let r = make(n);
+        async move { (n, collect(front, n, &r).await) }
+    }))
+    .await;
+    let mut pages = Vec::with_capacity(answers.len());
+    for (n, a) in answers {
+        let (status, body) = a?;
+        pages.push(shard_json(n, status, &body)?);
+    }
+    Ok(pages)
+}
+
+/// A shard's answer as JSON, or its error answer as this request's.
+fn shard_json(n: u32, status: StatusCode, body: &[u8]) -> ApiResult<Value> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| super::unavailable(n, format!("shard {n} answered something not JSON")))?;
+    if status.is_success() {
+        return Ok(v);
+    }
+    let e = &v["error"];
+    let mut err = ApiError::new(
+        status,
+        "invalid_request_error",
+        e["message"]
+            .as_str()
+            .unwrap_or("a shard refused the request"),
+    );
+    if let Some(p) = e["param"].as_str() {
+        err = err.with_param(p);
+    }
+    // Codes of the shard's answer are kept when they are ones the front knows by name.
+    if let Some(code) = e["code"].as_str().and_then(known_code) {
+        err = err.with_code(code);
+    }
+    err.kind = match e["type"].as_str() {
+        Some("not_found_error") => "not_found_error",
+        Some("permission_error") => "permission_error",
+        Some("authentication_error") => "authentication_error",
+        Some("service_unavailable") => "service_unavailable",
+        _ => "invalid_request_error",
+    };
+    Err(err)
+}
+
+fn known_code(code: &str) -> Option<&'static str> {
+    [
+        "cursor_expired",
+        "invalid_token",
+        "forbidden",
+        "auth_unavailable",
+        "shard_unavailable",
+        "lease_lost",
+        "not_owner",
+        "read_only",
+    ]
+    .into_iter()
+    .find(|c| *c == code)
+}
+
+/// Every shard is read a page at a time (the stream too).
+const CHANGES: &str = "/v1/changes";
+
+/// The parameters of a change-feed read over shards.
+struct FeedQuery {
+    /// `None`: from the oldest retained change; `Some(None)`: from now.
+    from: Option<Option<FeedCursor>>,
+    limit: usize,
+    wait_ms: u64,
+    /// The query parameters passed on to every shard (`include`).
+    rest: Vec<(String, String)>,
+}
+
+impl FeedQuery {
+    fn parse(req: &Buffered, shards: u32) -> ApiResult<FeedQuery> {
+        let last_event_id = req
+            .parts
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut q = FeedQuery {
+            from: None,
+            limit: 100,
+            wait_ms: 0,
+            rest: Vec::new(),
+        };
+        let mut after = last_event_id.clone();
+        for (k, v) in query_pairs(req.parts.uri.query())? {
+            match k.as_str() {
+                "after" if last_event_id.is_none() => after = Some(v),
+                "after" => {}
+                "limit" => q.limit = v.parse().unwrap_or(q.limit),
+                "wait_ms" => q.wait_ms = v.parse().unwrap_or(0),
+                _ => q.rest.push((k, v)),
+            }
+        }
+        q.from = match after.as_deref() {
+            None | Some("") => None,
+            Some("now") => Some(None),
+            Some(c) => Some(Some(FeedCursor::decode(c, shards).map_err(|_| {
+                ApiError::invalid_param(
+                    "after",
+                    "malformed cursor (a cluster's cursors start with m1)",
+                )
+            })?)),
+        };
+        Ok(q)
+    }
+
+    /// The query string for shard `n` at `from` (`None`: now), waiting `wait_ms`.
+    fn for_shard(&self, n: u32, from: Option<&FeedCursor>, wait_ms: u64) -> String {
+        let mut pairs: Vec<(String, String)> = self.rest.clone();
+        pairs.push(("limit".into(), self.limit.to_string()));
+        if wait_ms > 0 {
+            pairs.push(("wait_ms".into(), wait_ms.to_string()));
+        }
+        match from {
+            None => pairs.push(("after".into(), "now".into())),
+            Some(c) => {
+                if let Some(s) = merge::shard_cursor(c.position(n)) {
+                    pairs.push(("after".into(), s));
+                }
+            }
+        }
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+/// Reads one merged page of the change feed. With `wait_ms`, and nothing to read at once,
+/// waits for the first shard that has something.
+async fn read_changes(
+    front: &ClusterFront,
+    shards: &[u32],
+    req: &Buffered,
+    q: &FeedQuery,
+    wait_ms: u64,
+) -> ApiResult<Value> {
+    let start = q.from.clone().unwrap_or(Some(FeedCursor::default()));
+    let base = start.clone().unwrap_or_default();
+    let pages = all(front, shards, |n| {
+        let mut r = req.with_path_query(CHANGES, &q.for_shard(n, start.as_ref(), 0));
+        r.parts.headers.remove("last-event-id");
+        r
+    })
+    .await?;
+    let pages: Vec<ShardPage> = shards
+        .iter()
+        .zip(pages)
+        .map(|(&shard, page)| ShardPage { shard, page })
+        .collect();
+    let merged = merge::merge_changes(&base, pages, q.limit);
+    let empty = merged["data"].as_array().is_none_or(|d| d.is_empty());
+    if !empty || wait_ms == 0 {
+        return Ok(merged);
+    }
+    // Nothing yet: wait on every shard from where the page ended, and take the first that
+    // has something. The others' waits are dropped (their positions do not move).
+    let from = merged["next_cursor"]
+        .as_str()
+        .and_then(|c| FeedCursor::decode(c, front.map.shards()).ok())
+        .unwrap_or_default();
+    let mut waits: FuturesUnordered<_> = shards
+        .iter()
+        .map(|&n| {
+            let mut r = req.with_path_query(CHANGES, &q.for_shard(n, Some(&from), wait_ms));
+            r.parts.headers.remove("last-event-id");
+            async move { (n, collect(front, n, &r).await) }
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        let next = tokio::time::timeout_at(deadline, waits.next()).await;
+        let Ok(Some((n, answer))) = next else {
+            return Ok(merged);
+        };
+        let (status, body) = answer?;
+        let page = shard_json(n, status, &body)?;
+        if page["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            return Ok(merge::merge_changes(
+                &from,
+                vec![ShardPage { shard: n, page }],
+                q.limit,
+            ));
+        }
+    }
+}
+
+/// `GET /v1/changes/stream` over shards: merged pages as Server-Sent Events, each event's
+/// `id` a cluster cursor (resumable with `Last-Event-ID`).
+async fn stream_changes(
+    front: &ClusterFront,
+    shards: &[u32],
+    req: &Buffered,
+) -> ApiResult<Response> {
+    let mut q = FeedQuery::parse(req, front.map.shards())?;
+    q.limit = q.limit.max(500);
+    // The first read happens now, so a bad or expired cursor is an error answer, not a stream.
+    let first = read_changes(front, shards, req, &q, 0).await?;
+    let state = (
+        front.clone(),
+        shards.to_vec(),
+        req.clone(),
+        q,
+        Some(first),
+        std::collections::VecDeque::<Event>::new(),
+    );
+    let events = futures::stream::unfold(
+        state,
+        |(front, shards, req, mut q, mut pending, mut out)| async move {
+            loop {
+                if let Some(ev) = out.pop_front() {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (front, shards, req, q, pending, out),
+                    ));
+                }
+                let page = match pending.take() {
+                    Some(p) => p,
+                    None => match read_changes(&front, &shards, &req, &q, 60_000).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e.message, "cluster change stream read failed; ending the stream");
+                            return None;
+                        }
+                    },
+                };
+                if let Some(next) = page["next_cursor"]
+                    .as_str()
+                    .and_then(|c| FeedCursor::decode(c, front.map.shards()).ok())
+                {
+                    q.from = Some(Some(next));
+                }
+                for e in page["data"].as_array().into_iter().flatten() {
+                    let id = e["id"].as_str().unwrap_or_default().to_owned();
+                    out.push_back(Event::default().id(id).data(e.to_string()));
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
