@@ -4,6 +4,7 @@ write and never let two nodes acknowledge for one shard."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -282,3 +283,79 @@ def test_etcd_restart_and_outage(cluster):
         with load.lock:
             assert len(load.acked_keys) > n_keys, f"no recovery: {load.errors}"
     load.verify()
+
+
+def eventually(f, timeout=30.0, step=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = f()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(step)
+
+
+def test_reader_node_serves_reads_and_forwards_writes(cluster):
+    import subprocess
+
+    from cluster_util import Node
+    from conftest import mnemo_bin
+
+    reader = Node("r1", cluster.etcd, cluster.store_url, cluster.shards, cluster.ttl,
+                  ["--role", "reader", "--follow-interval-ms", "200"], cluster.name)
+    reader.start()
+    try:
+        writer = cluster.nodes[0]
+        for k in range(8):
+            r = writer.http.put(f"/v1/kv/users/r{k}/v", content=f"value {k}".encode())
+            assert r.status_code in (200, 201), r.text
+        conv = user_client(writer, "reading-user").conversations.create(
+            items=[{"type": "message", "role": "user", "content": "read me from a replica"}])
+        # Reads through the reader are answered by the reader itself, from its replicas,
+        # with a lag bound; they catch up with what the writers acknowledged.
+        for k in range(8):
+            got = eventually(lambda: (lambda r: r if r.status_code == 200 else None)(
+                reader.http.get(f"/v1/kv/users/r{k}/v")))
+            assert got is not None, f"users/r{k}/v never reached the reader"
+            assert got.content == f"value {k}".encode()
+            assert got.headers["x-mnemo-node"] == "r1"
+            assert int(got.headers["x-mnemo-replica-lag-ms"]) >= 0
+        items = eventually(lambda: (lambda r: r.json()["data"] if r.status_code == 200 else None)(
+            reader.http.get(f"/v1/conversations/{conv.id}/items", headers={"X-Mnemo-User": "reading-user"})))
+        assert items and items[0]["content"][0]["text"] == "read me from a replica"
+        # Search and SQL run on the reader too.
+        hits = eventually(lambda: reader.http.post(
+            "/v1/search", json={"query": "replica", "mode": "text"},
+            headers={"X-Mnemo-User": "reading-user"}).json()["data"])
+        assert hits and hits[0]["conversation_id"] == conv.id
+        r = reader.http.post("/v1/sql", json={"query": "SELECT count(*) AS n FROM items"},
+                             headers={"X-Mnemo-User": "reading-user"})
+        assert r.status_code == 200 and r.json()["rows"] == [[1]] and r.headers["x-mnemo-node"] == "r1", r.text
+        # A write through the reader goes to the owner; read-your-writes goes there too.
+        r = reader.http.put("/v1/kv/users/r0/w", content=b"via the reader")
+        assert r.status_code in (200, 201) and r.headers["x-mnemo-node"] != "r1", r.headers
+        r = reader.http.get("/v1/kv/users/r0/w", headers={"X-Mnemo-Consistency": "strong"})
+        assert r.status_code == 200 and r.content == b"via the reader" and r.headers["x-mnemo-node"] != "r1"
+        # The reader owns nothing, and status lists it with its replicas' lag.
+        st = reader.status()
+        assert [x["id"] for x in st["readers"]] == ["r1"]
+        assert all(o["node"] != "r1" for o in st["owners"])
+        assert len(st["replicas"]) == cluster.shards
+        def cli_status():
+            out = subprocess.run([mnemo_bin(), "cluster", "status", "--cluster-etcd", cluster.etcd.url,
+                                  "--cluster-name", cluster.name, "--json"],
+                                 check=True, capture_output=True, text=True).stdout
+            return json.loads(out)
+
+        # The reader registers its lag bound once it follows every shard.
+        status = eventually(lambda: (lambda s: s if s["readers"] and "lag_ms" in s["readers"][0] else None)(
+            cli_status()))
+        assert status, cli_status()
+        assert [n["id"] for n in status["nodes"]] == ["n1", "n2", "n3"]
+        assert [n["id"] for n in status["readers"]] == ["r1"]
+        assert len(status["owners"]) == cluster.shards and all(o["node"] for o in status["owners"])
+        text = subprocess.run([mnemo_bin(), "cluster", "status", "--cluster-etcd", cluster.etcd.url,
+                               "--cluster-name", cluster.name],
+                              check=True, capture_output=True, text=True).stdout
+        assert "every shard has an owner" in text and "lag at most" in text
+    finally:
+        reader.close()

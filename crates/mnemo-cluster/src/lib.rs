@@ -16,6 +16,7 @@
 //! - `/<name>/config`: JSON `{shards, store, secret, lease_ttl_secs, created_at}`, created
 //!   once by the first node.
 //! - `/<name>/nodes/<id>`: JSON `{id, url}`, attached to the node's lease.
+//! - `/<name>/readers/<id>`: the same for reader nodes, which never own a shard.
 //! - `/<name>/owners/<shard, 5 digits>`: JSON `{node, url}`, attached to the owner's
 //!   lease, created only if absent.
 
@@ -74,6 +75,9 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// How often the node re-reads owners and balances (default 1 s).
     pub poll: Duration,
+    /// A reader never takes a shard: it registers under `/<name>/readers/` (not among the
+    /// nodes shards are planned over) and only follows who owns what.
+    pub reader: bool,
 }
 
 impl Default for ClusterConfig {
@@ -87,6 +91,7 @@ impl Default for ClusterConfig {
             store: String::new(),
             lease_ttl: Duration::from_secs(10),
             poll: Duration::from_secs(1),
+            reader: false,
         }
     }
 }
@@ -146,6 +151,9 @@ pub struct ClusterStatus {
     pub lease_ttl_secs: u64,
     /// Live nodes, sorted by ID.
     pub nodes: Vec<NodeStatus>,
+    /// Live reader nodes (`--role reader`), sorted by ID.
+    #[serde(default)]
+    pub readers: Vec<NodeStatus>,
     /// One entry per shard, in shard order.
     pub owners: Vec<ShardOwner>,
 }
@@ -162,6 +170,9 @@ pub struct NodeStatus {
     /// Remaining TTL of the node's lease in seconds, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_remaining_secs: Option<i64>,
+    /// A reader's replication lag bound in ms, as it last registered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
 }
 
 /// The owner of one shard.
@@ -206,8 +217,10 @@ pub async fn read_status(endpoints: &[String], name: &str) -> Result<ClusterStat
         .ok_or_else(|| ClusterError::NotFound(name.to_string()))?;
     let nodes = etcd.get_prefix(&keys.nodes_prefix).await?;
     let owners = etcd.get_prefix(&keys.owners_prefix).await?;
-    let mut nodes = node::parse_nodes(&keys, &nodes.kvs);
-    for n in &mut nodes {
+    let readers = etcd.get_prefix(&keys.readers_prefix).await?;
+    let mut nodes = node::parse_nodes(&keys.nodes_prefix, &nodes.kvs);
+    let mut readers = node::parse_nodes(&keys.readers_prefix, &readers.kvs);
+    for n in nodes.iter_mut().chain(readers.iter_mut()) {
         n.ttl_remaining_secs = etcd.lease_time_to_live(n.lease_id).await.ok().flatten();
     }
     let owners = node::parse_owners(&keys, recorded.shards, &owners.kvs);
@@ -217,6 +230,7 @@ pub async fn read_status(endpoints: &[String], name: &str) -> Result<ClusterStat
         store: recorded.store,
         lease_ttl_secs: recorded.lease_ttl_secs,
         nodes,
+        readers,
         owners: node::owner_statuses(&owners),
     })
 }

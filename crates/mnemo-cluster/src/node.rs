@@ -34,6 +34,7 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 pub(crate) struct Keys {
     pub(crate) config: String,
     pub(crate) nodes_prefix: String,
+    pub(crate) readers_prefix: String,
     pub(crate) owners_prefix: String,
 }
 
@@ -42,6 +43,7 @@ impl Keys {
         Self {
             config: format!("/{name}/config"),
             nodes_prefix: format!("/{name}/nodes/"),
+            readers_prefix: format!("/{name}/readers/"),
             owners_prefix: format!("/{name}/owners/"),
         }
     }
@@ -69,6 +71,9 @@ pub(crate) struct RecordedConfig {
 struct NodeValue {
     id: String,
     url: String,
+    /// A reader's replication lag bound, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lag_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -104,17 +109,18 @@ pub(crate) async fn read_config(
     Ok(Some(c))
 }
 
-pub(crate) fn parse_nodes(keys: &Keys, kvs: &[KeyValue]) -> Vec<NodeStatus> {
+pub(crate) fn parse_nodes(prefix: &str, kvs: &[KeyValue]) -> Vec<NodeStatus> {
     let mut nodes: Vec<NodeStatus> = kvs
         .iter()
         .filter_map(|kv| {
-            let id = kv.key.strip_prefix(&keys.nodes_prefix)?;
+            let id = kv.key.strip_prefix(prefix)?;
             let v: NodeValue = serde_json::from_slice(&kv.value).ok()?;
             Some(NodeStatus {
                 id: id.to_string(),
                 url: v.url,
                 lease_id: kv.lease,
                 ttl_remaining_secs: None,
+                lag_ms: v.lag_ms,
             })
         })
         .collect();
@@ -182,6 +188,7 @@ struct State<S> {
     local: HashMap<u32, LocalShard<S>>,
     owners: Vec<Option<OwnerEntry>>,
     nodes: Vec<NodeStatus>,
+    readers: Vec<NodeStatus>,
     unowned_since: HashMap<u32, Instant>,
     retry_after: HashMap<u32, Instant>,
 }
@@ -220,6 +227,10 @@ struct Inner<O: ShardOpener> {
     ttl_secs: i64,
     margin: Duration,
     poll: Duration,
+    /// A reader node: never takes shards.
+    reader: bool,
+    /// A reader's lag bound, registered with it (`u64::MAX`: unknown).
+    lag_ms: std::sync::atomic::AtomicU64,
     state: Mutex<State<O::Shard>>,
     wake: Notify,
     changed: watch::Sender<u64>,
@@ -329,6 +340,8 @@ impl<O: ShardOpener> Cluster<O> {
             ttl_secs,
             margin,
             poll: config.poll,
+            reader: config.reader,
+            lag_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             state: Mutex::new(State {
                 lease: None,
                 valid_until: None,
@@ -336,6 +349,7 @@ impl<O: ShardOpener> Cluster<O> {
                 local: HashMap::new(),
                 owners: vec![None; shards as usize],
                 nodes: Vec::new(),
+                readers: Vec::new(),
                 unowned_since: HashMap::new(),
                 retry_after: HashMap::new(),
             }),
@@ -407,6 +421,15 @@ impl<O: ShardOpener> Cluster<O> {
         }
     }
 
+    /// On a reader node: the bound of its replicas' lag, in ms, registered in etcd with the
+    /// node each poll (shown by `mnemo cluster status`).
+    pub fn report_lag(&self, lag_ms: Option<u64>) {
+        self.inner.lag_ms.store(
+            lag_ms.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Asks the background task to re-read owners now (e.g. after a peer answered "not
     /// owner").
     pub fn refresh(&self) {
@@ -461,6 +484,7 @@ impl<O: ShardOpener> Cluster<O> {
             store: self.inner.recorded.store.clone(),
             lease_ttl_secs: self.inner.recorded.lease_ttl_secs,
             nodes: st.nodes.clone(),
+            readers: st.readers.clone(),
             owners: owner_statuses(&st.owners),
         }
     }
@@ -581,14 +605,19 @@ impl<O: ShardOpener> Inner<O> {
     }
 
     async fn register(&self, lease: i64) -> Result<(), EtcdError> {
+        let lag = self.lag_ms.load(std::sync::atomic::Ordering::Relaxed);
         let value = serde_json::to_vec(&NodeValue {
             id: self.node_id.clone(),
             url: self.advertise.clone(),
+            lag_ms: (self.reader && lag != u64::MAX).then_some(lag),
         })
         .map_err(|e| EtcdError::Decode(e.to_string()))?;
-        self.etcd
-            .put(&self.keys.node(&self.node_id), &value, Some(lease))
-            .await?;
+        let key = if self.reader {
+            format!("{}{}", self.keys.readers_prefix, self.node_id)
+        } else {
+            self.keys.node(&self.node_id)
+        };
+        self.etcd.put(&key, &value, Some(lease)).await?;
         Ok(())
     }
 
@@ -766,7 +795,25 @@ impl<O: ShardOpener> Inner<O> {
         let nodes_r = self.etcd.get_prefix(&self.keys.nodes_prefix).await?;
         let owners_r = self.etcd.get_prefix(&self.keys.owners_prefix).await?;
         let shards = self.recorded.shards;
-        let nodes = parse_nodes(&self.keys, &nodes_r.kvs);
+        let nodes = parse_nodes(&self.keys.nodes_prefix, &nodes_r.kvs);
+        if self.reader {
+            // A reader follows who owns what, and registers again if its key went away.
+            let readers_r = self.etcd.get_prefix(&self.keys.readers_prefix).await?;
+            let readers = parse_nodes(&self.keys.readers_prefix, &readers_r.kvs);
+            let lease = {
+                let mut st = self.lock();
+                st.nodes = nodes;
+                st.owners = parse_owners(&self.keys, shards, &owners_r.kvs);
+                st.readers = readers;
+                // Registered again every round: the value carries the current lag.
+                st.lease.filter(|_| st.lease_valid(Instant::now()))
+            };
+            if let Some(lease) = lease {
+                self.register(lease).await?;
+            }
+            self.bump();
+            return Ok(());
+        }
         let owners = parse_owners(&self.keys, shards, &owners_r.kvs);
         let snapshot_rev = owners_r.revision;
         let now = Instant::now();

@@ -202,6 +202,7 @@ fn config(etcd: &Etcd, name: &str, node: &str, shards: u32, store: &str) -> Clus
         store: store.to_string(),
         lease_ttl: TTL,
         poll: POLL,
+        reader: false,
     }
 }
 
@@ -401,6 +402,46 @@ async fn three_nodes_share_the_shards() {
     for c in nodes {
         c.leave().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_follows_owners_and_takes_nothing() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    let log = Log::default();
+    let n1 = join(&etcd, "readers", "n1", &log).await;
+    let reader = Cluster::join(
+        ClusterConfig {
+            reader: true,
+            ..config(&etcd, "readers", "r1", 8, "memory:///store")
+        },
+        Fake {
+            node: "r1".to_string(),
+            log: log.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    wait_converged(&[&n1], 8, Duration::from_secs(20)).await;
+    let routed = eventually(Duration::from_secs(10), || {
+        (0..8).all(|s| matches!(reader.route(s), Route::Remote { ref node, .. } if node == "n1"))
+    })
+    .await;
+    assert!(routed, "the reader routes every shard to the writer");
+    assert!(reader.local_shards().is_empty());
+    let st = read_status(&[etcd.url()], "readers").await.unwrap();
+    assert_eq!(
+        st.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        ["n1"]
+    );
+    assert_eq!(
+        st.readers.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        ["r1"]
+    );
+    assert_eq!(n1.local_shards().len(), 8, "a reader is not planned over");
+    reader.leave().await;
+    n1.leave().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

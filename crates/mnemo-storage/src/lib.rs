@@ -96,6 +96,8 @@ pub struct Store {
     audit_seq: tokio::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
     /// Suffix of generated conversation ids ([`EngineConfig::id_tag`]).
     id_tag: Option<String>,
+    /// Wall-clock ms of the last successful follow round of a read-only store (0: none).
+    followed_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -132,6 +134,7 @@ impl Store {
             kv_cache: kv_cache::KvCache::new(kv),
             audit_seq: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             id_tag: None,
+            followed_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -147,7 +150,13 @@ impl Store {
         let retention = config.change_retention;
         let engine = Engine::open_read_only(config, wal_dir, poll).await?;
         // No caches: they are kept current by this process's writes, and a replica has none.
-        Ok(Self::around(engine, retention, 0, 0))
+        let store = Self::around(engine, retention, 0, 0);
+        // What it shows is as new as the store was when it was opened.
+        store.followed_ms.store(
+            clock::now_ms().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(store)
     }
 
     /// For a read-only store: every `poll`, reads each tenant's newest durable change-log
@@ -162,11 +171,27 @@ impl Store {
             loop {
                 tokio::time::sleep(poll).await;
                 let Some(store) = weak.upgrade() else { return };
-                if let Err(e) = store.observe_log().await {
-                    tracing::warn!(error = %e, "following the replica's change log failed");
+                match store.observe_log().await {
+                    Ok(()) => store.followed_ms.store(
+                        crate::clock::now_ms().max(1) as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "following the replica's change log failed")
+                    }
                 }
             }
         })
+    }
+
+    /// For a read-only store followed with [`Store::spawn_follow`]: when (wall-clock ms) it
+    /// was opened or a follow round last succeeded, so what the store showed then is at most
+    /// that old. `None` for a writable store.
+    pub fn followed_at_ms(&self) -> Option<u64> {
+        match self.followed_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(ms),
+        }
     }
 
     async fn observe_log(&self) -> Result<()> {

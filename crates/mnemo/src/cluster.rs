@@ -38,7 +38,10 @@ pub struct ClusterArgs {
     /// answering for its shards before this passes, and another node takes them after it.
     #[arg(long, default_value_t = 10, env = "MNEMO_LEASE_TTL_SECS")]
     pub lease_ttl_secs: u64,
-    /// `writer` (owns shards). `reader` (follows shards read-only) is not available yet.
+    /// `writer`: owns shards. `reader`: owns none; follows every shard read-only and answers
+    /// reads (history, memory, search, SQL, changes) from them with a bounded, reported lag
+    /// (`X-Mnemo-Replica-Lag-Ms`); writes, and reads with `X-Mnemo-Consistency: strong`, go
+    /// to the owners.
     #[arg(long, default_value = "writer", value_parser = ["writer", "reader"], env = "MNEMO_ROLE")]
     pub role: String,
 }
@@ -66,6 +69,85 @@ pub struct ShardTemplate {
     pub auth: mnemo_api::auth::AuthConfig,
     /// Research consent of users without a record.
     pub consent: mnemo_export::ConsentPolicy,
+    /// On a reader node: how often each replica looks for new state.
+    pub follow: Duration,
+}
+
+/// The API over one shard's store (search, SQL, no exports).
+async fn shard_api(
+    t: &ShardTemplate,
+    shard: u32,
+    store: Arc<Store>,
+    snapshots: Duration,
+) -> Result<LocalShard, String> {
+    let options = mnemo_index::SearchOptions {
+        embedder: None,
+        snapshots: mnemo_index::SnapshotOptions {
+            interval: snapshots,
+        },
+    };
+    let search = mnemo_index::SearchService::start_with(store.clone(), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sql = Arc::new(mnemo_sql::SqlEngine::new(
+        store.clone(),
+        Some(search.clone()),
+        t.sql.clone(),
+    ));
+    let state = mnemo_api::AppState::new(store.clone())
+        .with_auth(t.auth.clone())
+        .with_search(search.clone())
+        .with_sql(sql, t.sql_max_rows)
+        .with_research_consent(t.consent);
+    Ok(LocalShard {
+        shard,
+        router: mnemo_api::router(state),
+        store,
+        search: Some(search),
+    })
+}
+
+/// The engine settings of shard `n`.
+fn shard_config(t: &ShardTemplate, shard: u32) -> Result<EngineConfig, String> {
+    let url = shard_url(&t.store, shard);
+    let mut config = t.engine.clone();
+    config.location =
+        StoreLocation::from_url(&url, RemotePolicy::default()).map_err(|e| e.to_string())?;
+    // The log stays in the object store: another node must be able to take the shard.
+    config.wal_dir = None;
+    config.id_tag = Some(mnemo_cluster::placement::id_tag(shard));
+    Ok(config)
+}
+
+/// On a reader node: opens shard `n` read-only once it exists (retrying every 2 s until a
+/// writer has created it), follows it, and adds it to `replicas`.
+async fn follow_shard(t: Arc<ShardTemplate>, n: u32, replicas: Arc<mnemo_api::cluster::Replicas>) {
+    loop {
+        let opened = async {
+            let config = shard_config(&t, n)?;
+            let store = Arc::new(
+                Store::open_read_only(config, None, t.follow)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            // Stops when the store is dropped.
+            let _follow = store.spawn_follow(t.follow);
+            // No snapshots on a replica: it writes nothing.
+            shard_api(&t, n, store, Duration::ZERO).await
+        }
+        .await;
+        match opened {
+            Ok(shard) => {
+                tracing::info!(shard = n, "following shard read-only");
+                replicas.insert(Arc::new(shard));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(shard = n, error = %e, "shard not readable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 /// Opens and closes this node's shards.
@@ -87,34 +169,9 @@ impl ShardOpener for Opener {
         let t = self.template.clone();
         let tasks = self.tasks.clone();
         async move {
-            let url = shard_url(&t.store, shard);
-            let location = StoreLocation::from_url(&url, RemotePolicy::default())
-                .map_err(|e| e.to_string())?;
-            let mut config = t.engine.clone();
-            config.location = location;
-            // The log stays in the object store: another node must be able to take the shard.
-            config.wal_dir = None;
-            config.id_tag = Some(mnemo_cluster::placement::id_tag(shard));
+            let config = shard_config(&t, shard)?;
             let store = Arc::new(Store::open(config).await.map_err(|e| e.to_string())?);
-            let options = mnemo_index::SearchOptions {
-                embedder: None,
-                snapshots: mnemo_index::SnapshotOptions {
-                    interval: t.snapshot_interval,
-                },
-            };
-            let search = mnemo_index::SearchService::start_with(store.clone(), options)
-                .await
-                .map_err(|e| e.to_string())?;
-            let sql = Arc::new(mnemo_sql::SqlEngine::new(
-                store.clone(),
-                Some(search.clone()),
-                t.sql.clone(),
-            ));
-            let state = mnemo_api::AppState::new(store.clone())
-                .with_auth(t.auth.clone())
-                .with_search(search.clone())
-                .with_sql(sql, t.sql_max_rows)
-                .with_research_consent(t.consent);
+            let api = shard_api(&t, shard, store.clone(), t.snapshot_interval).await?;
             let expiry = store.spawn_expiry();
             if let Some(old) = tasks
                 .lock()
@@ -123,12 +180,7 @@ impl ShardOpener for Opener {
             {
                 old.abort();
             }
-            Ok(Arc::new(LocalShard {
-                shard,
-                router: mnemo_api::router(state),
-                store,
-                search: Some(search),
-            }))
+            Ok(Arc::new(api))
         }
         .boxed()
     }
@@ -167,9 +219,7 @@ pub async fn serve(
     template: ShardTemplate,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if args.role != "writer" {
-        anyhow::bail!("--role reader is not available yet: cluster nodes are writers");
-    }
+    let reader = args.role == "reader";
     let node_id = args
         .node_id
         .clone()
@@ -192,9 +242,11 @@ pub async fn serve(
         store: template.store.clone(),
         lease_ttl: ttl,
         poll: Duration::from_secs(1),
+        reader,
     };
+    let template = Arc::new(template);
     let opener = Opener {
-        template: Arc::new(template),
+        template: template.clone(),
         tasks: Arc::new(Mutex::new(HashMap::new())),
     };
     let cluster = Cluster::join(config, opener)
@@ -202,7 +254,21 @@ pub async fn serve(
         .context("joining the cluster")?;
     // A request for a shard without an owner waits for the failover: the lease to expire,
     // and the new owner to open the shard.
-    let front = ClusterFront::new(cluster.clone(), auth, ttl * 2 + Duration::from_secs(10));
+    let mut front = ClusterFront::new(cluster.clone(), auth, ttl * 2 + Duration::from_secs(10));
+    if reader {
+        let replicas = mnemo_api::cluster::Replicas::new(template.follow);
+        for n in 0..cluster.shards() {
+            tokio::spawn(follow_shard(template.clone(), n, replicas.clone()));
+        }
+        let (c, r) = (cluster.clone(), replicas.clone());
+        tokio::spawn(async move {
+            loop {
+                c.report_lag(r.max_lag_ms(c.shards()));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        front = front.with_replicas(replicas);
+    }
     let app = mnemo_api::cluster::router(front);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -281,6 +347,21 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             .unwrap_or_default();
         println!(
             "  {id}  {}  {held} shards{ttl}",
+            n["url"].as_str().unwrap_or("?")
+        );
+    }
+    let readers = v["readers"].as_array().cloned().unwrap_or_default();
+    if !readers.is_empty() {
+        println!("readers: {}", readers.len());
+    }
+    for n in &readers {
+        let lag = match n.get("lag_ms").and_then(|l| l.as_u64()) {
+            Some(ms) => format!("lag at most {ms} ms"),
+            None => "not following every shard yet".to_owned(),
+        };
+        println!(
+            "  {}  {}  {lag}",
+            n["id"].as_str().unwrap_or("?"),
             n["url"].as_str().unwrap_or("?")
         );
     }

@@ -296,6 +296,7 @@ async fn serve_cluster(
         sql_max_rows: args.sql_max_rows,
         auth: auth.config,
         consent,
+        follow: Duration::from_millis(args.follow_interval_ms.max(10)),
     };
     crate::cluster::serve(&args.cluster, args.listen, template, shutdown_signal()).await
 }

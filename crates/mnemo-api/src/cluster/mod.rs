@@ -106,6 +106,66 @@ where
     }
 }
 
+/// Names the lag bound of a replica's answer, in ms (a reader node's reads).
+pub const LAG_HEADER: &str = "x-mnemo-replica-lag-ms";
+/// `strong` sends a read on a reader node to the shard's owner (read-your-writes).
+pub const CONSISTENCY_HEADER: &str = "x-mnemo-consistency";
+
+/// The shards a reader node follows read-only; reads are served from them.
+pub struct Replicas {
+    shards: std::sync::RwLock<std::collections::HashMap<u32, Arc<LocalShard>>>,
+    follow: Duration,
+}
+
+impl Replicas {
+    /// An empty set; `follow` is how often each replica looks for new state.
+    pub fn new(follow: Duration) -> Arc<Self> {
+        Arc::new(Replicas {
+            shards: std::sync::RwLock::new(std::collections::HashMap::new()),
+            follow,
+        })
+    }
+
+    /// Adds a shard opened read-only (and followed).
+    pub fn insert(&self, shard: Arc<LocalShard>) {
+        let mut m = self.shards.write().unwrap_or_else(|e| e.into_inner());
+        m.insert(shard.shard, shard);
+    }
+
+    fn get(&self, n: u32) -> Option<Arc<LocalShard>> {
+        let m = self.shards.read().unwrap_or_else(|e| e.into_inner());
+        m.get(&n).cloned()
+    }
+
+    /// How stale shard `n`'s replica may be, in ms: the age of its last follow round plus
+    /// the follow interval. `None` before its first round.
+    pub fn lag_ms(&self, n: u32) -> Option<u64> {
+        let followed = self.get(n)?.store.followed_at_ms()?;
+        let now = u64::try_from(mnemo_storage::clock::now_ms()).unwrap_or(0);
+        Some(now.saturating_sub(followed) + self.follow.as_millis() as u64)
+    }
+
+    /// The largest lag bound over the followed shards; `None` until every shard of
+    /// `shards` is followed.
+    pub fn max_lag_ms(&self, shards: u32) -> Option<u64> {
+        (0..shards)
+            .map(|n| self.lag_ms(n))
+            .try_fold(0u64, |m, l| Some(m.max(l?)))
+    }
+
+    /// Each followed shard's lag bound in ms (`null` before its first round).
+    pub fn status(&self) -> serde_json::Value {
+        let mut ns: Vec<u32> = {
+            let m = self.shards.read().unwrap_or_else(|e| e.into_inner());
+            m.keys().copied().collect()
+        };
+        ns.sort_unstable();
+        ns.into_iter()
+            .map(|n| serde_json::json!({"shard": n, "lag_ms": self.lag_ms(n)}))
+            .collect()
+    }
+}
+
 /// The state of a cluster node's front.
 #[derive(Clone)]
 pub struct ClusterFront {
@@ -114,6 +174,8 @@ pub struct ClusterFront {
     client: reqwest::Client,
     /// How long a request waits for a shard without an owner (a failover in progress).
     owner_wait: Duration,
+    /// On a reader node: the shards it follows.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl ClusterFront {
@@ -130,7 +192,15 @@ impl ClusterFront {
             auth: Arc::new(auth),
             client: forward::client(),
             owner_wait,
+            replicas: None,
         }
+    }
+
+    /// A reader node's front: reads are answered from `replicas` (unless they ask for the
+    /// owner), everything else is forwarded to the owners.
+    pub fn with_replicas(mut self, replicas: Arc<Replicas>) -> Self {
+        self.replicas = Some(replicas);
+        self
     }
 }
 
@@ -200,7 +270,13 @@ async fn dispatch(front: &ClusterFront, req: Request) -> ApiResult<Response> {
             )
                 .into_response())
         }
-        "/v1/cluster/status" => return Ok(axum::Json(front.map.status()).into_response()),
+        "/v1/cluster/status" => {
+            let mut v = serde_json::to_value(front.map.status()).unwrap_or_default();
+            if let Some(r) = &front.replicas {
+                v["replicas"] = r.status();
+            }
+            return Ok(axum::Json(v).into_response());
+        }
         _ => {}
     }
     let (parts, body) = req.into_parts();
@@ -298,6 +374,14 @@ pub(crate) fn unavailable(shard: u32, message: impl Into<String>) -> ApiError {
 
 /// Serves a request on shard `n`, wherever it is: locally, or forwarded to its owner.
 pub(crate) async fn to_shard(front: &ClusterFront, n: u32, req: &Buffered) -> ApiResult<Response> {
+    if let Some(replica) = front
+        .replicas
+        .as_ref()
+        .filter(|_| is_read(req) && !wants_owner(req))
+        .and_then(|r| r.get(n))
+    {
+        return Ok(serve_replica(front, n, replica, req).await);
+    }
     if !front.map.lease_valid() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -335,6 +419,54 @@ pub(crate) async fn to_shard(front: &ClusterFront, n: u32, req: &Buffered) -> Ap
             },
         }
     }
+}
+
+/// True for requests that only read: a reader node may answer them from a replica.
+fn is_read(req: &Buffered) -> bool {
+    let path = req.parts.uri.path();
+    match req.parts.method {
+        axum::http::Method::GET | axum::http::Method::HEAD => true,
+        axum::http::Method::POST => path == "/v1/search" || path == "/v1/sql",
+        _ => false,
+    }
+}
+
+/// True when a read asks for read-your-writes: `X-Mnemo-Consistency: strong`, or a search
+/// with `"consistency": "strong"`. The owner answers those.
+fn wants_owner(req: &Buffered) -> bool {
+    let header = req
+        .parts
+        .headers
+        .get(CONSISTENCY_HEADER)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"strong"));
+    header
+        || (req.parts.uri.path() == "/v1/search"
+            && serde_json::from_slice::<serde_json::Value>(&req.body)
+                .is_ok_and(|b| b["consistency"] == "strong"))
+}
+
+/// Serves a read from a replica this reader node follows, with its lag bound.
+async fn serve_replica(
+    front: &ClusterFront,
+    n: u32,
+    replica: Arc<LocalShard>,
+    req: &Buffered,
+) -> Response {
+    let mut router = replica.router.clone();
+    let mut resp = match router.call(req.to_request()).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let lag = front.replicas.as_ref().and_then(|r| r.lag_ms(n));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(front.map.node_id()) {
+        h.insert(NODE_HEADER, v);
+    }
+    h.insert(SHARD_HEADER, HeaderValue::from(n));
+    if let Some(lag) = lag {
+        h.insert(LAG_HEADER, HeaderValue::from(lag));
+    }
+    resp
 }
 
 /// Waits (up to the owner wait) until shard `n` is no longer routed to `node`.
