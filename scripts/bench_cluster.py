@@ -140,7 +140,7 @@ def shard_of_key(node: Node, key: str) -> int:
 
 
 def failover(root: Path, kills: int, ttl: int, shards: int):
-    etcd = Etcd(root)
+    etcd = Etcd(root / "failover")
     store = f"file://{root}/store-failover"
     nodes = [Node(root, f"n{i}", store, etcd, shards, ttl) for i in range(1, 4)]
     settle(nodes, shards)
@@ -189,7 +189,7 @@ def latency(url: str, method: str, key: str, n: int):
 
 
 def hop(root: Path, shards: int, n: int):
-    etcd = Etcd(root)
+    etcd = Etcd(root / "hop")
     store = f"file://{root}/store-hop"
     nodes = [Node(root, f"h{i}", store, etcd, shards, 10) for i in range(1, 4)]
     owners = settle(nodes, shards)
