@@ -87,6 +87,14 @@ def test_every_node_answers_every_request(cluster):
         {"op": "put", "key": "users/u1/a", "value": "1"}, {"op": "put", "key": "users/u1/b", "value": "2"}]})
     assert r.status_code == 200, r.text
 
+    # Metrics per shard: how each node served each shard's requests.
+    text = nodes[0].http.get("/metrics").text
+    served = {line.split('served="')[1].split('"')[0] for line in text.splitlines()
+              if line.startswith("mnemo_cluster_requests_total{")}
+    assert {"local", "forwarded"} <= served, served
+    held = [line for line in text.splitlines() if line.startswith("mnemo_cluster_shard_held{") and line.endswith(" 1")]
+    assert len(held) == sum(1 for o in cluster.owners().values() if o == "n1"), held
+
 
 class Load:
     """16 clients writing memory keys and conversation items through the live nodes; every
@@ -304,6 +312,9 @@ def test_reader_node_serves_reads_and_forwards_writes(cluster):
                   ["--role", "reader", "--follow-interval-ms", "200"], cluster.name)
     reader.start()
     try:
+        # Until it follows a shard, a reader forwards that shard's reads to the owner.
+        assert eventually(lambda: len(reader.status().get("replicas", [])) == cluster.shards, timeout=60), \
+            reader.status()
         writer = cluster.nodes[0]
         for k in range(8):
             r = writer.http.put(f"/v1/kv/users/r{k}/v", content=f"value {k}".encode())

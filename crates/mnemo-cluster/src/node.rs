@@ -583,10 +583,20 @@ impl<O: ShardOpener> Inner<O> {
     }
 
     fn update_gauges(&self) {
-        let (held, valid) = {
+        let (held, valid, mine) = {
             let st = self.lock();
-            (st.held_count(), st.lease_valid(Instant::now()))
+            let mine: Vec<bool> = (0..self.recorded.shards)
+                .map(|n| matches!(st.local.get(&n), Some(e) if matches!(e.slot, Slot::Held(_))))
+                .collect();
+            (st.held_count(), st.lease_valid(Instant::now()), mine)
         };
+        for (n, held) in mine.into_iter().enumerate() {
+            metrics::gauge!("mnemo_cluster_shard_held", "shard" => n.to_string()).set(if held {
+                1.0
+            } else {
+                0.0
+            });
+        }
         metrics::gauge!("mnemo_cluster_shards_held").set(held as f64);
         metrics::gauge!("mnemo_cluster_lease_valid").set(if valid { 1.0 } else { 0.0 });
     }

@@ -78,6 +78,7 @@ pub(super) async fn send(
     if !streaming {
         out = out.timeout(READ_TIMEOUT);
     }
+    super::count(n, "forwarded");
     let started = std::time::Instant::now();
     let sent = tokio::select! {
         r = out.send() => r,

@@ -421,6 +421,12 @@ pub(crate) async fn to_shard(front: &ClusterFront, n: u32, req: &Buffered) -> Ap
     }
 }
 
+/// Counts a request for shard `n` by how it was served (`local`, `replica`, `forwarded`).
+pub(crate) fn count(n: u32, served: &'static str) {
+    metrics::counter!("mnemo_cluster_requests_total", "shard" => n.to_string(), "served" => served)
+        .increment(1);
+}
+
 /// True for requests that only read: a reader node may answer them from a replica.
 fn is_read(req: &Buffered) -> bool {
     let path = req.parts.uri.path();
@@ -452,6 +458,7 @@ async fn serve_replica(
     replica: Arc<LocalShard>,
     req: &Buffered,
 ) -> Response {
+    count(n, "replica");
     let mut router = replica.router.clone();
     let mut resp = match router.call(req.to_request()).await {
         Ok(r) => r,
@@ -491,6 +498,7 @@ async fn serve_local(
     local: Arc<LocalShard>,
     req: &Buffered,
 ) -> ApiResult<Response> {
+    count(n, "local");
     let mut router = local.router.clone();
     let mut resp = match router.call(req.to_request()).await {
         Ok(r) => r,
