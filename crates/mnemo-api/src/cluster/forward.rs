@@ -6,7 +6,6 @@ use axum::body::Body;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::Response;
 use futures::StreamExt;
-use mnemo_cluster::Route;
 use std::time::Duration;
 
 /// Longest a forwarded request may take (a SQL query's own limit is 30 s by default, a
@@ -82,7 +81,7 @@ pub(super) async fn send(
     let started = std::time::Instant::now();
     let sent = tokio::select! {
         r = out.send() => r,
-        () = moved_away(front, n, node) => {
+        () = super::moved_away(front, n, node) => {
             return Err(Failure::Fatal(super::unavailable(
                 n,
                 format!("shard {n} moved from node {node} while it held this request; its outcome is unknown: retry"),
@@ -112,18 +111,6 @@ pub(super) async fn send(
     }
     metrics::histogram!("mnemo_cluster_forward_seconds").record(started.elapsed().as_secs_f64());
     Ok(into_response(resp, streaming).await)
-}
-
-/// Resolves once shard `n` is routed to a node other than `node` (never while it stays).
-async fn moved_away(front: &ClusterFront, n: u32, node: &str) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        match front.map.route(n) {
-            Route::Remote { node: now, .. } if now == node => {}
-            Route::Unavailable => {}
-            _ => return,
-        }
-    }
 }
 
 async fn into_response(resp: reqwest::Response, streaming: bool) -> Response {

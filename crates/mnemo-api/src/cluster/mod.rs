@@ -458,28 +458,47 @@ async fn serve_replica(
     replica: Arc<LocalShard>,
     req: &Buffered,
 ) -> Response {
-    count(n, "replica");
-    let mut router = replica.router.clone();
+    let mut resp = call_shard(front, n, replica, req, "replica").await;
+    if let Some(lag) = front.replicas.as_ref().and_then(|r| r.lag_ms(n)) {
+        resp.headers_mut()
+            .insert(LAG_HEADER, HeaderValue::from(lag));
+    }
+    resp
+}
+
+/// Answers a request with a shard open on this node (owned, or a replica), its answer
+/// marked with this node and the shard.
+async fn call_shard(
+    front: &ClusterFront,
+    n: u32,
+    shard: Arc<LocalShard>,
+    req: &Buffered,
+    served: &'static str,
+) -> Response {
+    count(n, served);
+    // The shard is held until it has answered: closing it waits for requests in flight.
+    let mut router = shard.router.clone();
     let mut resp = match router.call(req.to_request()).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
-    let lag = front.replicas.as_ref().and_then(|r| r.lag_ms(n));
+    drop(shard);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(front.map.node_id()) {
         h.insert(NODE_HEADER, v);
     }
     h.insert(SHARD_HEADER, HeaderValue::from(n));
-    if let Some(lag) = lag {
-        h.insert(LAG_HEADER, HeaderValue::from(lag));
-    }
     resp
 }
 
 /// Waits (up to the owner wait) until shard `n` is no longer routed to `node`.
 pub(crate) async fn wait_moved(front: &ClusterFront, n: u32, node: &str) {
-    let deadline = tokio::time::Instant::now() + front.owner_wait;
-    while tokio::time::Instant::now() < deadline {
+    let _ = tokio::time::timeout(front.owner_wait, moved_away(front, n, node)).await;
+}
+
+/// Resolves once shard `n` is routed to a node other than `node` (never while it stays).
+pub(crate) async fn moved_away(front: &ClusterFront, n: u32, node: &str) {
+    loop {
         match front.map.route(n) {
             Route::Remote { node: now, .. } if now == node => {}
             Route::Unavailable => {}
@@ -498,13 +517,7 @@ async fn serve_local(
     local: Arc<LocalShard>,
     req: &Buffered,
 ) -> ApiResult<Response> {
-    count(n, "local");
-    let mut router = local.router.clone();
-    let mut resp = match router.call(req.to_request()).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    drop(local);
+    let resp = call_shard(front, n, local, req, "local").await;
     if !front.map.may_acknowledge(n) {
         metrics::counter!("mnemo_cluster_unacknowledged_total").increment(1);
         return Err(ApiError::new(
@@ -514,10 +527,5 @@ async fn serve_local(
         )
         .with_code("lease_lost"));
     }
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(front.map.node_id()) {
-        h.insert(NODE_HEADER, v);
-    }
-    h.insert(SHARD_HEADER, HeaderValue::from(n));
     Ok(resp)
 }
