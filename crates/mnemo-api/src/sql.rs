@@ -62,6 +62,12 @@ impl From<SqlError> for ApiError {
                 e.to_string(),
             )
             .with_code(code),
+            SqlError::Shard(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                e.to_string(),
+            )
+            .with_code(code),
             SqlError::Internal(_) => {
                 tracing::error!(error = %e, "SQL engine failure");
                 ApiError::internal()
@@ -203,44 +209,81 @@ fn columns(schema: &Schema) -> Value {
 pub async fn query(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let Some(engine) = st.sql.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "SQL is not enabled on this server",
-        ));
+        return Err(not_enabled());
     };
     let identity = authenticate(&st.auth, &parts).await?;
     let scope = identity.scope(parts.headers.get(USER_HEADER).map(|v| v.as_bytes()))?;
-    let b: SqlBody = json_body(&parts.headers, body).await?;
-    if b.query.trim().is_empty() {
-        return Err(ApiError::invalid_param("query", "query must not be empty"));
-    }
-    let params = b
-        .params
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            mnemo_sql::json_param(v).map_err(|e| {
-                ApiError::invalid_param(format!("params[{i}]"), e.to_string())
-                    .with_code("sql_invalid_param")
+    let call = SqlCall::read(&parts.headers, body).await?;
+    let answer = engine
+        .query(scope, sql_access(&identity), &call.query, call.params)
+        .await?;
+    respond(answer, call.arrow, st.sql_max_rows).await
+}
+
+/// 503: the server has no SQL engine.
+pub(crate) fn not_enabled() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        "SQL is not enabled on this server",
+    )
+}
+
+/// A query as a request states it.
+pub(crate) struct SqlCall {
+    /// The statement.
+    pub query: String,
+    /// Values of `$1…`.
+    pub params: Vec<mnemo_sql::datafusion::common::ScalarValue>,
+    /// Whether the answer is wanted as an Arrow IPC stream.
+    pub arrow: bool,
+}
+
+impl SqlCall {
+    /// Reads and checks the body of `POST /v1/sql` and the answer format from `Accept`.
+    pub(crate) async fn read(headers: &axum::http::HeaderMap, body: Body) -> ApiResult<SqlCall> {
+        let b: SqlBody = json_body(headers, body).await?;
+        if b.query.trim().is_empty() {
+            return Err(ApiError::invalid_param("query", "query must not be empty"));
+        }
+        let params = b
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                mnemo_sql::json_param(v).map_err(|e| {
+                    ApiError::invalid_param(format!("params[{i}]"), e.to_string())
+                        .with_code("sql_invalid_param")
+                })
             })
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(SqlCall {
+            query: b.query,
+            params,
+            arrow: wants_arrow(headers),
         })
-        .collect::<ApiResult<Vec<_>>>()?;
-    let arrow = parts
-        .headers
+    }
+}
+
+fn wants_arrow(headers: &axum::http::HeaderMap) -> bool {
+    headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(ARROW_STREAM));
-    let mut answer = engine
-        .query(scope, sql_access(&identity), &b.query, params)
-        .await?;
+        .is_some_and(|v| v.contains(ARROW_STREAM))
+}
+
+/// The answer of a query: JSON rows (at most `max_rows`), or an Arrow IPC stream.
+pub(crate) async fn respond(
+    mut answer: mnemo_sql::Answer,
+    arrow: bool,
+    max_rows: usize,
+) -> ApiResult<Response> {
     // The first batch decides between an answer and an error: planning and scan errors
     // surface here, before any byte of the answer is sent.
     let first = answer.batches.next().await.transpose()?;
     if arrow {
         return arrow_answer(answer, first);
     }
-    let max_rows = st.sql_max_rows;
     let mut rows = Vec::new();
     let mut truncated = false;
     let mut batch = first;
@@ -266,6 +309,25 @@ pub async fn query(State(st): State<AppState>, req: Request) -> ApiResult<Respon
         "truncated": truncated,
     }))
     .into_response())
+}
+
+/// `POST /v1/cluster/shard-read`, between the nodes of a cluster only: one shard's part of a
+/// query another node runs (see [`mnemo_sql::SqlEngine::serve_shard`]), for the caller whose
+/// credentials the request carries, as an Arrow IPC stream.
+pub(crate) async fn shard_read(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let Some(engine) = st.sql.clone() else {
+        return Err(not_enabled());
+    };
+    let identity = authenticate(&st.auth, &parts).await?;
+    let scope = identity.scope(parts.headers.get(USER_HEADER).map(|v| v.as_bytes()))?;
+    let bytes = crate::extract::read_body(&parts.headers, body, 1 << 20).await?;
+    let request = mnemo_sql::ShardRequest::from_json(&bytes)?;
+    let mut answer = engine
+        .serve_shard(scope, sql_access(&identity), &request)
+        .await?;
+    let first = answer.batches.next().await.transpose()?;
+    arrow_answer(answer, first)
 }
 
 /// The answer as an Arrow IPC stream, written batch by batch as the query produces them. An

@@ -50,6 +50,10 @@ pub enum SqlError {
     /// Reading the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A shard of a query over several shards could not be read (its owner is unreachable
+    /// or moving): the query may succeed when retried.
+    #[error("{0}")]
+    Shard(String),
     /// A defect in the engine.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +72,7 @@ impl SqlError {
             SqlError::MemoryLimit { .. } => "sql_memory_limit",
             SqlError::Search(_) => "sql_search_failed",
             SqlError::Store(_) => "store_error",
+            SqlError::Shard(_) => "shard_unavailable",
             SqlError::Internal(_) => "internal_error",
         }
     }
@@ -84,6 +89,7 @@ impl SqlError {
             SqlError::Timeout { .. } => "57014",
             SqlError::MemoryLimit { .. } => "53200",
             SqlError::Search(_) | SqlError::Store(_) => "58000",
+            SqlError::Shard(_) => "57P03",
             SqlError::Internal(_) => "XX000",
         }
     }

@@ -322,21 +322,170 @@ impl TableFunctionImpl for SearchFunction {
             }
         };
         Ok(Arc::new(SearchTable {
-            text,
-            mode,
-            top_k,
-            source,
+            call: SearchCall {
+                text,
+                mode: match mode {
+                    Mode::Vector => CallMode::Vector,
+                    Mode::Text => CallMode::Text,
+                    Mode::Hybrid => CallMode::Hybrid,
+                },
+                top_k,
+                memory: source == Source::Memory,
+            },
         }))
+    }
+}
+
+/// One `search()` call: what the index is asked. A query over several shards sends it to
+/// each shard (see `crate::shards`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SearchCall {
+    text: String,
+    mode: CallMode,
+    top_k: usize,
+    /// Memory keys rather than items.
+    memory: bool,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+enum CallMode {
+    Vector,
+    Text,
+    Hybrid,
+}
+
+impl SearchCall {
+    fn source(&self) -> Source {
+        if self.memory {
+            Source::Memory
+        } else {
+            Source::Items
+        }
+    }
+
+    /// The permission error, if `access` may not make this call.
+    fn check(&self, access: &crate::Access) -> Result<(), SqlError> {
+        let needs = if self.memory {
+            access.memory
+        } else {
+            access.conversations
+        };
+        if access.search && needs {
+            return Ok(());
+        }
+        Err(SqlError::Forbidden {
+            table: "search()",
+            permission: if access.search {
+                if self.memory {
+                    "memory.read"
+                } else {
+                    "conversations.read"
+                }
+            } else {
+                "search"
+            },
+        })
+    }
+
+    /// The hits of one store's index, for the query's caller, ranked from 1.
+    pub(crate) async fn run(&self, ctx: &QueryContext) -> Result<RecordBatch, SqlError> {
+        self.check(&ctx.access)?;
+        let svc = ctx.search.clone().ok_or_else(|| {
+            SqlError::Invalid("search() needs search to be enabled on the server".into())
+        })?;
+        let scope = &ctx.scope;
+        svc.wait_current(&scope.tenant, mnemo_index::Consistency::Eventual)
+            .await
+            .map_err(SqlError::Search)?;
+        let mode = match self.mode {
+            CallMode::Vector => Mode::Vector,
+            CallMode::Text => Mode::Text,
+            CallMode::Hybrid => Mode::Hybrid,
+        };
+        let mut vector = None;
+        if mode != Mode::Text && svc.text_vectors(&scope.tenant).map_err(SqlError::Search)? {
+            vector = svc
+                .query_vector(&self.text)
+                .await
+                .map_err(SqlError::Search)?;
+        }
+        let query = SearchQuery {
+            tenant: scope.tenant.as_str().to_owned(),
+            owner: scope.user.clone(),
+            source: self.source(),
+            conversation_id: None,
+            key_prefix: None,
+            filter: Filter::default(),
+            mode,
+            text: Some(self.text.clone()),
+            vector,
+            top_k: self.top_k,
+        };
+        let hits = svc.search(query).await.map_err(SqlError::Search)?;
+        // Memory hits name a key; the index applies the scope, and the store's rule is
+        // checked again here so a stale index entry never shows a key the caller may not
+        // read.
+        let hits = hits
+            .into_iter()
+            .filter(|h| !self.memory || scope.can_read_key(&h.id))
+            .map(|h| (h.id, h.conversation_id, f64::from(h.score)));
+        self.batch(hits)
+            .map_err(|e| SqlError::Internal(e.to_string()))
+    }
+
+    /// The hits as the rows of `search()`, ranked in the order given.
+    fn batch(
+        &self,
+        hits: impl Iterator<Item = (String, Option<String>, f64)>,
+    ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        let mut ids = StringBuilder::new();
+        let mut convs = StringBuilder::new();
+        let mut keys = StringBuilder::new();
+        let mut scores = Float64Builder::new();
+        let mut ranks = datafusion::arrow::array::Int64Builder::new();
+        for (rank, (id, conversation, score)) in hits.enumerate() {
+            keys.append_option(self.memory.then_some(id.as_str()));
+            ids.append_value(&id);
+            convs.append_option(conversation.as_deref());
+            scores.append_value(score);
+            ranks.append_value(rank as i64 + 1);
+        }
+        RecordBatch::try_new(
+            SEARCH_SCHEMA.clone(),
+            vec![
+                Arc::new(ids.finish()),
+                Arc::new(convs.finish()),
+                Arc::new(keys.finish()),
+                Arc::new(scores.finish()),
+                Arc::new(ranks.finish()),
+            ],
+        )
+    }
+
+    /// The hits of several shards as one answer: the best `top_k` by score (ties in shard
+    /// order), ranked again.
+    fn merge(&self, parts: &[RecordBatch]) -> Result<RecordBatch, SqlError> {
+        let mut hits = Vec::new();
+        for b in parts {
+            let ids = b.column(0).as_string::<i32>();
+            let convs = b.column(1).as_string::<i32>();
+            let scores = b.column(3).as_primitive::<Float64Type>();
+            for r in 0..b.num_rows() {
+                let conversation = convs.is_valid(r).then(|| convs.value(r).to_owned());
+                hits.push((ids.value(r).to_owned(), conversation, scores.value(r)));
+            }
+        }
+        hits.sort_by(|a, b| b.2.total_cmp(&a.2));
+        hits.truncate(self.top_k);
+        self.batch(hits.into_iter())
+            .map_err(|e| SqlError::Internal(e.to_string()))
     }
 }
 
 /// The result of one `search()` call, computed when the query runs, for its caller.
 #[derive(Debug)]
 struct SearchTable {
-    text: String,
-    mode: Mode,
-    top_k: usize,
-    source: Source,
+    call: SearchCall,
 }
 
 #[async_trait]
@@ -356,82 +505,16 @@ impl TableProvider for SearchTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let ctx = QueryContext::of(state)?;
-        let needs = match self.source {
-            Source::Items => ctx.access.conversations,
-            Source::Memory => ctx.access.memory,
-        };
-        if !ctx.access.search || !needs {
-            return Err(SqlError::Forbidden {
-                table: "search()",
-                permission: if ctx.access.search {
-                    match self.source {
-                        Source::Items => "conversations.read",
-                        Source::Memory => "memory.read",
-                    }
-                } else {
-                    "search"
-                },
+        let batch = match crate::shards::Sharded::of(state) {
+            Some(sharded) => {
+                self.call.check(&sharded.access)?;
+                self.call.merge(&sharded.gather(&self.call).await?)?
             }
-            .into());
-        }
-        let svc = ctx.search.clone().ok_or_else(|| {
-            SqlError::Invalid("search() needs search to be enabled on the server".into())
-        })?;
-        let scope = &ctx.scope;
-        svc.wait_current(&scope.tenant, mnemo_index::Consistency::Eventual)
-            .await
-            .map_err(SqlError::Search)?;
-        let mut vector = None;
-        if self.mode != Mode::Text && svc.text_vectors(&scope.tenant).map_err(SqlError::Search)? {
-            vector = svc
-                .query_vector(&self.text)
-                .await
-                .map_err(SqlError::Search)?;
-        }
-        let query = SearchQuery {
-            tenant: scope.tenant.as_str().to_owned(),
-            owner: scope.user.clone(),
-            source: self.source,
-            conversation_id: None,
-            key_prefix: None,
-            filter: Filter::default(),
-            mode: self.mode,
-            text: Some(self.text.clone()),
-            vector,
-            top_k: self.top_k,
-        };
-        let hits = svc.search(query).await.map_err(SqlError::Search)?;
-        let mut ids = StringBuilder::new();
-        let mut convs = StringBuilder::new();
-        let mut keys = StringBuilder::new();
-        let mut scores = Float64Builder::new();
-        let mut ranks = datafusion::arrow::array::Int64Builder::new();
-        let mut rank = 0;
-        for h in hits {
-            // Memory hits name a key; the index applies the scope, and the store's rule is
-            // checked again here so a stale index entry never shows a key the caller may not
-            // read.
-            if self.source == Source::Memory && !scope.can_read_key(&h.id) {
-                continue;
+            None => {
+                let ctx = QueryContext::of(state)?;
+                self.call.run(&ctx).await?
             }
-            rank += 1;
-            ids.append_value(&h.id);
-            convs.append_option(h.conversation_id.as_deref());
-            keys.append_option((self.source == Source::Memory).then_some(h.id.as_str()));
-            scores.append_value(f64::from(h.score));
-            ranks.append_value(rank);
-        }
-        let batch = RecordBatch::try_new(
-            SEARCH_SCHEMA.clone(),
-            vec![
-                Arc::new(ids.finish()),
-                Arc::new(convs.finish()),
-                Arc::new(keys.finish()),
-                Arc::new(scores.finish()),
-                Arc::new(ranks.finish()),
-            ],
-        )?;
+        };
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             SEARCH_SCHEMA.clone(),

@@ -7,6 +7,9 @@
 //! could avoid: the providers can only read through it, with `mnemo-storage`'s access rule.
 //! Statements are read-only, and each query runs under a time limit and a memory limit.
 //!
+//! A query can also read several shards (a cluster's stores), some on this node and some on
+//! others: see [`SqlEngine::query_shards`] and the `shards` module.
+//!
 //! This crate has no HTTP or wire protocol in it; `mnemo-api` serves [`SqlEngine::query`] as
 //! `POST /v1/sql` and `mnemo-pgwire` over the PostgreSQL protocol.
 
@@ -15,6 +18,7 @@ mod functions;
 mod params;
 mod plan_cache;
 mod scan;
+mod shards;
 mod statement;
 mod tables;
 mod vector;
@@ -23,6 +27,7 @@ pub use datafusion;
 pub use datafusion::arrow;
 pub use error::SqlError;
 pub use params::json_param;
+pub use shards::{arrow_stream, BatchStream, RemoteShard, Shard, ShardRequest, ShardSource};
 pub use tables::TableKind;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -100,7 +105,9 @@ pub struct Described {
 
 /// The SQL engine of a server.
 pub struct SqlEngine {
-    store: Arc<Store>,
+    /// The store a single server's queries read; `None` for an engine that only runs
+    /// queries over shards.
+    store: Option<Arc<Store>>,
     search: Option<Arc<SearchService>>,
     config: SqlConfig,
     /// Functions, tables and rules every query shares; each query runs in a copy of it
@@ -116,10 +123,22 @@ impl SqlEngine {
     pub fn new(store: Arc<Store>, search: Option<Arc<SearchService>>, config: SqlConfig) -> Self {
         let base = base_state(&config, search.clone());
         SqlEngine {
-            store,
+            store: Some(store),
             search,
             config,
             base,
+            plans: PlanCache::default(),
+        }
+    }
+
+    /// An engine that runs queries over shards only ([`SqlEngine::query_shards`]), as a
+    /// cluster node's front does; `embed()` is not available in it.
+    pub fn for_shards(config: SqlConfig) -> Self {
+        SqlEngine {
+            store: None,
+            search: None,
+            base: base_state(&config, None),
+            config,
             plans: PlanCache::default(),
         }
     }
@@ -129,20 +148,42 @@ impl SqlEngine {
         &self.config
     }
 
-    /// A session for one query of `scope`, over a fresh view of the store.
-    async fn session(&self, scope: Scope, access: Access) -> Result<SessionState, SqlError> {
-        let view = self.store.read_view().await?;
-        let ctx = Arc::new(QueryContext {
+    /// The store of a single server's queries.
+    fn store(&self) -> Result<&Arc<Store>, SqlError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| SqlError::Internal("this engine runs queries over shards only".into()))
+    }
+
+    /// What a query reads of one store: a fresh view of it, and the caller.
+    async fn context(
+        store: &Store,
+        search: Option<Arc<SearchService>>,
+        scope: Scope,
+        access: Access,
+    ) -> Result<Arc<QueryContext>, SqlError> {
+        let view = store.read_view().await?;
+        Ok(Arc::new(QueryContext {
             view,
             scope,
             access,
-            search: self.search.clone(),
-        });
+            search,
+        }))
+    }
+
+    /// A session for one query, carrying `context` (what its scans read).
+    fn state_with<T: std::any::Any + Send + Sync>(&self, context: Arc<T>) -> SessionState {
         let mut state = self.base.clone();
-        state.config_mut().set_extension(ctx);
+        state.config_mut().set_extension(context);
         // `now()` and friends are the time the query started.
         state.mark_start_execution();
-        Ok(state)
+        state
+    }
+
+    /// A session for one query of `scope`, over a fresh view of the store.
+    async fn session(&self, scope: Scope, access: Access) -> Result<SessionState, SqlError> {
+        let ctx = Self::context(self.store()?, self.search.clone(), scope, access).await?;
+        Ok(self.state_with(ctx))
     }
 
     /// The plan of `sql`: from the cache when the same text was planned before.
@@ -246,16 +287,118 @@ impl SqlEngine {
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<Answer, SqlError> {
+        self.timed(async {
+            let state = self.session(scope, access).await?;
+            self.start(&state, sql, params).await
+        })
+        .await
+    }
+
+    /// Runs a read-only statement for `scope` over `shards`: each table scan reads every
+    /// shard that can hold its rows (on this node through a view of its store, on others
+    /// through [`RemoteShard::read`]); the rest of the plan runs here. Each shard is read
+    /// at its own consistent point.
+    pub async fn query_shards(
+        &self,
+        shards: Vec<Shard>,
+        scope: Scope,
+        access: Access,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<Answer, SqlError> {
+        self.timed(async {
+            let opened = shards.into_iter().map(|s| {
+                let (scope, access) = (scope.clone(), access);
+                async move {
+                    let reader = match s.source {
+                        ShardSource::Local { store, search } => shards::Reader::Local(
+                            Self::context(&store, search, scope, access).await?,
+                        ),
+                        ShardSource::Remote(r) => shards::Reader::Remote(r),
+                    };
+                    Ok::<_, SqlError>(shards::OpenShard {
+                        id_tag: s.id_tag,
+                        user_data: s.user_data,
+                        reader,
+                    })
+                }
+            });
+            let shards = futures::future::try_join_all(opened).await?;
+            let state = self.state_with(Arc::new(shards::Sharded {
+                scope,
+                access,
+                shards,
+            }));
+            self.start(&state, sql, params).await
+        })
+        .await
+    }
+
+    /// Answers a [`ShardRequest`] of another node's query with this engine's store, for the
+    /// caller `scope` (verified here, as for any query) with its `access`.
+    pub async fn serve_shard(
+        &self,
+        scope: Scope,
+        access: Access,
+        request: &ShardRequest,
+    ) -> Result<Answer, SqlError> {
+        self.timed(async {
+            let ctx = Self::context(self.store()?, self.search.clone(), scope, access).await?;
+            let state = self.state_with(ctx.clone());
+            match request.inner() {
+                shards::Request::Scan { plan, projection } => {
+                    if !plan.kind.allowed(&access) {
+                        return Err(SqlError::Forbidden {
+                            table: plan.kind.name(),
+                            permission: plan.kind.permission(),
+                        });
+                    }
+                    let mut plan = plan.clone();
+                    plan.partitions = plan
+                        .partitions
+                        .clamp(1, self.config.target_partitions.max(1));
+                    let scan = scan::ScanExec::new(ctx, plan, projection.clone())
+                        .map_err(|e| self.classify(e))?;
+                    execute_stream(Arc::new(scan), self.task(&state)?).map_err(|e| self.classify(e))
+                }
+                shards::Request::Search(call) => {
+                    let batch = call.run(&ctx).await?;
+                    let schema = batch.schema();
+                    let rows = futures::stream::iter([Ok(batch)]);
+                    Ok(Box::pin(
+                        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                            schema, rows,
+                        ),
+                    )
+                        as datafusion::execution::SendableRecordBatchStream)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Plans and starts `sql` in `state`.
+    async fn start(
+        &self,
+        state: &SessionState,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream, SqlError> {
+        let prepared = self.prepare(state, sql).await?;
+        let plan = self.physical(state, &prepared, params).await?;
+        execute_stream(plan, self.task(state)?).map_err(|e| self.classify(e))
+    }
+
+    /// Runs `start` and then its stream under the engine's time limit.
+    async fn timed(
+        &self,
+        start: impl std::future::Future<
+            Output = Result<datafusion::execution::SendableRecordBatchStream, SqlError>,
+        >,
+    ) -> Result<Answer, SqlError> {
         let ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline = tokio::time::Instant::now() + self.config.timeout;
-        let started = tokio::time::timeout_at(deadline, async {
-            let state = self.session(scope, access).await?;
-            let prepared = self.prepare(&state, sql).await?;
-            let plan = self.physical(&state, &prepared, params).await?;
-            execute_stream(plan, self.task(&state)?).map_err(|e| self.classify(e))
-        })
-        .await;
-        let stream = match started {
+        let stream = match tokio::time::timeout_at(deadline, start).await {
             Ok(stream) => stream?,
             Err(_) => return Err(SqlError::Timeout { ms }),
         };

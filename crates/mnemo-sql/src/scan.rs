@@ -36,8 +36,9 @@ use tokio::sync::mpsc;
 /// Rows per batch.
 const BATCH_ROWS: usize = 1024;
 
-/// What a scan reads: the narrowings taken from the query's filters.
-#[derive(Clone, Debug)]
+/// What a scan reads: the narrowings taken from the query's filters. A query over several
+/// shards sends it to each remote shard (see `crate::shards`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ScanPlan {
     pub kind: TableKind,
     /// Only these conversations (ids).

@@ -37,7 +37,7 @@ pub(crate) struct QueryContext {
 }
 
 /// The tables every query can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TableKind {
     /// `conversations`
     Conversations,
@@ -160,7 +160,7 @@ impl TableKind {
         }
     }
 
-    fn allowed(self, access: &Access) -> bool {
+    pub(crate) fn allowed(self, access: &Access) -> bool {
         match self {
             TableKind::Conversations | TableKind::Items => access.conversations,
             TableKind::Memory => access.memory,
@@ -558,8 +558,12 @@ impl TableProvider for Table {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let ctx = QueryContext::of(state)?;
-        if !self.kind.allowed(&ctx.access) {
+        let sharded = crate::shards::Sharded::of(state);
+        let access = match &sharded {
+            Some(s) => s.access,
+            None => QueryContext::of(state)?.access,
+        };
+        if !self.kind.allowed(&access) {
             return Err(SqlError::Forbidden {
                 table: self.kind.name(),
                 permission: self.kind.permission(),
@@ -576,7 +580,14 @@ impl TableProvider for Table {
         {
             plan.partitions = state.config().target_partitions().max(1);
         }
-        Ok(Arc::new(ScanExec::new(ctx, plan, projection.cloned())?))
+        match sharded {
+            Some(s) => s.scan(plan, projection.cloned()),
+            None => Ok(Arc::new(ScanExec::new(
+                QueryContext::of(state)?,
+                plan,
+                projection.cloned(),
+            )?)),
+        }
     }
 }
 

@@ -101,7 +101,7 @@ async fn shard_api(
         .with_research_consent(t.consent);
     Ok(LocalShard {
         shard,
-        router: mnemo_api::router(state),
+        router: mnemo_api::cluster::shard_router(state),
         store,
         search: Some(search),
     })
@@ -254,7 +254,11 @@ pub async fn serve(
         .context("joining the cluster")?;
     // A request for a shard without an owner waits for the failover: the lease to expire,
     // and the new owner to open the shard.
-    let mut front = ClusterFront::new(cluster.clone(), auth, ttl * 2 + Duration::from_secs(10));
+    let mut front = ClusterFront::new(cluster.clone(), auth, ttl * 2 + Duration::from_secs(10))
+        .with_sql(
+            Arc::new(mnemo_sql::SqlEngine::for_shards(template.sql.clone())),
+            template.sql_max_rows,
+        );
     if reader {
         let replicas = mnemo_api::cluster::Replicas::new(template.follow);
         for n in 0..cluster.shards() {

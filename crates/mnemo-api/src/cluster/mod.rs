@@ -10,7 +10,10 @@
 
 mod fanout;
 mod forward;
+mod sql;
 mod target;
+
+pub use sql::SHARD_READ_PATH;
 
 use crate::{ApiError, ApiResult};
 use axum::body::{Body, Bytes};
@@ -176,6 +179,10 @@ pub struct ClusterFront {
     owner_wait: Duration,
     /// On a reader node: the shards it follows.
     replicas: Option<Arc<Replicas>>,
+    /// Runs queries over several shards.
+    sql: Option<Arc<mnemo_sql::SqlEngine>>,
+    /// Most rows of a JSON SQL answer.
+    sql_max_rows: usize,
 }
 
 impl ClusterFront {
@@ -193,7 +200,17 @@ impl ClusterFront {
             client: forward::client(),
             owner_wait,
             replicas: None,
+            sql: None,
+            sql_max_rows: crate::DEFAULT_SQL_MAX_ROWS,
         }
+    }
+
+    /// Runs `POST /v1/sql` over several shards with `engine` (made with
+    /// [`mnemo_sql::SqlEngine::for_shards`]), with at most `max_rows` rows in a JSON answer.
+    pub fn with_sql(mut self, engine: Arc<mnemo_sql::SqlEngine>, max_rows: usize) -> Self {
+        self.sql = Some(engine);
+        self.sql_max_rows = max_rows;
+        self
     }
 
     /// A reader node's front: reads are answered from `replicas` (unless they ask for the
@@ -202,6 +219,15 @@ impl ClusterFront {
         self.replicas = Some(replicas);
         self
     }
+}
+
+/// The API of one shard on a cluster node: [`crate::router`], plus the route through which
+/// other nodes read the shard's part of a query ([`SHARD_READ_PATH`]).
+pub fn shard_router(state: crate::AppState) -> Router {
+    Router::new()
+        .route(SHARD_READ_PATH, axum::routing::post(crate::sql::shard_read))
+        .with_state(state.clone())
+        .merge(crate::router(state))
 }
 
 /// The router of a cluster node: every route goes through the front.
@@ -291,17 +317,23 @@ async fn dispatch(front: &ClusterFront, req: Request) -> ApiResult<Response> {
     if let Some(peer) = req.parts.headers.get(PEER_HEADER) {
         return serve_peer(front, peer.as_bytes(), &req).await;
     }
-    let identity = crate::auth::authenticate(&front.auth, &req.parts).await?;
-    let scope = identity.scope(
-        req.parts
-            .headers
-            .get(crate::auth::USER_HEADER)
-            .map(|v| v.as_bytes()),
-    )?;
+    let (identity, scope) = caller(front, &req).await?;
     match target::classify(&req, &scope, front.map.shards())? {
         Target::Shard(n) => to_shard(front, n, &req).await,
         Target::FanOut(kind, shards) => fanout::run(front, kind, &shards, &req).await,
+        Target::Sql(shards) => sql::query(front, &req, &identity, scope, shards, false).await,
     }
+}
+
+/// The verified caller of a request, and the scope it acts in.
+async fn caller(
+    front: &ClusterFront,
+    req: &Buffered,
+) -> ApiResult<(crate::auth::Identity, mnemo_storage::Scope)> {
+    let identity = crate::auth::authenticate(&front.auth, &req.parts).await?;
+    let user = req.parts.headers.get(crate::auth::USER_HEADER);
+    let scope = identity.scope(user.map(|v| v.as_bytes()))?;
+    Ok((identity, scope))
 }
 
 fn health(front: &ClusterFront) -> Response {
@@ -343,6 +375,13 @@ async fn serve_peer(front: &ClusterFront, token: &[u8], req: &Buffered) -> ApiRe
         r => r,
     };
     match route {
+        // A user's query sent to the node of the user's shard runs here over the shards
+        // the user can see.
+        Route::Local(_) if req.parts.uri.path() == "/v1/sql" => {
+            let (identity, scope) = caller(front, req).await?;
+            let shards = target::visible(&scope, front.map.shards());
+            sql::query(front, req, &identity, scope, shards, true).await
+        }
         Route::Local(local) => serve_local(front, shard, local, req).await,
         _ => Err(not_owner(shard)),
     }

@@ -23,6 +23,8 @@ pub(super) enum Target {
     Shard(u32),
     /// Several shards, answers merged.
     FanOut(FanOut, Vec<u32>),
+    /// `POST /v1/sql` over the shards the scope can see (the caller's first).
+    Sql(Vec<u32>),
 }
 
 /// The fan-out operations.
@@ -51,15 +53,7 @@ pub(super) fn not_supported(what: &str) -> ApiError {
 pub(super) fn classify(req: &Buffered, scope: &Scope, shards: u32) -> ApiResult<Target> {
     let tenant = scope.tenant.as_str();
     let home = shard_of(shards, tenant, scope.user.as_deref());
-    let tenant_shard = shard_of(shards, tenant, None);
-    // The shards a scope can see data on.
-    let visible = || -> Vec<u32> {
-        match &scope.user {
-            Some(_) if home == tenant_shard => vec![home],
-            Some(_) => vec![home, tenant_shard],
-            None => (0..shards).collect(),
-        }
-    };
+    let visible = || visible(scope, shards);
     let path = req.parts.uri.path();
     let method = &req.parts.method;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -89,12 +83,9 @@ pub(super) fn classify(req: &Buffered, scope: &Scope, shards: u32) -> ApiResult<
             Target::Shard(shard_of_key(shards, tenant, &key))
         }
         ["v1", "search"] => Target::FanOut(FanOut::Search, visible()),
-        ["v1", "sql"] if scope.user.is_some() => Target::Shard(home),
-        ["v1", "sql"] => {
-            return Err(not_supported(
-                "tenant-wide SQL (act for one user with X-Mnemo-User)",
-            ))
-        }
+        ["v1", "sql"] => Target::Sql(visible()),
+        // Between nodes only (they send it to a shard directly, never through here).
+        ["v1", "cluster", ..] => return Err(ApiError::not_found(format!("no route {path}"))),
         ["v1", "changes"] => Target::FanOut(FanOut::Changes, visible()),
         ["v1", "changes", "stream"] => Target::FanOut(FanOut::ChangesStream, visible()),
         ["v1", "admin", "users", user, ..] => {
@@ -107,6 +98,19 @@ pub(super) fn classify(req: &Buffered, scope: &Scope, shards: u32) -> ApiResult<
         _ => Target::Shard(home),
     };
     Ok(t)
+}
+
+/// The shards a scope can see data on: all of them for a tenant-wide caller; for a caller
+/// acting for one user, the user's shard first, then the tenant's (its shared memory).
+pub(super) fn visible(scope: &Scope, shards: u32) -> Vec<u32> {
+    let tenant = scope.tenant.as_str();
+    let home = shard_of(shards, tenant, scope.user.as_deref());
+    let tenant_shard = shard_of(shards, tenant, None);
+    match &scope.user {
+        Some(_) if home == tenant_shard => vec![home],
+        Some(_) => vec![home, tenant_shard],
+        None => (0..shards).collect(),
+    }
 }
 
 /// The one shard every key of a memory batch is on; 400 `cross_shard_batch` if they are on
@@ -225,8 +229,15 @@ mod tests {
         assert_eq!(e.code, Some("cross_shard_batch"));
         let one = r#"{"operations":[{"op":"put","key":"users/alice/a","value":"1"}]}"#;
         assert_eq!(c(&app, Method::POST, "/v1/kv/batch", one), Target::Shard(a));
-        let e = classify(&req(Method::POST, "/v1/sql", "{}"), &app, n).unwrap_err();
-        assert_eq!(e.status, StatusCode::NOT_IMPLEMENTED);
-        assert_eq!(c(&alice, Method::POST, "/v1/sql", "{}"), Target::Shard(a));
+        assert_eq!(
+            c(&app, Method::POST, "/v1/sql", "{}"),
+            Target::Sql((0..n).collect())
+        );
+        assert_eq!(
+            c(&alice, Method::POST, "/v1/sql", "{}"),
+            Target::Sql(vec![a, shared])
+        );
+        let e = classify(&req(Method::POST, "/v1/cluster/shard-read", "{}"), &app, n).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
     }
 }
