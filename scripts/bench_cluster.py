@@ -35,8 +35,10 @@ def port() -> int:
                 continue
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 30):
-    req = urllib.request.Request(url, data=body, method=method)
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 30, headers=None):
+    req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    if body is not None and body[:1] == b"{":
+        req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
@@ -287,8 +289,70 @@ def memory(root: Path, shards: int):
           f"per open shard {(held - base) / shards:.2f} MiB |")
 
 
+SQL_QUERIES = [
+    ("count(*) of items", "SELECT count(*) FROM items", None),
+    ("items per user, top 10", "SELECT user_id, count(*) AS n FROM items GROUP BY user_id ORDER BY n DESC, user_id LIMIT 10", None),
+    ("LIKE over text", "SELECT count(*) FROM items WHERE text LIKE '%apples%'", None),
+    ("join conversations-items", "SELECT count(*) FROM conversations c JOIN items i ON i.conversation_id = c.id", None),
+    ("one user's items (2 shards)", "SELECT count(*) FROM items", "u7"),
+]
+
+
+def sql_load(url: str, users: int, convs: int, items: int):
+    words = ["apples", "pears", "plums", "figs"]
+    for u in range(users):
+        for c in range(convs):
+            body = {"items": [{"type": "message", "role": "user",
+                               "content": f"user {u} conversation {c} item {i} likes {words[(u + c + i) % 4]}"}
+                              for i in range(items)]}
+            st, _, out = http("POST", f"{url}/v1/conversations", json.dumps(body).encode(),
+                              headers={"X-Mnemo-User": f"u{u}"})
+            assert st == 200, out
+
+
+def sql_time(url: str, query: str, user, n: int):
+    headers = {"X-Mnemo-User": user} if user else {}
+    lat, rows = [], None
+    for _ in range(n):
+        t = time.perf_counter()
+        st, _, out = http("POST", f"{url}/v1/sql", json.dumps({"query": query}).encode(), headers=headers)
+        lat.append((time.perf_counter() - t) * 1000)
+        assert st == 200, out
+        rows = json.loads(out)["rows"]
+    return lat, rows
+
+
+def sql(root: Path, shards: int, n: int):
+    users, convs, items = 200, 10, 10
+    single = Node(root, "q-single", f"file://{root}/store-qsingle", None, 0, 0)
+    etcd = Etcd(root / "q")
+    store = f"file://{root}/store-q"
+    nodes = [Node(root, f"q{i}", store, etcd, shards, 10) for i in range(1, 4)]
+    settle(nodes, shards)
+    try:
+        sql_load(single.url, users, convs, items)
+        sql_load(nodes[1].url, users, convs, items)
+        print(f"{users * convs * items} items of {users} users ({users * convs} conversations) on each side; "
+              f"the query goes to one node of 3 ({shards} shards, about 2/3 of them on the other nodes); {n} runs each")
+        print("| query | single server p50 ms | cluster p50 ms | ratio | single p99 ms | cluster p99 ms |")
+        print("|---|---|---|---|---|---|")
+        for name, query, user in SQL_QUERIES:
+            sql_time(single.url, query, user, 3)
+            sql_time(nodes[0].url, query, user, 3)
+            a, want = sql_time(single.url, query, user, n)
+            b, got = sql_time(nodes[0].url, query, user, n)
+            assert got == want, (name, got, want)
+            print(f"| {name} | {pct(a, 50):.1f} | {pct(b, 50):.1f} | {pct(b, 50) / pct(a, 50):.2f}x | "
+                  f"{pct(a, 99):.1f} | {pct(b, 99):.1f} |", flush=True)
+    finally:
+        single.stop()
+        for nd in nodes:
+            nd.stop()
+        etcd.stop()
+
+
 def main():
-    phases = os.environ.get("PHASES", "failover,hop,throughput,memory").split(",")
+    phases = os.environ.get("PHASES", "failover,hop,throughput,memory,sql").split(",")
     kills = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     ttl = int(os.environ.get("TTL", "10"))
@@ -303,6 +367,8 @@ def main():
             throughput(root, seconds, 64, shards)
         if "memory" in phases:
             memory(root, shards)
+        if "sql" in phases:
+            sql(root, shards, 30)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
