@@ -26,6 +26,7 @@ pub mod etcd;
 pub mod merge;
 mod node;
 pub mod placement;
+mod replicas;
 
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use etcd::{EtcdClient, EtcdError};
 pub use node::Cluster;
 pub use placement::{id_tag, plan, shard_of, shard_of_id, shard_of_key, MAX_SHARDS};
+pub use replicas::{Followed, Replicas};
 
 /// What a node needs to open and close shards. The node's server implements it.
 pub trait ShardOpener: Send + Sync + 'static {

@@ -32,6 +32,19 @@ pub fn shard_of(shards: u32, tenant: &str, user: Option<&str>) -> u32 {
     (h % u64::from(shards)) as u32
 }
 
+/// The shards a caller can see data on: every shard for a tenant-wide caller; for a caller
+/// acting for one user, the user's shard first, then the tenant's (its shared memory), or
+/// the one shard when they are the same.
+pub fn visible_shards(shards: u32, tenant: &str, user: Option<&str>) -> Vec<u32> {
+    let home = shard_of(shards, tenant, user);
+    let tenant_shard = shard_of(shards, tenant, None);
+    match user {
+        Some(_) if home == tenant_shard => vec![home],
+        Some(_) => vec![home, tenant_shard],
+        None => (0..shards).collect(),
+    }
+}
+
 /// The shard of a memory key: keys `users/<u>/...` belong to user `<u>`
 /// (`shard_of(tenant, Some(u))`); every other key (including `users/<u>` without a second
 /// `/`, and an empty `<u>`) to the tenant's shared shard.

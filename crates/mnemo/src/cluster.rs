@@ -267,7 +267,7 @@ pub async fn serve(
         let (c, r) = (cluster.clone(), replicas.clone());
         tokio::spawn(async move {
             loop {
-                c.report_lag(r.max_lag_ms(c.shards()));
+                c.report_lag(r.max_lag_ms(c.shards(), mnemo_api::cluster::now_ms()));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });

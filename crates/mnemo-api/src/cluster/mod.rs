@@ -115,58 +115,28 @@ pub const LAG_HEADER: &str = "x-mnemo-replica-lag-ms";
 pub const CONSISTENCY_HEADER: &str = "x-mnemo-consistency";
 
 /// The shards a reader node follows read-only; reads are served from them.
-pub struct Replicas {
-    shards: std::sync::RwLock<std::collections::HashMap<u32, Arc<LocalShard>>>,
-    follow: Duration,
+pub type Replicas = mnemo_cluster::Replicas<LocalShard>;
+
+impl mnemo_cluster::Followed for LocalShard {
+    fn shard(&self) -> u32 {
+        self.shard
+    }
+    fn followed_at_ms(&self) -> Option<u64> {
+        self.store.followed_at_ms()
+    }
 }
 
-impl Replicas {
-    /// An empty set; `follow` is how often each replica looks for new state.
-    pub fn new(follow: Duration) -> Arc<Self> {
-        Arc::new(Replicas {
-            shards: std::sync::RwLock::new(std::collections::HashMap::new()),
-            follow,
-        })
-    }
+/// Now, in ms since the Unix epoch (the clock replicas' lag is measured by).
+pub fn now_ms() -> u64 {
+    u64::try_from(mnemo_storage::clock::now_ms()).unwrap_or(0)
+}
 
-    /// Adds a shard opened read-only (and followed).
-    pub fn insert(&self, shard: Arc<LocalShard>) {
-        let mut m = self.shards.write().unwrap_or_else(|e| e.into_inner());
-        m.insert(shard.shard, shard);
-    }
-
-    fn get(&self, n: u32) -> Option<Arc<LocalShard>> {
-        let m = self.shards.read().unwrap_or_else(|e| e.into_inner());
-        m.get(&n).cloned()
-    }
-
-    /// How stale shard `n`'s replica may be, in ms: the age of its last follow round plus
-    /// the follow interval. `None` before its first round.
-    pub fn lag_ms(&self, n: u32) -> Option<u64> {
-        let followed = self.get(n)?.store.followed_at_ms()?;
-        let now = u64::try_from(mnemo_storage::clock::now_ms()).unwrap_or(0);
-        Some(now.saturating_sub(followed) + self.follow.as_millis() as u64)
-    }
-
-    /// The largest lag bound over the followed shards; `None` until every shard of
-    /// `shards` is followed.
-    pub fn max_lag_ms(&self, shards: u32) -> Option<u64> {
-        (0..shards)
-            .map(|n| self.lag_ms(n))
-            .try_fold(0u64, |m, l| Some(m.max(l?)))
-    }
-
-    /// Each followed shard's lag bound in ms (`null` before its first round).
-    pub fn status(&self) -> serde_json::Value {
-        let mut ns: Vec<u32> = {
-            let m = self.shards.read().unwrap_or_else(|e| e.into_inner());
-            m.keys().copied().collect()
-        };
-        ns.sort_unstable();
-        ns.into_iter()
-            .map(|n| serde_json::json!({"shard": n, "lag_ms": self.lag_ms(n)}))
-            .collect()
-    }
+/// Each followed shard's lag bound in ms (`null` before its first round).
+fn replica_status(r: &Replicas) -> serde_json::Value {
+    r.lags(now_ms())
+        .into_iter()
+        .map(|(n, lag)| serde_json::json!({"shard": n, "lag_ms": lag}))
+        .collect()
 }
 
 /// The state of a cluster node's front.
@@ -299,7 +269,7 @@ async fn dispatch(front: &ClusterFront, req: Request) -> ApiResult<Response> {
         "/v1/cluster/status" => {
             let mut v = serde_json::to_value(front.map.status()).unwrap_or_default();
             if let Some(r) = &front.replicas {
-                v["replicas"] = r.status();
+                v["replicas"] = replica_status(r);
             }
             return Ok(axum::Json(v).into_response());
         }
@@ -498,7 +468,7 @@ async fn serve_replica(
     req: &Buffered,
 ) -> Response {
     let mut resp = call_shard(front, n, replica, req, "replica").await;
-    if let Some(lag) = front.replicas.as_ref().and_then(|r| r.lag_ms(n)) {
+    if let Some(lag) = front.replicas.as_ref().and_then(|r| r.lag_ms(n, now_ms())) {
         resp.headers_mut()
             .insert(LAG_HEADER, HeaderValue::from(lag));
     }

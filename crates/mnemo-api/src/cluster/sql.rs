@@ -110,7 +110,10 @@ pub(super) async fn query(
 fn local(front: &ClusterFront, n: u32, strong: bool) -> Option<(Arc<LocalShard>, Option<u64>)> {
     if let Some(replicas) = front.replicas.as_ref().filter(|_| !strong) {
         if let Some(shard) = replicas.get(n) {
-            return Some((shard, Some(replicas.lag_ms(n).unwrap_or(0))));
+            return Some((
+                shard,
+                Some(replicas.lag_ms(n, super::now_ms()).unwrap_or(0)),
+            ));
         }
     }
     match front.map.route(n) {

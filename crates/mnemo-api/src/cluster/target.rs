@@ -12,7 +12,7 @@ use super::Buffered;
 use crate::extract::query_pairs;
 use crate::{ApiError, ApiResult};
 use axum::http::{Method, StatusCode};
-use mnemo_cluster::placement::{shard_of, shard_of_id, shard_of_key};
+use mnemo_cluster::placement::{shard_of, shard_of_id, shard_of_key, visible_shards};
 use mnemo_storage::access::kv_owner;
 use mnemo_storage::Scope;
 
@@ -100,17 +100,10 @@ pub(super) fn classify(req: &Buffered, scope: &Scope, shards: u32) -> ApiResult<
     Ok(t)
 }
 
-/// The shards a scope can see data on: all of them for a tenant-wide caller; for a caller
-/// acting for one user, the user's shard first, then the tenant's (its shared memory).
+/// The shards a scope can see data on (the user's first): see
+/// [`mnemo_cluster::placement::visible_shards`].
 pub(super) fn visible(scope: &Scope, shards: u32) -> Vec<u32> {
-    let tenant = scope.tenant.as_str();
-    let home = shard_of(shards, tenant, scope.user.as_deref());
-    let tenant_shard = shard_of(shards, tenant, None);
-    match &scope.user {
-        Some(_) if home == tenant_shard => vec![home],
-        Some(_) => vec![home, tenant_shard],
-        None => (0..shards).collect(),
-    }
+    visible_shards(shards, scope.tenant.as_str(), scope.user.as_deref())
 }
 
 /// The one shard every key of a memory batch is on; 400 `cross_shard_batch` if they are on
