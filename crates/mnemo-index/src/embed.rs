@@ -67,11 +67,18 @@ pub enum EmbedSetupError {
     Threads(String),
 }
 
-/// A loaded model and its settings, ready to start a [`Pipeline`].
+/// A loaded model and its thread pools, ready to start [`Pipeline`]s. Clones share the
+/// model and the pools: a cluster node starts one pipeline per shard from one config, and
+/// they embed on the same threads.
+#[derive(Clone)]
 pub struct EmbedderConfig {
-    embedder: Embedder,
+    embedder: Arc<Embedder>,
     threads: usize,
     model_dir: String,
+    /// Background embedding (`threads` threads).
+    pool: Arc<rayon::ThreadPool>,
+    /// Query texts (one thread per core).
+    query_pool: Arc<rayon::ThreadPool>,
 }
 
 impl EmbedderConfig {
@@ -87,10 +94,23 @@ impl EmbedderConfig {
             dir: dir.display().to_string(),
             source,
         })?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("mnemo-embed-{i}"))
+            .build()
+            .map_err(|e| EmbedSetupError::Threads(e.to_string()))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let query_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores)
+            .thread_name(|i| format!("mnemo-embed-query-{i}"))
+            .build()
+            .map_err(|e| EmbedSetupError::Threads(e.to_string()))?;
         Ok(EmbedderConfig {
-            embedder,
+            embedder: Arc::new(embedder),
             threads,
             model_dir: dir.display().to_string(),
+            pool: Arc::new(pool),
+            query_pool: Arc::new(query_pool),
         })
     }
 
@@ -163,13 +183,15 @@ struct QueryCache {
 
 /// The background embedding pipeline of one server (see the module docs).
 pub struct Pipeline {
-    embedder: Embedder,
+    embedder: Arc<Embedder>,
     dim: usize,
     store: Arc<Store>,
     index: Arc<SearchIndex>,
     runtime: tokio::runtime::Handle,
-    pool: rayon::ThreadPool,
-    query_pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
+    query_pool: Arc<rayon::ThreadPool>,
+    /// Set by [`Pipeline::stop`]: the worker and the backfill loop end.
+    stopped: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     work: Condvar,
     space: tokio::sync::Notify,
@@ -201,26 +223,16 @@ impl Pipeline {
         store: Arc<Store>,
         index: Arc<SearchIndex>,
     ) -> Result<Arc<Self>, EmbedSetupError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cfg.threads)
-            .thread_name(|i| format!("mnemo-embed-{i}"))
-            .build()
-            .map_err(|e| EmbedSetupError::Threads(e.to_string()))?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let query_pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cores)
-            .thread_name(|i| format!("mnemo-embed-query-{i}"))
-            .build()
-            .map_err(|e| EmbedSetupError::Threads(e.to_string()))?;
         let dim = cfg.embedder.dimension();
         let p = Arc::new(Pipeline {
-            embedder: cfg.embedder,
+            embedder: cfg.embedder.clone(),
             dim,
             store,
             index,
             runtime: tokio::runtime::Handle::current(),
-            pool,
-            query_pool,
+            pool: cfg.pool.clone(),
+            query_pool: cfg.query_pool.clone(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             space: tokio::sync::Notify::new(),
@@ -250,6 +262,22 @@ impl Pipeline {
     /// Length of the model's vectors.
     pub(crate) fn dimension(&self) -> usize {
         self.dim
+    }
+
+    /// Stops the worker thread and the backfill loop (the search service stopped: a cluster
+    /// node closed its shard). Queued texts are dropped; they are offered again by whoever
+    /// opens the store next.
+    pub(crate) fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Under the lock, so a worker about to wait sees the flag or gets the wake-up.
+        let _st = lock(&self.state);
+        self.work.notify_all();
+        self.backfill_due.notify_waiters();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether `tenant` can take the model's vectors: its dimension is unset or equal.
@@ -343,10 +371,13 @@ impl Pipeline {
         self.progress.subscribe()
     }
 
-    /// Runs backfill scans (through `svc`) whenever a tenant needs one. Never returns.
+    /// Runs backfill scans (through `svc`) whenever a tenant needs one, until stopped.
     pub(crate) async fn backfill_loop(self: Arc<Self>, svc: Arc<SearchService>) {
         loop {
             let due = self.backfill_due.notified();
+            if self.is_stopped() {
+                return;
+            }
             while let Some((tenant, pos)) = self.start_backfill() {
                 tracing::info!(%tenant, "embedding queue was full: scanning the tenant for documents without vectors");
                 let res = match TenantId::new(tenant.clone()) {
@@ -399,8 +430,11 @@ impl Pipeline {
         loop {
             let batch: Vec<Job> = {
                 let mut st = lock(&self.state);
-                while st.jobs.is_empty() {
+                while st.jobs.is_empty() && !self.is_stopped() {
                     st = self.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+                if self.is_stopped() {
+                    return;
                 }
                 let n = st.jobs.len().min(BATCH);
                 let batch: Vec<Job> = st.jobs.drain(..n).collect();
@@ -466,10 +500,12 @@ impl Pipeline {
                 }
             })
             .collect();
-        // Items keep their vector in the store, so a restart does not embed them again.
+        // Items keep their vector in the store, so a restart does not embed them again (a
+        // read-only replica keeps them in its index only).
+        let writable = !self.store.engine().is_read_only();
         let writes = accepted
             .iter()
-            .filter(|(j, _)| j.source == Source::Items)
+            .filter(|(j, _)| writable && j.source == Source::Items)
             .filter_map(|(j, v)| {
                 let tenant = TenantId::new(j.tenant.clone()).ok()?;
                 let conv = j.conversation_id.clone()?;

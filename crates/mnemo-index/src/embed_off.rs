@@ -17,6 +17,7 @@ pub enum EmbedSetupError {
 }
 
 /// A loaded model; cannot exist in this build.
+#[derive(Clone)]
 pub enum EmbedderConfig {}
 
 impl EmbedderConfig {
@@ -44,6 +45,10 @@ impl Pipeline {
     }
 
     pub(crate) fn dimension(&self) -> usize {
+        match *self {}
+    }
+
+    pub(crate) fn stop(&self) {
         match *self {}
     }
 

@@ -235,6 +235,9 @@ impl SearchService {
     /// first for a last snapshot.
     pub fn stop(&self) {
         self.stopped.send_replace(true);
+        if let Some(p) = &self.embed {
+            p.stop();
+        }
     }
 
     /// Whether the built-in embedder is enabled.

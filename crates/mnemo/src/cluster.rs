@@ -71,9 +71,12 @@ pub struct ShardTemplate {
     pub consent: mnemo_export::ConsentPolicy,
     /// On a reader node: how often each replica looks for new state.
     pub follow: Duration,
+    /// The built-in embedder (`--embedding-model`): one model and one set of threads for
+    /// all of the node's shards, each with its own pipeline.
+    pub embedder: Option<mnemo_index::embed::EmbedderConfig>,
 }
 
-/// The API over one shard's store (search, SQL, no exports).
+/// The API over one shard's store (search with the node's embedder, SQL, no exports).
 async fn shard_api(
     t: &ShardTemplate,
     shard: u32,
@@ -81,7 +84,7 @@ async fn shard_api(
     snapshots: Duration,
 ) -> Result<LocalShard, String> {
     let options = mnemo_index::SearchOptions {
-        embedder: None,
+        embedder: t.embedder.clone(),
         snapshots: mnemo_index::SnapshotOptions {
             interval: snapshots,
         },

@@ -274,7 +274,6 @@ async fn serve_cluster(
         (args.read_only, "--read-only"),
         (args.wal_dir.is_some(), "--wal-dir"),
         (args.pg_listen.is_some(), "--pg-listen"),
-        (search.embedder.is_some(), "--embedding-model"),
     ] {
         if set {
             anyhow::bail!("{flag} is not available on a cluster node yet");
@@ -297,6 +296,7 @@ async fn serve_cluster(
         auth: auth.config,
         consent,
         follow: Duration::from_millis(args.follow_interval_ms.max(10)),
+        embedder: search.embedder,
     };
     crate::cluster::serve(&args.cluster, args.listen, template, shutdown_signal()).await
 }
