@@ -276,3 +276,50 @@ def test_isolation_matrix_across_shards(world):
         assert not any("alice" in (e.get("key") or "") for e in events)
         events, _ = feed(node, bearer(world, ("app", "tb")))
         assert not any((e.get("key") or "").startswith("users/alice") for e in events)
+
+
+def audit_entries(srv, who, limit=3):
+    """The whole audit log, a page of `limit` at a time."""
+    out, after = [], None
+    for _ in range(200):
+        params = {"limit": limit, **({"after": after} if after is not None else {})}
+        r = srv.http.get("/v1/admin/audit", params=params, headers=bearer(world_ref[0], who))
+        assert r.status_code == 200, r.text
+        page = r.json()
+        out += page["data"]
+        if not page["has_more"]:
+            return out
+        after = page["next_after"]
+    raise AssertionError("the audit log did not end")
+
+
+def test_audit_log_over_shards(world):
+    """The audit log of a tenant over shards holds what a single server's holds (admin actions
+    on users on every shard), pages with a cluster cursor, and shows no other tenant's."""
+    world_ref[:] = [world]
+    for srv in [world["single"], world["cluster"].nodes[2]]:
+        for t, users in USERS.items():
+            for u in users:
+                r = srv.http.put(f"/v1/admin/users/{u}/consent", json={"research": True},
+                                 headers=bearer(world, ("app", t)))
+                assert r.status_code == 200, r.text
+    for t in USERS:
+        want = sorted((e["action"], e.get("target")) for e in audit_entries(world["single"], ("app", t)))
+        assert len(want) >= len(USERS[t]), want
+        for node in world["cluster"].nodes:
+            got = audit_entries(node, ("app", t))
+            assert sorted((e["action"], e.get("target")) for e in got) == want, (t, node.node_id)
+            # Oldest first, and every entry names its shard.
+            ats = [e["at_ms"] for e in got]
+            assert ats == sorted(ats)
+            assert all(isinstance(e["shard"], int) for e in got)
+            assert {e.get("target") for e in got if e["action"] == "user.consent"} == set(USERS[t])
+    # Resuming from an entry's cursor gives the entries after it.
+    node = world["cluster"].nodes[0]
+    full = audit_entries(node, ("app", "ta"), limit=1000)
+    r = node.http.get("/v1/admin/audit", params={"after": full[1]["cursor"], "limit": 1000},
+                      headers=bearer(world, ("app", "ta")))
+    assert [e["cursor"] for e in r.json()["data"]] == [e["cursor"] for e in full[2:]]
+    # A single server's sequence number is not a cursor of the cluster's log.
+    r = node.http.get("/v1/admin/audit", params={"after": 3}, headers=bearer(world, ("app", "ta")))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "after"

@@ -143,53 +143,105 @@ pub fn merge_changes(from: &FeedCursor, pages: Vec<ShardPage>, limit: usize) -> 
     let mut pos = from.clone();
     // A shard read from "now" or from a position its log has moved past starts right before
     // its first event, or at its page's end when it had none.
-    let mut queues: Vec<(u32, std::collections::VecDeque<Value>, Option<u64>, bool)> = pages
+    let mut queues: Vec<Queue> = pages
         .into_iter()
         .map(|p| {
-            let events: std::collections::VecDeque<Value> = data(&p.page).into();
-            match events.front() {
-                Some(first) => pos.set(p.shard, seq_of(first).saturating_sub(1)),
+            let q = Queue::of(p);
+            match q.entries.front() {
+                Some(first) => pos.set(q.shard, seq_of(first).saturating_sub(1)),
                 None => {
-                    if let Some(n) = next_seq(&p.page) {
-                        pos.set(p.shard, n);
+                    if let Some(n) = q.next {
+                        pos.set(q.shard, n);
                     }
                 }
             }
-            (p.shard, events, next_seq(&p.page), has_more(&p.page))
+            q
         })
         .collect();
-    let at = |v: &Value| v.get("at").and_then(Value::as_i64).unwrap_or(0);
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let Some(i) = (0..queues.len())
-            .filter(|i| !queues[*i].1.is_empty())
-            .min_by_key(|i| (queues[*i].1.front().map(at), queues[*i].0))
-        else {
-            break;
-        };
-        let shard = queues[i].0;
-        let Some(mut e) = queues[i].1.pop_front() else {
-            break;
-        };
-        pos.set(shard, seq_of(&e));
-        if let Some(o) = e.as_object_mut() {
-            o.insert("id".into(), json!(pos.encode()));
-            o.insert("shard".into(), json!(shard));
-        }
-        out.push(e);
-    }
+    let out = interleave(&mut queues, &mut pos, limit, "at", |o, shard, pos| {
+        o.insert("id".into(), json!(pos.encode()));
+        o.insert("shard".into(), json!(shard));
+    });
     let mut more = false;
-    for (shard, events, next, shard_more) in &queues {
-        if events.is_empty() {
-            if let Some(n) = next {
-                pos.set(*shard, (*n).max(pos.position(*shard)));
+    for q in &queues {
+        if q.entries.is_empty() {
+            if let Some(n) = q.next {
+                pos.set(q.shard, n.max(pos.position(q.shard)));
             }
-            more |= shard_more;
+            more |= q.more;
         } else {
             more = true;
         }
     }
     json!({"object": "list", "data": out, "next_cursor": pos.encode(), "has_more": more})
+}
+
+/// Merges pages of `GET /v1/admin/audit` read after `from` (each shard from its own
+/// position) into one page of at most `limit` entries, oldest first by time (`at_ms`, then
+/// shard), each shard's entries in their order. Every entry gets its `shard` and the
+/// `cursor` right after it; `next_after` is the cursor after the page while more remain.
+pub fn merge_audit(from: &FeedCursor, pages: Vec<ShardPage>, limit: usize) -> Value {
+    let mut pos = from.clone();
+    let mut queues: Vec<Queue> = pages.into_iter().map(Queue::of).collect();
+    let out = interleave(&mut queues, &mut pos, limit, "at_ms", |o, shard, pos| {
+        o.insert("shard".into(), json!(shard));
+        o.insert("cursor".into(), json!(pos.encode()));
+    });
+    let more = queues.iter().any(|q| q.more || !q.entries.is_empty());
+    let next_after = more.then(|| pos.encode());
+    json!({"object": "list", "data": out, "has_more": more, "next_after": next_after})
+}
+
+/// One shard's page, being merged.
+struct Queue {
+    shard: u32,
+    entries: std::collections::VecDeque<Value>,
+    /// The shard's `next_cursor` position, if its page had one.
+    next: Option<u64>,
+    more: bool,
+}
+
+impl Queue {
+    fn of(p: ShardPage) -> Queue {
+        Queue {
+            shard: p.shard,
+            entries: data(&p.page).into(),
+            next: next_seq(&p.page),
+            more: has_more(&p.page),
+        }
+    }
+}
+
+/// Takes up to `limit` entries from the queues, oldest first by the millisecond time in
+/// `field` (then by shard), each queue in its order; moves `pos` past each entry taken and
+/// lets `mark` annotate it with its shard and the cursor after it.
+fn interleave(
+    queues: &mut [Queue],
+    pos: &mut FeedCursor,
+    limit: usize,
+    field: &str,
+    mark: impl Fn(&mut serde_json::Map<String, Value>, u32, &FeedCursor),
+) -> Vec<Value> {
+    let at = |v: &Value| v.get(field).and_then(Value::as_i64).unwrap_or(0);
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let Some(q) = queues
+            .iter_mut()
+            .filter(|q| !q.entries.is_empty())
+            .min_by_key(|q| (q.entries.front().map(at), q.shard))
+        else {
+            break;
+        };
+        let Some(mut e) = q.entries.pop_front() else {
+            break;
+        };
+        pos.set(q.shard, seq_of(&e));
+        if let Some(o) = e.as_object_mut() {
+            mark(o, q.shard, pos);
+        }
+        out.push(e);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -279,5 +331,27 @@ mod tests {
         // The first event's id resumes right after it: shard 0 at 4, shard 1 before 7.
         let first = FeedCursor::decode(d[0]["id"].as_str().unwrap(), 64).unwrap();
         assert_eq!((first.position(0), first.position(1)), (4, 6));
+    }
+
+    #[test]
+    fn audit_pages_merge_by_time_with_a_cursor_per_entry() {
+        let a =
+            json!({"data": [{"seq": 1, "at_ms": 10}, {"seq": 2, "at_ms": 30}], "has_more": false});
+        let b = json!({"data": [{"seq": 5, "at_ms": 20}], "has_more": true});
+        let pages = vec![
+            ShardPage { shard: 0, page: a },
+            ShardPage { shard: 3, page: b },
+        ];
+        let m = merge_audit(&FeedCursor::default(), pages, 2);
+        let seqs: Vec<u64> = m["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 5]);
+        assert_eq!(m["data"][1]["cursor"], "m1_0-1_3-5");
+        assert_eq!(m["has_more"], true);
+        assert_eq!(m["next_after"], "m1_0-1_3-5");
     }
 }

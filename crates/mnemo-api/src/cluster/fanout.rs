@@ -45,7 +45,52 @@ pub(super) async fn run(
             Ok(axum::Json(page).into_response())
         }
         FanOut::ChangesStream => stream_changes(front, shards, req).await,
+        FanOut::Audit => audit(front, shards, req).await,
     }
+}
+
+/// `GET /v1/admin/audit` over shards: `after` is a cluster cursor (`m1…`, an entry's
+/// `cursor` or a page's `next_after`); each shard is read after its own position.
+async fn audit(front: &ClusterFront, shards: &[u32], req: &Buffered) -> ApiResult<Response> {
+    let mut from = FeedCursor::default();
+    let mut limit = 100usize;
+    for (k, v) in query_pairs(req.parts.uri.query())? {
+        match k.as_str() {
+            "after" => {
+                from = FeedCursor::decode(&v, front.map.shards()).map_err(|_| {
+                    ApiError::invalid_param(
+                        "after",
+                        "after must be a cursor of this cluster's audit log (an entry's cursor or next_after)",
+                    )
+                })?
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid_param("limit", "limit must be from 1 to 1000")
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let pages = all(front, shards, |n| {
+        let mut q = format!("limit={limit}");
+        let pos = from.position(n);
+        if pos > 0 {
+            q.push_str(&format!("&after={pos}"));
+        }
+        req.with_path_query("/v1/admin/audit", &q)
+    })
+    .await?;
+    let pages = shards
+        .iter()
+        .zip(pages)
+        .map(|(&shard, page)| ShardPage { shard, page })
+        .collect();
+    Ok(axum::Json(merge::merge_audit(&from, pages, limit)).into_response())
 }
 
 /// Sends one request per shard (built by `make`) and returns their JSON answers in the

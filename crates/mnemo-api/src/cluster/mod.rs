@@ -290,6 +290,14 @@ async fn dispatch(front: &ClusterFront, req: Request) -> ApiResult<Response> {
     let (identity, scope) = caller(front, &req).await?;
     match target::classify(&req, &scope, front.map.shards())? {
         Target::Shard(n) => to_shard(front, n, &req).await,
+        // Refused (and audited) once, by the caller's own shard.
+        Target::FanOut(target::FanOut::Audit, shards)
+            if !identity
+                .permissions
+                .contains(crate::auth::Permission::Admin) =>
+        {
+            to_shard(front, shards.first().copied().unwrap_or(0), &req).await
+        }
         Target::FanOut(kind, shards) => fanout::run(front, kind, &shards, &req).await,
         Target::Sql(shards) => sql::query(front, &req, &identity, scope, shards, false).await,
     }

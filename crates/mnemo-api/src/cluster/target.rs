@@ -38,6 +38,8 @@ pub(super) enum FanOut {
     Changes,
     /// `GET /v1/changes/stream`: the same, as Server-Sent Events.
     ChangesStream,
+    /// `GET /v1/admin/audit`: pages merged by time, with a cursor per shard.
+    Audit,
 }
 
 pub(super) fn not_supported(what: &str) -> ApiError {
@@ -93,7 +95,8 @@ pub(super) fn classify(req: &Buffered, scope: &Scope, shards: u32) -> ApiResult<
             Target::Shard(shard_of(shards, tenant, Some(&user)))
         }
         ["v1", "admin", "exports", ..] => return Err(not_supported("research export")),
-        ["v1", "admin", "audit"] => return Err(not_supported("the audit log")),
+        // The tenant's whole log, whoever asks (an admin).
+        ["v1", "admin", "audit"] => Target::FanOut(FanOut::Audit, (0..shards).collect()),
         // Anything else is answered (404, 405) by the caller's own shard.
         _ => Target::Shard(home),
     };
