@@ -208,16 +208,27 @@ fn columns(schema: &Schema) -> Value {
         (status = 408, description = "The query ran past `--sql-timeout-ms`", body = crate::openapi::ErrorResponse)))]
 pub async fn query(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
-    let Some(engine) = st.sql.clone() else {
-        return Err(not_enabled());
-    };
-    let identity = authenticate(&st.auth, &parts).await?;
-    let scope = identity.scope(parts.headers.get(USER_HEADER).map(|v| v.as_bytes()))?;
+    let (engine, identity, scope) = sql_caller(&st, &parts).await?;
     let call = SqlCall::read(&parts.headers, body).await?;
     let answer = engine
         .query(scope, sql_access(&identity), &call.query, call.params)
         .await?;
     respond(answer, call.arrow, st.sql_max_rows).await
+}
+
+/// The server's SQL engine, the verified caller and the scope it acts in.
+async fn sql_caller(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+) -> ApiResult<(
+    std::sync::Arc<mnemo_sql::SqlEngine>,
+    Identity,
+    mnemo_storage::Scope,
+)> {
+    let engine = st.sql.clone().ok_or_else(not_enabled)?;
+    let identity = authenticate(&st.auth, parts).await?;
+    let scope = identity.scope(parts.headers.get(USER_HEADER).map(|v| v.as_bytes()))?;
+    Ok((engine, identity, scope))
 }
 
 /// 503: the server has no SQL engine.
@@ -316,11 +327,7 @@ pub(crate) async fn respond(
 /// credentials the request carries, as an Arrow IPC stream.
 pub(crate) async fn shard_read(State(st): State<AppState>, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
-    let Some(engine) = st.sql.clone() else {
-        return Err(not_enabled());
-    };
-    let identity = authenticate(&st.auth, &parts).await?;
-    let scope = identity.scope(parts.headers.get(USER_HEADER).map(|v| v.as_bytes()))?;
+    let (engine, identity, scope) = sql_caller(&st, &parts).await?;
     let bytes = crate::extract::read_body(&parts.headers, body, 1 << 20).await?;
     let request = mnemo_sql::ShardRequest::from_json(&bytes)?;
     let mut answer = engine
