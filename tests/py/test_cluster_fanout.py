@@ -18,9 +18,9 @@ ROLES = ["Conversations.ReadWrite", "Memory.ReadWrite", "Search", "Changes.Read"
 USERS = {"ta": ["alice", "bob", "dan", "erin"], "tb": ["carol"]}
 
 
-def make_key(path: Path, tenant: str, user=None) -> str:
+def make_key(path: Path, tenant: str, user=None, roles=ROLES) -> str:
     cmd = [mnemo_bin(), "keys", "--file", str(path), "create", "--tenant", tenant]
-    for r in ROLES:
+    for r in roles:
         cmd += ["--role", r]
     if user:
         cmd += ["--user", user]

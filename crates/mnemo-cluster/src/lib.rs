@@ -41,6 +41,9 @@ pub use replicas::{Followed, Replicas};
 pub trait ShardOpener: Send + Sync + 'static {
     /// A shard opened for writing (the caller's type: its store, search, SQL...).
     type Shard: Send + Sync + 'static;
+    /// Told the cluster's shard count (recorded in etcd, which may differ from the node's
+    /// flag) once, before any shard is opened.
+    fn configured(&self, _shards: u32) {}
     /// Opens shard `n` for writing. Opening fences any previous writer of that shard
     /// (SlateDB does this). May take seconds.
     fn open(

@@ -328,6 +328,7 @@ impl<O: ShardOpener> Cluster<O> {
         let ttl_secs = (ttl.as_secs_f64().ceil() as i64).max(1);
         let margin = (ttl / 10).max(Duration::from_millis(100));
         let shards = recorded.shards;
+        opener.configured(shards);
         let inner = Arc::new(Inner {
             etcd,
             opener: Arc::new(opener),

@@ -13,6 +13,14 @@ pub enum ExportError {
     /// Reading the mnemo store failed.
     #[error("source store: {0}")]
     Source(#[from] mnemo_storage::StoreError),
+    /// Opening a cluster's shard for reading failed.
+    #[error("shard {shard}: {source}")]
+    Shard {
+        /// The shard's name.
+        shard: String,
+        /// What failed.
+        source: mnemo_storage::StoreError,
+    },
     /// The dataset's object store failed.
     #[error("dataset store: {0}")]
     Store(String),

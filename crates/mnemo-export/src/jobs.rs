@@ -3,13 +3,18 @@
 //! jobs run one at a time, each reading a checkpoint it pins for its whole run. A job found
 //! queued or running when the server starts is run again from the start (a run cleans up
 //! after an interrupted one, see [`crate::run`]).
+//!
+//! On a cluster, a tenant's jobs are kept and run by the owner of the tenant's shard
+//! ([`Origin::Shards`]): they read every shard, and a node that takes the shard over runs a
+//! job the previous owner left unfinished.
 
 use crate::keys::KeyRing;
-use crate::run::{Filters, Mode, Outcome, Progress, ProgressReport, Request, Source};
+use crate::run::{Filters, Mode, Outcome, Part, Progress, ProgressReport, Request, Source};
 use crate::target::Target;
 use crate::{ConsentPolicy, ExportError};
 use futures::TryStreamExt;
-use mnemo_storage::{Store, TenantId};
+use mnemo_storage::checkpoint::Pinned;
+use mnemo_storage::{Store, StoreLocation, TenantId};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -95,9 +100,24 @@ pub struct Job {
     pub outcome: Option<Outcome>,
 }
 
+/// Where a job's rows come from.
+pub enum Origin {
+    /// A store this server writes: each job reads a checkpoint of it.
+    Store(Arc<Store>),
+    /// The shards of a cluster, stores other nodes may be writing: each job reads every shard
+    /// at everything durable when it opens it (each shard at its own point).
+    Shards {
+        /// Each shard's name (its number, as in the store's layout) and location, in order.
+        shards: Vec<(String, StoreLocation)>,
+        /// How long one read of the object store may take.
+        timeout: Duration,
+    },
+}
+
 /// Runs export jobs for a server.
 pub struct Exporter {
-    store: Arc<Store>,
+    origin: Origin,
+    description: String,
     keys: KeyRing,
     records: Arc<dyn ObjectStore>,
     prefix: String,
@@ -105,6 +125,7 @@ pub struct Exporter {
     allowed: Vec<String>,
     live: Mutex<HashMap<String, Arc<Progress>>>,
     queue: mpsc::UnboundedSender<(TenantId, String)>,
+    runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn now_s() -> i64 {
@@ -131,25 +152,51 @@ impl Exporter {
     /// Starts the job runner of `store`. Users without a consent record are decided by
     /// `policy`. `allowed` lists URL prefixes datasets may be written under (empty: any).
     pub fn start(store: Arc<Store>, policy: ConsentPolicy, allowed: Vec<String>) -> Arc<Exporter> {
-        let location = store.location();
-        let prefix = if location.path.is_empty() {
+        let location = store.location().clone();
+        let keys = KeyRing::new(&location);
+        let description = location.description.clone();
+        Exporter::spawn(
+            Origin::Store(store),
+            description,
+            &location,
+            keys,
+            policy,
+            allowed,
+        )
+    }
+
+    /// Starts a job runner that reads `origin`, keeps its job records beside the store at
+    /// `records` and takes pseudonym keys from `keys`. `description` names the source in
+    /// manifests. A cluster gives every shard's runner the same `keys` (the cluster's store),
+    /// so a tenant has one key whichever shard runs its jobs.
+    pub fn spawn(
+        origin: Origin,
+        description: String,
+        records: &StoreLocation,
+        keys: KeyRing,
+        policy: ConsentPolicy,
+        allowed: Vec<String>,
+    ) -> Arc<Exporter> {
+        let prefix = if records.path.is_empty() {
             "export-jobs".to_owned()
         } else {
-            format!("{}/export-jobs", location.path.trim_end_matches('/'))
+            format!("{}/export-jobs", records.path.trim_end_matches('/'))
         };
         let (queue, mut rx) = mpsc::unbounded_channel();
         let exporter = Arc::new(Exporter {
-            keys: KeyRing::new(location),
-            records: location.object_store.clone(),
+            origin,
+            description,
+            keys,
+            records: records.object_store.clone(),
             prefix,
             policy,
             allowed: allowed.iter().map(|a| normalized(a)).collect(),
             live: Mutex::new(HashMap::new()),
             queue,
-            store,
+            runner: Mutex::new(None),
         });
         let weak = Arc::downgrade(&exporter);
-        tokio::spawn(async move {
+        let runner = tokio::spawn(async move {
             while let Some((tenant, id)) = rx.recv().await {
                 let Some(exporter) = weak.upgrade() else {
                     return;
@@ -159,7 +206,17 @@ impl Exporter {
                 }
             }
         });
+        *exporter.runner.lock().unwrap_or_else(|p| p.into_inner()) = Some(runner);
         exporter
+    }
+
+    /// Stops running jobs at once (a cluster node handing the tenant's shard over): the job
+    /// running stays recorded as running, and the next runner of these records (the shard's
+    /// new owner, at [`Exporter::resume`]) runs it again from the start.
+    pub fn stop(&self) {
+        if let Some(r) = self.runner.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            r.abort();
+        }
     }
 
     fn path(&self, tenant: &TenantId, id: &str) -> ObjectPath {
@@ -210,6 +267,12 @@ impl Exporter {
             )));
         }
         Target::open(&spec.to)?;
+        if spec.checkpoint.is_some() && matches!(self.origin, Origin::Shards { .. }) {
+            return Err(ExportError::Invalid(
+                "`checkpoint` is not available on a cluster: each shard is read at its own point"
+                    .into(),
+            ));
+        }
         let job = Job {
             id: mnemo_storage::ids::generate("export_"),
             object: "export".into(),
@@ -334,18 +397,20 @@ impl Exporter {
         progress: &Arc<Progress>,
     ) -> Result<Outcome, ExportError> {
         let target = Target::open(&spec.to)?;
-        let pinned = match &spec.checkpoint {
-            Some(id) => self.store.pin_existing(id).await?,
-            None => {
-                self.store
-                    .pin_checkpoint(CHECKPOINT_LIFETIME, "mnemo-export")
-                    .await?
-            }
-        };
+        let pinned = self.pin(spec.checkpoint.as_deref()).await?;
         let source = Source {
-            view: pinned.view(),
-            checkpoint: pinned.id().map(str::to_owned),
-            description: self.store.location().description.clone(),
+            parts: pinned
+                .iter()
+                .map(|(name, p)| Part {
+                    name: name.clone(),
+                    view: p.view(),
+                })
+                .collect(),
+            checkpoint: match &self.origin {
+                Origin::Store(_) => pinned.first().and_then(|(_, p)| p.id().map(str::to_owned)),
+                Origin::Shards { .. } => None,
+            },
+            description: self.description.clone(),
             tenants: vec![tenant.clone()],
             keys: &self.keys,
         };
@@ -357,9 +422,51 @@ impl Exporter {
             rows_per_file: crate::run::ROWS_PER_FILE,
         };
         let result = crate::run::run(&source, &target, &request, progress).await;
-        if let Err(e) = pinned.close().await {
-            tracing::warn!(error = %e, "closing an export's checkpoint reader failed");
+        drop(source);
+        for (_, p) in pinned {
+            if let Err(e) = p.close().await {
+                tracing::warn!(error = %e, "closing an export's checkpoint reader failed");
+            }
         }
         result
+    }
+
+    /// Opens the points a job reads: a checkpoint of the store (a new one, or `checkpoint`
+    /// again), or every shard.
+    async fn pin(
+        &self,
+        checkpoint: Option<&str>,
+    ) -> Result<Vec<(Option<String>, Pinned)>, ExportError> {
+        match &self.origin {
+            Origin::Store(store) => {
+                let pinned = match checkpoint {
+                    Some(id) => store.pin_existing(id).await?,
+                    None => {
+                        store
+                            .pin_checkpoint(CHECKPOINT_LIFETIME, "mnemo-export")
+                            .await?
+                    }
+                };
+                Ok(vec![(None, pinned)])
+            }
+            Origin::Shards { shards, timeout } => {
+                let mut out = Vec::with_capacity(shards.len());
+                for (name, location) in shards {
+                    match mnemo_storage::checkpoint::pin_store(location, None, *timeout).await {
+                        Ok(p) => out.push((Some(name.clone()), p)),
+                        Err(e) => {
+                            for (_, p) in out {
+                                let _ = p.close().await;
+                            }
+                            return Err(ExportError::Shard {
+                                shard: name.clone(),
+                                source: e,
+                            });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
     }
 }

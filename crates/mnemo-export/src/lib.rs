@@ -20,5 +20,5 @@ pub mod target;
 pub use consent::ConsentPolicy;
 pub use error::ExportError;
 pub use keys::KeyRing;
-pub use run::{run, Filters, Mode, Outcome, Progress, ProgressReport, Request, Source};
+pub use run::{run, Filters, Mode, Outcome, Part, Progress, ProgressReport, Request, Source};
 pub use target::Target;

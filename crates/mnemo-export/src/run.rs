@@ -116,9 +116,10 @@ pub struct Request {
 
 /// The pinned point a run reads and what it covers.
 pub struct Source<'a> {
-    /// The point.
-    pub view: &'a ReadView,
-    /// The checkpoint's id, when the point is a named checkpoint.
+    /// What is read: one part for a single store; one per shard for a cluster, each at its
+    /// own pinned point. Rows are written part after part, in this order.
+    pub parts: Vec<Part<'a>>,
+    /// The checkpoint's id, when the point is a named checkpoint (a single store's).
     pub checkpoint: Option<String>,
     /// The store's URL, without credentials.
     pub description: String,
@@ -126,6 +127,36 @@ pub struct Source<'a> {
     pub tenants: Vec<TenantId>,
     /// Their pseudonym keys.
     pub keys: &'a KeyRing,
+}
+
+/// One store a run reads, at its pinned point.
+pub struct Part<'a> {
+    /// `None` for a single store; a shard's name (its number) otherwise. The dataset keeps
+    /// each part's change-log position under `<tenant>@<name>`, a single store's under
+    /// `<tenant>`.
+    pub name: Option<String>,
+    /// The point.
+    pub view: &'a ReadView,
+}
+
+impl Part<'_> {
+    /// The key of this part's position for `tenant` in a manifest's `checkpoint.log`.
+    fn log_key(&self, tenant: &TenantId) -> String {
+        match &self.name {
+            None => tenant.as_str().to_owned(),
+            Some(n) => format!("{}@{n}", tenant.as_str()),
+        }
+    }
+}
+
+/// True when `key` of a manifest's `checkpoint.log` is a position of `tenant`'s (tenant ids
+/// have no `@`).
+fn log_key_of(key: &str, tenant: &TenantId) -> bool {
+    let t = tenant.as_str();
+    key == t
+        || key
+            .strip_prefix(t)
+            .is_some_and(|rest| rest.starts_with('@'))
 }
 
 /// What a run is doing.
@@ -321,7 +352,9 @@ pub async fn run(
     let mut heads = BTreeMap::new();
     for t in &source.tenants {
         keys.insert(t.clone(), Arc::new(source.keys.pseudonymizer(t).await?));
-        heads.insert(t.as_str().to_owned(), source.view.log_head(t).await?);
+        for part in &source.parts {
+            heads.insert(part.log_key(t), part.view.log_head(t).await?);
+        }
     }
     let old_heads: BTreeMap<String, u64> = old
         .as_ref()
@@ -332,36 +365,49 @@ pub async fn run(
     let mut mode = request.mode;
     let mut fallback = None;
     let mut drops = Drops::default();
-    let mut additions: BTreeMap<TenantId, Additions> = BTreeMap::new();
+    // What an incremental run adds, by part's log key.
+    let mut additions: BTreeMap<String, Additions> = BTreeMap::new();
     if let Some(m) = old.as_ref().filter(|_| mode != Mode::Full) {
-        for t in &source.tenants {
-            let Some(after) = old_heads.get(t.as_str()).copied() else {
+        'tenants: for t in &source.tenants {
+            let before: BTreeSet<&String> = old_heads.keys().filter(|k| log_key_of(k, t)).collect();
+            let now: BTreeSet<&String> = heads.keys().filter(|k| log_key_of(k, t)).collect();
+            if before.is_empty() {
                 // A tenant new to the dataset: it had no rows to remove, and an incremental
                 // run takes all of it.
                 if mode == Mode::Incremental {
-                    additions.entry(t.clone()).or_default().whole =
-                        all_conversations(source.view, t).await?;
+                    for part in &source.parts {
+                        additions.entry(part.log_key(t)).or_default().whole =
+                            all_conversations(part.view, t).await?;
+                    }
                 }
                 continue;
-            };
-            let ctx = Ctx {
-                view: source.view,
-                tenant: t,
-                keys: &keys[t],
-                policy,
-                filters: &filters,
-            };
-            match plan_tenant(&ctx, after, mode, &mut drops).await? {
-                Some(add) => {
-                    additions.insert(t.clone(), add);
-                }
-                None => {
-                    fallback = Some(format!(
-                        "the change log of tenant {t} no longer reaches back to version {}",
-                        m.version
-                    ));
-                    mode = Mode::Full;
-                    break;
+            }
+            if before != now {
+                // Positions of a single store and of shards do not compare.
+                fallback = Some(format!(
+                    "tenant {t} was exported from a different layout of the store (a single \
+                     store or a cluster's shards) at version {}",
+                    m.version
+                ));
+                mode = Mode::Full;
+                break;
+            }
+            for part in &source.parts {
+                let key = part.log_key(t);
+                let after = old_heads.get(&key).copied().unwrap_or(0);
+                let ctx = Ctx::of(part, t, &keys, policy, &filters);
+                match plan_tenant(&ctx, after, mode, &mut drops).await? {
+                    Some(add) => {
+                        additions.insert(key, add);
+                    }
+                    None => {
+                        fallback = Some(format!(
+                            "the change log of tenant {t} no longer reaches back to version {}",
+                            m.version
+                        ));
+                        mode = Mode::Full;
+                        break 'tenants;
+                    }
                 }
             }
         }
@@ -409,24 +455,20 @@ pub async fn run(
             pending_convs: Vec::new(),
         };
         for t in &source.tenants {
-            let ctx = Ctx {
-                view: source.view,
-                tenant: t,
-                keys: &keys[t],
-                policy,
-                filters: &filters,
-            };
             walker.consent.clear();
-            match mode {
-                Mode::Full => walker.tenant(&ctx).await?,
-                Mode::Incremental => {
-                    if let Some(add) = additions.get(t) {
-                        walker.additions(&ctx, add).await?;
+            for part in &source.parts {
+                let ctx = Ctx::of(part, t, &keys, policy, &filters);
+                match mode {
+                    Mode::Full => walker.tenant(&ctx).await?,
+                    Mode::Incremental => {
+                        if let Some(add) = additions.get(&part.log_key(t)) {
+                            walker.additions(&ctx, add).await?;
+                        }
                     }
+                    Mode::Refresh => {}
                 }
-                Mode::Refresh => {}
+                walker.flush(&ctx).await?;
             }
-            walker.flush(&ctx).await?;
         }
         Ok::<_, ExportError>(kept)
     }
@@ -558,7 +600,23 @@ struct Ctx<'a> {
     filters: &'a Filters,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn of(
+        part: &Part<'a>,
+        tenant: &'a TenantId,
+        keys: &'a BTreeMap<TenantId, Arc<Pseudonymizer>>,
+        policy: ConsentPolicy,
+        filters: &'a Filters,
+    ) -> Self {
+        Ctx {
+            view: part.view,
+            tenant,
+            keys: &keys[tenant],
+            policy,
+            filters,
+        }
+    }
+
     async fn allows(&self, user: &str) -> Result<bool, ExportError> {
         let record = self.view.consent(self.tenant, user).await?;
         Ok(self.policy.allows(record.as_ref()))

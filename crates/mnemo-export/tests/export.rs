@@ -6,9 +6,9 @@ use bytes::Bytes;
 use mnemo_export::dataset::{CONVERSATIONS, ITEMS};
 use mnemo_export::pseudonym::IdKind;
 use mnemo_export::{
-    ConsentPolicy, Filters, KeyRing, Mode, Outcome, Progress, Request, Source, Target,
+    ConsentPolicy, Filters, KeyRing, Mode, Outcome, Part, Progress, Request, Source, Target,
 };
-use mnemo_storage::{EngineConfig, NewItem, Scope, Store, StoreLocation, TenantId};
+use mnemo_storage::{EngineConfig, NewItem, Pinned, Scope, Store, StoreLocation, TenantId};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,26 +71,8 @@ impl Fixture {
                 .await
                 .unwrap(),
         };
-        let keys = KeyRing::new(&self.location);
-        let source = Source {
-            view: pinned.view(),
-            checkpoint: pinned.id().map(str::to_owned),
-            description: "test".into(),
-            tenants: vec![self.tenant.clone()],
-            keys: &keys,
-        };
-        let request = Request {
-            mode,
-            filters: Filters::default(),
-            policy: ConsentPolicy::OptIn,
-            grace: Duration::ZERO,
-            rows_per_file: mnemo_export::run::ROWS_PER_FILE,
-        };
-        let out = mnemo_export::run(&source, to, &request, &Arc::new(Progress::default()))
-            .await
-            .unwrap();
-        pinned.close().await.unwrap();
-        out
+        let id = pinned.id().map(str::to_owned);
+        run_pinned(self, vec![(None, pinned)], id, to, mode).await
     }
 
     async fn pseudonym(&self, kind: IdKind, id: &str) -> String {
@@ -303,6 +285,117 @@ async fn incremental_runs_add_what_changed() {
     assert_eq!((out.conversations, out.items, out.files_written), (2, 4, 0));
 }
 
+/// Exports `stores` as the parts of one source (a cluster's shards when named).
+async fn export_parts(
+    f: &Fixture,
+    stores: &[(Option<&str>, &Store)],
+    to: &Target,
+    mode: Mode,
+) -> Outcome {
+    let mut pinned = Vec::new();
+    for (_, s) in stores {
+        pinned.push(
+            s.pin_checkpoint(Duration::from_secs(600), "test")
+                .await
+                .unwrap(),
+        );
+    }
+    let parts = stores.iter().map(|(n, _)| *n).zip(pinned).collect();
+    run_pinned(f, parts, None, to, mode).await
+}
+
+/// Runs an export of `f`'s tenant over `parts`, then closes them.
+async fn run_pinned(
+    f: &Fixture,
+    parts: Vec<(Option<&str>, Pinned)>,
+    checkpoint: Option<String>,
+    to: &Target,
+    mode: Mode,
+) -> Outcome {
+    let keys = KeyRing::new(&f.location);
+    let source = Source {
+        parts: parts
+            .iter()
+            .map(|(name, p)| Part {
+                name: name.map(str::to_owned),
+                view: p.view(),
+            })
+            .collect(),
+        checkpoint,
+        description: "test".into(),
+        tenants: vec![f.tenant.clone()],
+        keys: &keys,
+    };
+    let request = Request {
+        mode,
+        filters: Filters::default(),
+        policy: ConsentPolicy::OptIn,
+        grace: Duration::ZERO,
+        rows_per_file: mnemo_export::run::ROWS_PER_FILE,
+    };
+    let out = mnemo_export::run(&source, to, &request, &Arc::new(Progress::default()))
+        .await
+        .unwrap();
+    drop(source);
+    for (_, p) in parts {
+        p.close().await.unwrap();
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_are_parts_of_one_dataset() {
+    let f = fixture().await;
+    let t = f.tenant.clone();
+    let other = StoreLocation::local(&f.dir.path().join("shard-1")).unwrap();
+    let s1 = Store::open(EngineConfig::new(other)).await.unwrap();
+    // Not exported (no consent); keeps the start of shard 0's log when ann is erased (a hole
+    // at the start reads as a trimmed log).
+    f.conversation("dan", &["dan one"]).await;
+    f.store.set_consent(&t, "ann", true).await.unwrap();
+    s1.set_consent(&t, "bob", true).await.unwrap();
+    f.conversation("ann", &["ann one"]).await;
+    let bob = Scope::user(t.clone(), "bob").unwrap();
+    let (b, _) = s1
+        .create_conversation(&bob, Default::default(), vec![item("bob one")])
+        .await
+        .unwrap();
+    let shards = [(Some("00000"), &f.store), (Some("00001"), &s1)];
+    let d = f.target("d");
+    let out = export_parts(&f, &shards, &d, Mode::Full).await;
+    assert_eq!((out.conversations, out.items), (2, 2));
+    assert_eq!(texts(&d).await, vec!["ann one", "bob one"]);
+    let m = d.manifest().await.unwrap().unwrap();
+    let log = m.checkpoint["log"].as_object().unwrap();
+    let keys: Vec<&String> = log.keys().collect();
+    assert_eq!(
+        keys,
+        vec![&format!("{t}@00000"), &format!("{t}@00001")],
+        "a position per shard"
+    );
+
+    // Each shard's log is followed from its own position.
+    s1.append_items(&bob, &b.id, vec![item("bob two")])
+        .await
+        .unwrap();
+    f.store.erase_user(&t, "ann").await.unwrap();
+    let out = export_parts(&f, &shards, &d, Mode::Incremental).await;
+    assert_eq!(
+        (out.mode, out.fallback.as_deref()),
+        (Mode::Incremental, None)
+    );
+    assert_eq!(texts(&d).await, vec!["bob one", "bob two"]);
+
+    // Positions of shards say nothing about a single store: a full export instead, not the
+    // single store's rows added to the shards'.
+    f.store.set_consent(&t, "cat", true).await.unwrap();
+    f.conversation("cat", &["cat one"]).await;
+    let out = export_parts(&f, &[(None, &f.store)], &d, Mode::Incremental).await;
+    assert_eq!(out.mode, Mode::Full);
+    assert!(out.fallback.unwrap().contains("different layout"));
+    assert_eq!(texts(&d).await, vec!["cat one"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_and_incremental_need_a_dataset_and_leftovers_are_cleaned() {
     let f = fixture().await;
@@ -314,7 +407,10 @@ async fn refresh_and_incremental_need_a_dataset_and_leftovers_are_cleaned() {
         .unwrap();
     let keys = KeyRing::new(&f.location);
     let source = Source {
-        view: pinned.view(),
+        parts: vec![Part {
+            name: None,
+            view: pinned.view(),
+        }],
         checkpoint: None,
         description: "test".into(),
         tenants: vec![f.tenant.clone()],

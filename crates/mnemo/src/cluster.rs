@@ -74,14 +74,27 @@ pub struct ShardTemplate {
     /// The built-in embedder (`--embedding-model`): one model and one set of threads for
     /// all of the node's shards, each with its own pipeline.
     pub embedder: Option<mnemo_index::embed::EmbedderConfig>,
+    /// URL prefixes research exports may be written under (`--export-to`; empty: any).
+    pub export_to: Vec<String>,
 }
 
-/// The API over one shard's store (search with the node's embedder, SQL, no exports).
+/// Research exports of a writer's shard: the jobs of the tenants whose shard it is
+/// (hash(tenant)), kept beside the shard's store and reading every shard of the cluster.
+struct ShardExports {
+    /// The cluster's shard count.
+    shards: u32,
+    /// Every shard's timeout for reads of the object store.
+    timeout: Duration,
+}
+
+/// The API over one shard's store: search with the node's embedder, SQL, and on a writer the
+/// research exports of the tenants whose shard it is.
 async fn shard_api(
     t: &ShardTemplate,
     shard: u32,
     store: Arc<Store>,
     snapshots: Duration,
+    exports: Option<ShardExports>,
 ) -> Result<LocalShard, String> {
     let options = mnemo_index::SearchOptions {
         embedder: t.embedder.clone(),
@@ -97,17 +110,57 @@ async fn shard_api(
         Some(search.clone()),
         t.sql.clone(),
     ));
-    let state = mnemo_api::AppState::new(store.clone())
+    let mut state = mnemo_api::AppState::new(store.clone())
         .with_auth(t.auth.clone())
         .with_search(search.clone())
         .with_sql(sql, t.sql_max_rows)
         .with_research_consent(t.consent);
+    let mut exporter = None;
+    if let Some(e) = exports {
+        let jobs = shard_exporter(t, &store, e)?;
+        match jobs.resume().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(shard, jobs = n, "export jobs left unfinished run again"),
+            Err(e) => tracing::error!(shard, error = %e, "reading export jobs failed"),
+        }
+        state = state.with_exports(jobs.clone());
+        exporter = Some(jobs);
+    }
     Ok(LocalShard {
         shard,
         router: mnemo_api::cluster::shard_router(state),
         store,
         search: Some(search),
+        exporter,
     })
+}
+
+/// The export job runner of a shard: job records beside the shard's store, pseudonym keys
+/// beside the cluster's (one key per tenant whichever shard runs its jobs), every shard read.
+fn shard_exporter(
+    t: &ShardTemplate,
+    store: &Store,
+    e: ShardExports,
+) -> Result<Arc<mnemo_export::jobs::Exporter>, String> {
+    let root =
+        StoreLocation::from_url(&t.store, RemotePolicy::default()).map_err(|e| e.to_string())?;
+    let mut shards = Vec::with_capacity(e.shards as usize);
+    for n in 0..e.shards {
+        let location = StoreLocation::from_url(&shard_url(&t.store, n), RemotePolicy::default())
+            .map_err(|e| e.to_string())?;
+        shards.push((format!("{n:05}"), location));
+    }
+    Ok(mnemo_export::jobs::Exporter::spawn(
+        mnemo_export::jobs::Origin::Shards {
+            shards,
+            timeout: e.timeout,
+        },
+        root.description.clone(),
+        store.location(),
+        mnemo_export::KeyRing::new(&root),
+        t.consent,
+        t.export_to.clone(),
+    ))
 }
 
 /// The engine settings of shard `n`.
@@ -135,8 +188,8 @@ async fn follow_shard(t: Arc<ShardTemplate>, n: u32, replicas: Arc<mnemo_api::cl
             );
             // Stops when the store is dropped.
             let _follow = store.spawn_follow(t.follow);
-            // No snapshots on a replica: it writes nothing.
-            shard_api(&t, n, store, Duration::ZERO).await
+            // No snapshots (it writes nothing), no exports (the owner runs them).
+            shard_api(&t, n, store, Duration::ZERO, None).await
         }
         .await;
         match opened {
@@ -156,6 +209,8 @@ async fn follow_shard(t: Arc<ShardTemplate>, n: u32, replicas: Arc<mnemo_api::cl
 /// Opens and closes this node's shards.
 struct Opener {
     template: Arc<ShardTemplate>,
+    /// The cluster's shard count, once joined.
+    shards: Arc<std::sync::OnceLock<u32>>,
     /// Background tasks of open shards (TTL expiry), stopped when a shard closes.
     tasks: Arc<Mutex<HashMap<u32, tokio::task::JoinHandle<()>>>>,
 }
@@ -168,13 +223,23 @@ pub fn shard_url(store: &str, n: u32) -> String {
 impl ShardOpener for Opener {
     type Shard = LocalShard;
 
+    fn configured(&self, shards: u32) {
+        let _ = self.shards.set(shards);
+    }
+
     fn open(&self, shard: u32) -> BoxFuture<'static, Result<Arc<LocalShard>, String>> {
         let t = self.template.clone();
         let tasks = self.tasks.clone();
+        let shards = self.shards.get().copied();
         async move {
             let config = shard_config(&t, shard)?;
+            let exports = ShardExports {
+                shards: shards.ok_or("the cluster's shard count is not known yet")?,
+                timeout: config.write_timeout,
+            };
             let store = Arc::new(Store::open(config).await.map_err(|e| e.to_string())?);
-            let api = shard_api(&t, shard, store.clone(), t.snapshot_interval).await?;
+            let api =
+                shard_api(&t, shard, store.clone(), t.snapshot_interval, Some(exports)).await?;
             let expiry = store.spawn_expiry();
             if let Some(old) = tasks
                 .lock()
@@ -202,6 +267,9 @@ impl ShardOpener for Opener {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while Arc::strong_count(&s) > 1 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Some(exporter) = &s.exporter {
+                exporter.stop();
             }
             if let Some(search) = &s.search {
                 search.shutdown().await;
@@ -250,6 +318,7 @@ pub async fn serve(
     let template = Arc::new(template);
     let opener = Opener {
         template: template.clone(),
+        shards: Arc::new(std::sync::OnceLock::new()),
         tasks: Arc::new(Mutex::new(HashMap::new())),
     };
     let cluster = Cluster::join(config, opener)

@@ -5,7 +5,9 @@
 
 use anyhow::Context;
 use clap::Args;
-use mnemo_export::{ConsentPolicy, Filters, KeyRing, Mode, Progress, Request, Source, Target};
+use mnemo_export::{
+    ConsentPolicy, Filters, KeyRing, Mode, Part, Progress, Request, Source, Target,
+};
 use mnemo_storage::{RemotePolicy, StoreLocation, TenantId};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -90,7 +92,10 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     };
     let keys = KeyRing::new(&location);
     let source = Source {
-        view: pinned.view(),
+        parts: vec![Part {
+            name: None,
+            view: pinned.view(),
+        }],
         checkpoint: args.checkpoint.clone(),
         description: location.description.clone(),
         tenants,

@@ -297,6 +297,7 @@ async fn serve_cluster(
         consent,
         follow: Duration::from_millis(args.follow_interval_ms.max(10)),
         embedder: search.embedder,
+        export_to: args.export_to,
     };
     crate::cluster::serve(&args.cluster, args.listen, template, shutdown_signal()).await
 }

@@ -50,6 +50,9 @@ pub struct LocalShard {
     pub store: Arc<Store>,
     /// The shard's search service, when enabled.
     pub search: Option<Arc<SearchService>>,
+    /// On a writer: the research export jobs of the tenants whose shard this is, stopped
+    /// when the shard is handed over.
+    pub exporter: Option<Arc<mnemo_export::jobs::Exporter>>,
 }
 
 /// What the front needs of the cluster: who owns each shard, and whether this node may
@@ -444,9 +447,13 @@ pub(crate) fn count(n: u32, served: &'static str) {
         .increment(1);
 }
 
-/// True for requests that only read: a reader node may answer them from a replica.
+/// True for requests that only read: a reader node may answer them from a replica. Export
+/// jobs are not: their owner runs them and knows their progress.
 fn is_read(req: &Buffered) -> bool {
     let path = req.parts.uri.path();
+    if path.starts_with("/v1/admin/exports") {
+        return false;
+    }
     match req.parts.method {
         axum::http::Method::GET | axum::http::Method::HEAD => true,
         axum::http::Method::POST => path == "/v1/search" || path == "/v1/sql",

@@ -4,6 +4,8 @@
 //!   hash(tenant, user); a tenant's shared memory, and conversations created without a user,
 //!   on the shard of hash(tenant). A conversation id ends with its shard's tag, so a request
 //!   naming a conversation goes to its shard whoever calls.
+//! * A tenant's research export jobs are kept and run on the shard of hash(tenant); a job
+//!   reads every shard.
 //! * Operations over many users (memory listings, search, the change feed) fan out to the
 //!   shards the scope can see: all of them for a tenant-wide caller; the user's shard and the
 //!   tenant's for a caller acting for one user.
@@ -40,15 +42,6 @@ pub(super) enum FanOut {
     ChangesStream,
     /// `GET /v1/admin/audit`: pages merged by time, with a cursor per shard.
     Audit,
-}
-
-pub(super) fn not_supported(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "invalid_request_error",
-        format!("{what} is not available on a cluster yet"),
-    )
-    .with_code("not_supported_in_cluster")
 }
 
 /// Classifies a request.
@@ -94,7 +87,8 @@ pub(super) fn classify(req: &Buffered, scope: &Scope, shards: u32) -> ApiResult<
             let user = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
             Target::Shard(shard_of(shards, tenant, Some(&user)))
         }
-        ["v1", "admin", "exports", ..] => return Err(not_supported("research export")),
+        // A tenant's export jobs are run and kept by its shard's owner; they read every shard.
+        ["v1", "admin", "exports", ..] => Target::Shard(shard_of(shards, tenant, None)),
         // The tenant's whole log, whoever asks (an admin).
         ["v1", "admin", "audit"] => Target::FanOut(FanOut::Audit, (0..shards).collect()),
         // Anything else is answered (404, 405) by the caller's own shard.
@@ -233,6 +227,16 @@ mod tests {
             c(&alice, Method::POST, "/v1/sql", "{}"),
             Target::Sql(vec![a, shared])
         );
+        for s in [&app, &alice] {
+            assert_eq!(
+                c(s, Method::POST, "/v1/admin/exports", "{}"),
+                Target::Shard(shared)
+            );
+            assert_eq!(
+                c(s, Method::GET, "/v1/admin/exports/export_1", ""),
+                Target::Shard(shared)
+            );
+        }
         let e = classify(&req(Method::POST, "/v1/cluster/shard-read", "{}"), &app, n).unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
     }
