@@ -3,7 +3,8 @@
 # acknowledged write on a shard it owned), the cost of one forwarding hop (owner vs non-owner
 # latency), kv-put throughput of a single server, a 1-node and a 3-node cluster (mnemo-bench
 # load, 64 clients, SECONDS each), the idle memory of an open shard, and SQL over shards
-# (tenant-wide queries on a 3-node cluster against a single server with the same data). Everything on this
+# (tenant-wide queries on a 3-node cluster against a single server with the same data), and a
+# full research export job on each of them. Everything on this
 # machine: etcd (Debian's etcd-server), the nodes, one shared store in a local directory.
 #   bash scripts/bench-cluster.sh [kills] [seconds]      (env: PHASES, TTL (10), SHARDS (64))
 set -euo pipefail

@@ -1,5 +1,6 @@
 """Cluster benchmark (run by scripts/bench-cluster.sh): failover time, the cost of a forwarding
-hop, throughput of 1 and 3 nodes against a single server, memory per open shard.
+hop, throughput of 1 and 3 nodes against a single server, memory per open shard, SQL over
+shards and a research export over shards against a single server.
 
 Everything runs on this machine: etcd (Debian's etcd-server), the nodes, one shared store in a
 local directory (file://), and the load generator (`mnemo-bench load`)."""
@@ -298,6 +299,16 @@ SQL_QUERIES = [
 ]
 
 
+def side_by_side(root: Path, name: str, shards: int):
+    """A single server, and etcd with a settled 3-node cluster, each over its own store."""
+    single = Node(root, f"{name}-single", f"file://{root}/store-{name}single", None, 0, 0)
+    etcd = Etcd(root / name)
+    store = f"file://{root}/store-{name}"
+    nodes = [Node(root, f"{name}{i}", store, etcd, shards, 10) for i in range(1, 4)]
+    settle(nodes, shards)
+    return single, etcd, nodes
+
+
 def sql_load(url: str, users: int, convs: int, items: int):
     words = ["apples", "pears", "plums", "figs"]
     for u in range(users):
@@ -324,11 +335,7 @@ def sql_time(url: str, query: str, user, n: int):
 
 def sql(root: Path, shards: int, n: int):
     users, convs, items = 200, 10, 10
-    single = Node(root, "q-single", f"file://{root}/store-qsingle", None, 0, 0)
-    etcd = Etcd(root / "q")
-    store = f"file://{root}/store-q"
-    nodes = [Node(root, f"q{i}", store, etcd, shards, 10) for i in range(1, 4)]
-    settle(nodes, shards)
+    single, etcd, nodes = side_by_side(root, "q", shards)
     try:
         sql_load(single.url, users, convs, items)
         sql_load(nodes[1].url, users, convs, items)
@@ -351,8 +358,54 @@ def sql(root: Path, shards: int, n: int):
         etcd.stop()
 
 
+def export_time(url: str, to: Path) -> tuple[float, dict]:
+    """Seconds from starting a full export job to its success, and the job."""
+    t = time.perf_counter()
+    st, _, out = http("POST", f"{url}/v1/admin/exports", json.dumps({"to": f"file://{to}"}).encode())
+    assert st == 202, out
+    job_id = json.loads(out)["id"]
+    while True:
+        st, _, out = http("GET", f"{url}/v1/admin/exports/{job_id}")
+        job = json.loads(out)
+        if job["status"] in ("succeeded", "failed"):
+            assert job["status"] == "succeeded", job
+            return time.perf_counter() - t, job
+        time.sleep(0.05)
+
+
+def export(root: Path, shards: int, n: int):
+    users, convs, items = 200, 10, 10
+    single, etcd, nodes = side_by_side(root, "e", shards)
+    try:
+        for url in (single.url, nodes[1].url):
+            sql_load(url, users, convs, items)
+            for u in range(users):
+                st, _, out = http("PUT", f"{url}/v1/admin/users/u{u}/consent", b'{"research": true}')
+                assert st == 200, out
+        print(f"{users * convs * items} items of {users} consenting users on each side; a full export job "
+              f"started on one node of 3 ({shards} shards); {n} runs each, each into a new dataset")
+        print("| side | median s | min s | max s | items/s (median) |")
+        print("|---|---|---|---|---|")
+        results = {}
+        for name, url in (("single server", single.url), ("3-node cluster", nodes[0].url)):
+            times = []
+            for i in range(n):
+                secs, job = export_time(url, root / f"ds-{name[:6]}-{i}")
+                assert job["rows"]["items"] == users * convs * items, job
+                times.append(secs)
+            results[name] = statistics.median(times)
+            print(f"| {name} | {results[name]:.2f} | {min(times):.2f} | {max(times):.2f} | "
+                  f"{users * convs * items / results[name]:.0f} |", flush=True)
+        print(f"cluster / single: {results['3-node cluster'] / results['single server']:.2f}x")
+    finally:
+        single.stop()
+        for nd in nodes:
+            nd.stop()
+        etcd.stop()
+
+
 def main():
-    phases = os.environ.get("PHASES", "failover,hop,throughput,memory,sql").split(",")
+    phases = os.environ.get("PHASES", "failover,hop,throughput,memory,sql,export").split(",")
     kills = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
     ttl = int(os.environ.get("TTL", "10"))
@@ -369,6 +422,8 @@ def main():
             memory(root, shards)
         if "sql" in phases:
             sql(root, shards, 30)
+        if "export" in phases:
+            export(root, shards, 5)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -181,40 +181,12 @@ async fn current_body(st: &AppState, scope: &Scope, e: &ChangeEntry) -> ApiResul
     }
 }
 
-/// Reads a page; with a wait and nothing new, waits for the tenant's next acknowledgement
-/// (at most `wait`) and reads again.
+/// Reads a page; with a wait and nothing new, waits for the tenant's next acknowledgement.
 async fn read_page(st: &AppState, scope: &Scope, q: &FeedQuery) -> ApiResult<FeedPage> {
-    let log = st.store.change_log();
-    // Subscribed before the first read, so an acknowledgement between the read and the wait
-    // is not missed; a read that does not wait needs no subscription.
-    let sub = (!q.wait.is_zero()).then(|| log.subscribe());
-    let deadline = tokio::time::Instant::now() + q.wait;
-    let mut start = q.start;
-    loop {
-        let page = st
-            .store
-            .read_changes(scope, start, q.limit)
-            .await
-            .map_err(feed_error)?;
-        if !page.entries.is_empty() || page.has_more {
-            return Ok(page);
-        }
-        let Some(sub) = &sub else {
-            return Ok(page);
-        };
-        start = FeedStart::After(page.next);
-        loop {
-            if tokio::time::timeout_at(deadline, sub.changed())
-                .await
-                .is_err()
-            {
-                return Ok(page);
-            }
-            if sub.take_moved().iter().any(|(t, _)| *t == scope.tenant) {
-                break;
-            }
-        }
-    }
+    st.store
+        .wait_changes(scope, q.start, q.limit, q.wait)
+        .await
+        .map_err(feed_error)
 }
 
 #[utoipa::path(get, path = "/v1/changes", tag = crate::openapi::QUERY,

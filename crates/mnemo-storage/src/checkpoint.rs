@@ -143,7 +143,10 @@ pub async fn pin_store(
     id: Option<&str>,
     timeout: Duration,
 ) -> Result<Pinned> {
-    pin_at(location, location.local_wal_dir().as_deref(), id, timeout).await
+    // A local store has a local log only if it was written with one (a cluster's shards keep
+    // theirs in the object store): a reader given a log directory reads no other log.
+    let wal_dir = location.local_wal_dir().filter(|d| d.exists());
+    pin_at(location, wal_dir.as_deref(), id, timeout).await
 }
 
 async fn pin_at(

@@ -192,6 +192,45 @@ impl Store {
             has_more,
         })
     }
+
+    /// [`Store::read_changes`], waiting up to `wait` when there is nothing to read: until the
+    /// tenant's next acknowledged write, then reading again (a long poll). Answers an empty
+    /// page when `wait` passes first.
+    pub async fn wait_changes(
+        &self,
+        scope: &Scope,
+        start: FeedStart,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<FeedPage, FeedError> {
+        // Subscribed before the first read, so an acknowledgement between the read and the
+        // wait is not missed; a read that does not wait needs no subscription.
+        let log = self.change_log();
+        let sub = (!wait.is_zero()).then(|| log.subscribe());
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut start = start;
+        loop {
+            let page = self.read_changes(scope, start, limit).await?;
+            if !page.entries.is_empty() || page.has_more {
+                return Ok(page);
+            }
+            let Some(sub) = &sub else {
+                return Ok(page);
+            };
+            start = FeedStart::After(page.next);
+            loop {
+                if tokio::time::timeout_at(deadline, sub.changed())
+                    .await
+                    .is_err()
+                {
+                    return Ok(page);
+                }
+                if sub.take_moved().iter().any(|(t, _)| *t == scope.tenant) {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

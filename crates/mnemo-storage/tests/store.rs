@@ -853,6 +853,28 @@ async fn a_pinned_checkpoint_holds_what_was_acknowledged_before_it() {
     store.close().await.unwrap();
 }
 
+/// A reader of a local store whose log is in the object store (a cluster's shard: no local
+/// write-ahead log) sees every acknowledged write, including those not yet in an SST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_beside_a_store_without_a_local_log_sees_every_write() {
+    let b = backend();
+    let mut config = EngineConfig::new(b.location.clone());
+    config.wal_dir = None;
+    let store = Store::open(config).await.unwrap();
+    let s = tenant();
+    let (conv, _) = store
+        .create_conversation(&s, Default::default(), vec![item("one"), item("two")])
+        .await
+        .unwrap();
+    let beside = mnemo_storage::pin_store(&b.location, None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let items = beside.view().items(&s, &conv.id).await.unwrap();
+    assert_eq!(items.collect().await.unwrap().len(), 2);
+    beside.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Life {
     Live,

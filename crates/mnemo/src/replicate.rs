@@ -78,6 +78,17 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<()> {
     let mut replicator = Replicator::new(src, src_wal, dst, options);
     let interval = Duration::from_millis(args.interval_ms);
     let mut last_gc = std::time::Instant::now();
+    // Listened for from the start: an interrupt that arrives during a round ends the loop once
+    // that round is reported (a listener created between rounds would miss it).
+    let interrupted = std::sync::Arc::new(tokio::sync::Notify::new());
+    if args.watch {
+        let n = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                n.notify_one();
+            }
+        });
+    }
     loop {
         let report = replicator.round().await.context("replication round")?;
         if args.json {
@@ -105,7 +116,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupted.notified() => return Ok(()),
         }
     }
 }

@@ -1,18 +1,40 @@
 //! Requests over many shards: each shard answers as a single server would, and the answers
-//! are merged by [`mnemo_cluster::merge`].
+//! are merged by [`mnemo_cluster::merge`]. When a shard refuses, its answer is the answer.
 
-use super::forward::collect;
 use super::target::FanOut;
 use super::{Buffered, ClusterFront};
 use crate::extract::query_pairs;
 use crate::{ApiError, ApiResult};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{FuturesUnordered, StreamExt};
 use mnemo_cluster::merge::{self, FeedCursor, ShardPage};
 use serde_json::Value;
 use std::time::Duration;
+
+/// Why a fan-out has no merged answer: an error of its own, or the answer of the first
+/// shard that refused, passed on as the shard gave it.
+enum Failed {
+    Own(ApiError),
+    Shard(Response),
+}
+
+impl From<ApiError> for Failed {
+    fn from(e: ApiError) -> Self {
+        Failed::Own(e)
+    }
+}
+
+impl IntoResponse for Failed {
+    fn into_response(self) -> Response {
+        match self {
+            Failed::Own(e) => e.into_response(),
+            Failed::Shard(r) => r,
+        }
+    }
+}
+
+type Merged<T> = Result<T, Failed>;
 
 /// Runs a fan-out over `shards`.
 pub(super) async fn run(
@@ -21,6 +43,17 @@ pub(super) async fn run(
     shards: &[u32],
     req: &Buffered,
 ) -> ApiResult<Response> {
+    Ok(merged(front, kind, shards, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response))
+}
+
+async fn merged(
+    front: &ClusterFront,
+    kind: FanOut,
+    shards: &[u32],
+    req: &Buffered,
+) -> Merged<Response> {
     match kind {
         FanOut::KvList => {
             let limit = query_pairs(req.parts.uri.query())?
@@ -51,7 +84,7 @@ pub(super) async fn run(
 
 /// `GET /v1/admin/audit` over shards: `after` is a cluster cursor (`m1…`, an entry's
 /// `cursor` or a page's `next_after`); each shard is read after its own position.
-async fn audit(front: &ClusterFront, shards: &[u32], req: &Buffered) -> ApiResult<Response> {
+async fn audit(front: &ClusterFront, shards: &[u32], req: &Buffered) -> Merged<Response> {
     let mut from = FeedCursor::default();
     let mut limit = 100usize;
     for (k, v) in query_pairs(req.parts.uri.query())? {
@@ -94,70 +127,32 @@ async fn audit(front: &ClusterFront, shards: &[u32], req: &Buffered) -> ApiResul
 }
 
 /// Sends one request per shard (built by `make`) and returns their JSON answers in the
-/// order of `shards`; the first shard that fails answers for all.
+/// order of `shards`; the first shard that refuses answers for all.
 async fn all(
     front: &ClusterFront,
     shards: &[u32],
     make: impl Fn(u32) -> Buffered,
-) -> ApiResult<Vec<Value>> {
-    let answers = futures::future::join_all(shards.iter().map(|&n| {
+) -> Merged<Vec<Value>> {
+    futures::future::join_all(shards.iter().map(|&n| {
         let r = make(n);
-        async move { (n, collect(front, n, &r).await) }
+        async move { page(front, n, &r).await }
     }))
-    .await;
-    let mut pages = Vec::with_capacity(answers.len());
-    for (n, a) in answers {
-        let (status, body) = a?;
-        pages.push(shard_json(n, status, &body)?);
-    }
-    Ok(pages)
-}
-
-/// A shard's answer as JSON, or its error answer as this request's.
-fn shard_json(n: u32, status: StatusCode, body: &[u8]) -> ApiResult<Value> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|_| super::unavailable(n, format!("shard {n} answered something not JSON")))?;
-    if status.is_success() {
-        return Ok(v);
-    }
-    let e = &v["error"];
-    let mut err = ApiError::new(
-        status,
-        "invalid_request_error",
-        e["message"]
-            .as_str()
-            .unwrap_or("a shard refused the request"),
-    );
-    if let Some(p) = e["param"].as_str() {
-        err = err.with_param(p);
-    }
-    // Codes of the shard's answer are kept when they are ones the front knows by name.
-    if let Some(code) = e["code"].as_str().and_then(known_code) {
-        err = err.with_code(code);
-    }
-    err.kind = match e["type"].as_str() {
-        Some("not_found_error") => "not_found_error",
-        Some("permission_error") => "permission_error",
-        Some("authentication_error") => "authentication_error",
-        Some("service_unavailable") => "service_unavailable",
-        _ => "invalid_request_error",
-    };
-    Err(err)
-}
-
-fn known_code(code: &str) -> Option<&'static str> {
-    [
-        "cursor_expired",
-        "invalid_token",
-        "forbidden",
-        "auth_unavailable",
-        "shard_unavailable",
-        "lease_lost",
-        "not_owner",
-        "read_only",
-    ]
+    .await
     .into_iter()
-    .find(|c| *c == code)
+    .collect()
+}
+
+/// Shard `n`'s JSON answer to `req`.
+async fn page(front: &ClusterFront, n: u32, req: &Buffered) -> Merged<Value> {
+    let resp = super::to_shard(front, n, req).await?;
+    if !resp.status().is_success() {
+        return Err(Failed::Shard(resp));
+    }
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map_err(|e| super::unavailable(n, format!("reading shard {n}'s answer failed: {e}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|_| super::unavailable(n, format!("shard {n} answered something not JSON")).into())
 }
 
 /// Every shard is read a page at a time (the stream too).
@@ -244,7 +239,7 @@ async fn read_changes(
     req: &Buffered,
     q: &FeedQuery,
     wait_ms: u64,
-) -> ApiResult<Value> {
+) -> Merged<Value> {
     let start = q.from.clone().unwrap_or(Some(FeedCursor::default()));
     let base = start.clone().unwrap_or_default();
     let pages = all(front, shards, |n| {
@@ -274,17 +269,16 @@ async fn read_changes(
         .map(|&n| {
             let mut r = req.with_path_query(CHANGES, &q.for_shard(n, Some(&from), wait_ms));
             r.parts.headers.remove("last-event-id");
-            async move { (n, collect(front, n, &r).await) }
+            async move { (n, page(front, n, &r).await) }
         })
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
         let next = tokio::time::timeout_at(deadline, waits.next()).await;
-        let Ok(Some((n, answer))) = next else {
+        let Ok(Some((n, page))) = next else {
             return Ok(merged);
         };
-        let (status, body) = answer?;
-        let page = shard_json(n, status, &body)?;
+        let page = page?;
         if page["data"].as_array().is_some_and(|d| !d.is_empty()) {
             return Ok(merge::merge_changes(
                 &from,
@@ -297,11 +291,7 @@ async fn read_changes(
 
 /// `GET /v1/changes/stream` over shards: merged pages as Server-Sent Events, each event's
 /// `id` a cluster cursor (resumable with `Last-Event-ID`).
-async fn stream_changes(
-    front: &ClusterFront,
-    shards: &[u32],
-    req: &Buffered,
-) -> ApiResult<Response> {
+async fn stream_changes(front: &ClusterFront, shards: &[u32], req: &Buffered) -> Merged<Response> {
     let mut q = FeedQuery::parse(req, front.map.shards())?;
     q.limit = q.limit.max(500);
     // The first read happens now, so a bad or expired cursor is an error answer, not a stream.
@@ -329,7 +319,8 @@ async fn stream_changes(
                     None => match read_changes(&front, &shards, &req, &q, 60_000).await {
                         Ok(p) => p,
                         Err(e) => {
-                            tracing::warn!(error = %e.message, "cluster change stream read failed; ending the stream");
+                            let status = e.into_response().status();
+                            tracing::warn!(%status, "cluster change stream read failed; ending the stream");
                             return None;
                         }
                     },

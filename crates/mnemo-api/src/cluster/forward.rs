@@ -146,17 +146,3 @@ async fn into_response(resp: reqwest::Response, streaming: bool) -> Response {
         ))
     })
 }
-
-/// Sends `req` to shard `n` wherever it is and returns the status and body (fan-outs).
-pub(super) async fn collect(
-    front: &ClusterFront,
-    n: u32,
-    req: &Buffered,
-) -> Result<(StatusCode, bytes::Bytes), ApiError> {
-    let resp = super::to_shard(front, n, req).await?;
-    let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .map_err(|e| super::unavailable(n, format!("reading shard {n}'s answer failed: {e}")))?;
-    Ok((status, body))
-}
