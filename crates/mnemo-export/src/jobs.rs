@@ -14,7 +14,7 @@ use crate::target::Target;
 use crate::{ConsentPolicy, ExportError};
 use futures::TryStreamExt;
 use mnemo_storage::checkpoint::Pinned;
-use mnemo_storage::{Store, StoreLocation, TenantId};
+use mnemo_storage::{RemotePolicy, Store, StoreLocation, TenantId};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -107,8 +107,9 @@ pub enum Origin {
     /// The shards of a cluster, stores other nodes may be writing: each job reads every shard
     /// at everything durable when it opens it (each shard at its own point).
     Shards {
-        /// Each shard's name (its number, as in the store's layout) and location, in order.
-        shards: Vec<(String, StoreLocation)>,
+        /// Each shard's name (its number, as in the store's layout) and store URL, in order.
+        /// A job opens their clients while it runs, not before.
+        shards: Vec<(String, String)>,
         /// How long one read of the object store may take.
         timeout: Duration,
     },
@@ -451,8 +452,12 @@ impl Exporter {
             }
             Origin::Shards { shards, timeout } => {
                 let mut out = Vec::with_capacity(shards.len());
-                for (name, location) in shards {
-                    match mnemo_storage::checkpoint::pin_store(location, None, *timeout).await {
+                for (name, url) in shards {
+                    let pinned = async {
+                        let location = StoreLocation::from_url(url, RemotePolicy::default())?;
+                        mnemo_storage::checkpoint::pin_store(&location, None, *timeout).await
+                    };
+                    match pinned.await {
                         Ok(p) => out.push((Some(name.clone()), p)),
                         Err(e) => {
                             for (_, p) in out {

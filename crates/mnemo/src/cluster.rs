@@ -76,6 +76,9 @@ pub struct ShardTemplate {
     pub embedder: Option<mnemo_index::embed::EmbedderConfig>,
     /// URL prefixes research exports may be written under (`--export-to`; empty: any).
     pub export_to: Vec<String>,
+    /// The cluster's store itself: pseudonym keys live beside it, one per tenant for all
+    /// shards.
+    pub root: StoreLocation,
 }
 
 /// Research exports of a writer's shard: the jobs of the tenants whose shard it is
@@ -117,7 +120,7 @@ async fn shard_api(
         .with_research_consent(t.consent);
     let mut exporter = None;
     if let Some(e) = exports {
-        let jobs = shard_exporter(t, &store, e)?;
+        let jobs = shard_exporter(t, &store, e);
         match jobs.resume().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(shard, jobs = n, "export jobs left unfinished run again"),
@@ -141,26 +144,21 @@ fn shard_exporter(
     t: &ShardTemplate,
     store: &Store,
     e: ShardExports,
-) -> Result<Arc<mnemo_export::jobs::Exporter>, String> {
-    let root =
-        StoreLocation::from_url(&t.store, RemotePolicy::default()).map_err(|e| e.to_string())?;
-    let mut shards = Vec::with_capacity(e.shards as usize);
-    for n in 0..e.shards {
-        let location = StoreLocation::from_url(&shard_url(&t.store, n), RemotePolicy::default())
-            .map_err(|e| e.to_string())?;
-        shards.push((format!("{n:05}"), location));
-    }
-    Ok(mnemo_export::jobs::Exporter::spawn(
+) -> Arc<mnemo_export::jobs::Exporter> {
+    let shards = (0..e.shards)
+        .map(|n| (format!("{n:05}"), shard_url(&t.store, n)))
+        .collect();
+    mnemo_export::jobs::Exporter::spawn(
         mnemo_export::jobs::Origin::Shards {
             shards,
             timeout: e.timeout,
         },
-        root.description.clone(),
+        t.root.description.clone(),
         store.location(),
-        mnemo_export::KeyRing::new(&root),
+        mnemo_export::KeyRing::new(&t.root),
         t.consent,
         t.export_to.clone(),
-    ))
+    )
 }
 
 /// The engine settings of shard `n`.

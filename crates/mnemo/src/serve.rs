@@ -287,6 +287,8 @@ async fn serve_cluster(
     if let Some(keys) = auth.key_store {
         crate::auth_config::spawn_refresh(keys);
     }
+    let root = StoreLocation::from_url(&store, RemotePolicy::default())
+        .with_context(|| format!("store {store}"))?;
     let template = crate::cluster::ShardTemplate {
         store,
         engine: config,
@@ -298,6 +300,7 @@ async fn serve_cluster(
         follow: Duration::from_millis(args.follow_interval_ms.max(10)),
         embedder: search.embedder,
         export_to: args.export_to,
+        root,
     };
     crate::cluster::serve(&args.cluster, args.listen, template, shutdown_signal()).await
 }
