@@ -231,12 +231,13 @@ impl FileWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow_array::{ArrayRef, StringArray, TimestampMillisecondArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    fn batch(n: usize) -> RecordBatch {
+    /// `n` rows of the conversations table.
+    pub(crate) fn batch(n: usize) -> RecordBatch {
         let s = |f: &dyn Fn(usize) -> String| -> ArrayRef {
             Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>()))
         };

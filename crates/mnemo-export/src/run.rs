@@ -37,7 +37,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -728,6 +728,18 @@ enum Input {
 struct Sink {
     tx: Option<mpsc::Sender<Input>>,
     worker: Option<tokio::task::JoinHandle<Result<Vec<FileEntry>, ExportError>>>,
+    /// Set when the run is dropped before finishing (a job stopped at a hand-over): the
+    /// thread then uploads nothing more, so it cannot overwrite files of the run that takes
+    /// the job over.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.abandoned.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Sink {
@@ -742,13 +754,22 @@ impl Sink {
         let (tx, mut rx) = mpsc::channel::<Input>(CHUNKS_IN_FLIGHT);
         let (target, progress) = (target.clone(), progress.clone());
         let rt = tokio::runtime::Handle::current();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let stopped = abandoned.clone();
         let worker = tokio::task::spawn_blocking(move || {
+            let stop = || -> Result<(), ExportError> {
+                if stopped.load(Ordering::Relaxed) {
+                    return Err(ExportError::Store("the run was stopped".into()));
+                }
+                Ok(())
+            };
             let scrubber = Scrubber::new();
             let mut files = Vec::new();
             let mut writer: Option<FileWriter> = None;
             let mut in_file = 0;
             let finish = |writer: FileWriter, files: &mut Vec<FileEntry>| {
                 let done = writer.finish()?;
+                stop()?;
                 let path = format!("{table}/v{version}-{:05}.parquet", files.len());
                 let len = done.len;
                 rt.block_on(target.put_parts(&path, done.parts))?;
@@ -763,6 +784,7 @@ impl Sink {
                 Ok::<_, ExportError>(())
             };
             while let Some(input) = rx.blocking_recv() {
+                stop()?;
                 let batch = match input {
                     Input::Build(build) => build(&scrubber)?,
                     Input::Rows(batch) => batch,
@@ -800,6 +822,7 @@ impl Sink {
         Sink {
             tx: Some(tx),
             worker: Some(worker),
+            abandoned,
         }
     }
 
@@ -818,12 +841,13 @@ impl Sink {
     /// Finishes the last file and returns every file written.
     async fn finish(&mut self) -> Result<Vec<FileEntry>, ExportError> {
         self.tx = None;
-        match self.worker.take() {
-            Some(w) => w
-                .await
-                .map_err(|e| ExportError::Store(format!("file writer: {e}")))?,
-            None => Ok(Vec::new()),
-        }
+        // The handle is kept until the thread ends: a run dropped meanwhile still stops it.
+        let Some(worker) = self.worker.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let done = worker.await;
+        self.worker = None;
+        done.map_err(|e| ExportError::Store(format!("file writer: {e}")))?
     }
 }
 
@@ -1237,4 +1261,36 @@ fn item_batch(
             timestamps(rows.iter().map(|r| r.created_ms).collect()),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run dropped while its writer has rows queued (a job stopped at a hand-over) uploads
+    /// nothing more: files written after it could overwrite those of the run that takes the
+    /// job over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_run_uploads_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::open(dir.path().to_str().unwrap()).unwrap();
+        let progress = Arc::new(Progress::default());
+        let schema = CONVERSATIONS_SCHEMA.clone();
+        // One row per file: 500 files if the writer went on.
+        let sink = Sink::spawn(&target, CONVERSATIONS, schema, 1, 1, &progress);
+        let rows = crate::dataset::tests::batch(500);
+        sink.send(Input::Rows(rows)).await.unwrap();
+        drop(sink);
+        // Until the number of files stops changing.
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let n = target.list().await.unwrap().len();
+            if n == last {
+                break;
+            }
+            last = n;
+        }
+        assert!(last < 500, "{last} files written after the run was dropped");
+    }
 }
